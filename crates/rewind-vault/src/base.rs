@@ -1,0 +1,131 @@
+//! The base image: a sparse copy of the primary taken when protection starts (seq 0), with
+//! a crc32c per block in `base.sums` so that reads falling through to it are verified.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rewind_format::base_sums::BaseSums;
+
+use crate::error::{corrupted, decode_err, Corruption, IoContext, Result};
+use crate::fsutil::{self, is_zero, next_data, read_at_padded};
+use crate::Progress;
+
+/// Bytes copied per read while taking the base image.
+const COPY_CHUNK: usize = 4 << 20;
+
+#[derive(Debug)]
+pub(crate) struct BaseImage {
+    file: File,
+    path: PathBuf,
+    block_size: u32,
+    sums: Vec<u32>,
+}
+
+impl BaseImage {
+    /// Copies `primary` (`size` bytes) to `dir/base.img`, keeping holes as holes and not
+    /// writing all-zero blocks, and writes `dir/base.sums`.
+    pub(crate) fn create(
+        primary: &File,
+        primary_path: &Path,
+        size: u64,
+        block_size: u32,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let bs = block_size as usize;
+        let blocks = size / u64::from(block_size);
+        let zero_sum = crc32c::crc32c(&vec![0u8; bs]);
+        let mut sums = vec![zero_sum; blocks as usize];
+        let img_path = dir.join(rewind_format::names::BASE_IMAGE);
+        let img = fsutil::create_new_rw(&img_path)?;
+        img.set_len(size).io("size", &img_path)?;
+        progress.start("copying primary into the base image", size);
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut pos = 0u64;
+        while let Some((start, end)) = next_data(primary, pos, size) {
+            // Align the data region to whole blocks.
+            let start = start - start % u64::from(block_size);
+            progress.advance(start.saturating_sub(pos));
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(COPY_CHUNK);
+                let n = n.div_ceil(bs) * bs;
+                let n = n.min((size - at) as usize);
+                let chunk = &mut buf[..n];
+                read_at_padded(primary, chunk, at).io("read", primary_path)?;
+                for (i, block) in chunk.chunks(bs).enumerate() {
+                    if !is_zero(block) {
+                        let b = at / u64::from(block_size) + i as u64;
+                        sums[b as usize] = crc32c::crc32c(block);
+                        img.write_all_at(block, b * u64::from(block_size))
+                            .io("write", &img_path)?;
+                    }
+                }
+                at += n as u64;
+                progress.advance(n as u64);
+            }
+            pos = at;
+        }
+        progress.advance(size.saturating_sub(pos));
+        progress.finish();
+        img.sync_all().io("fsync", &img_path)?;
+        let sums = BaseSums { block_size, sums };
+        fsutil::write_atomic(&dir.join(rewind_format::names::BASE_SUMS), &sums.encode())?;
+        Ok(())
+    }
+
+    /// Opens the base image of a volume of `blocks` blocks.
+    pub(crate) fn open(dir: &Path, block_size: u32, blocks: u64) -> Result<BaseImage> {
+        let path = dir.join(rewind_format::names::BASE_IMAGE);
+        let sums_path = dir.join(rewind_format::names::BASE_SUMS);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => corrupted(&path, 0, Corruption::Missing),
+            _ => crate::VaultError::Io {
+                op: "open",
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        let raw = std::fs::read(&sums_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => corrupted(&sums_path, 0, Corruption::Missing),
+            _ => crate::VaultError::Io {
+                op: "read",
+                path: sums_path.clone(),
+                source: e,
+            },
+        })?;
+        let sums = BaseSums::decode(&raw).map_err(|e| decode_err(&sums_path, 0, e))?;
+        if sums.block_size != block_size || sums.sums.len() as u64 != blocks {
+            return Err(corrupted(
+                &sums_path,
+                0,
+                Corruption::Inconsistent("checksums do not describe this volume"),
+            ));
+        }
+        Ok(BaseImage {
+            file,
+            path,
+            block_size,
+            sums: sums.sums,
+        })
+    }
+
+    /// Reads `out.len() / block_size` blocks starting at `first`, verifying each.
+    pub(crate) fn read(&self, first: u64, out: &mut [u8]) -> Result<()> {
+        let bs = u64::from(self.block_size);
+        read_at_padded(&self.file, out, first * bs).io("read", &self.path)?;
+        for (i, block) in out.chunks(self.block_size as usize).enumerate() {
+            let b = first + i as u64;
+            let want = self.sums.get(b as usize).copied();
+            if want != Some(crc32c::crc32c(block)) {
+                return Err(corrupted(
+                    &self.path,
+                    b * bs,
+                    Corruption::BaseChecksum { block: b },
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+use std::io;
+use std::path::PathBuf;
+
+use rewind_format::{DecodeError, Seq};
+
+/// Why a vault operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    /// Stored bytes are wrong. Never passed on silently.
+    #[error("vault corrupted: {path} at byte {offset}: {reason}")]
+    Corrupted {
+        path: PathBuf,
+        offset: u64,
+        reason: Corruption,
+    },
+
+    #[error("vault {path} is in use by another writer ({holder}); stop it, or talk to it through its control socket")]
+    Locked { path: PathBuf, holder: String },
+
+    #[error("{path} is not a rewind vault (no manifest found); create one with `rewind init`")]
+    NotAVault { path: PathBuf },
+
+    #[error("vault directory {path} is not empty; pick a new or empty directory")]
+    NotEmpty { path: PathBuf },
+
+    #[error("block size {0} is not a power of two in 512..=65536")]
+    BadBlockSize(u32),
+
+    #[error("primary {path} is {size} bytes, not a multiple of the block size {block_size}")]
+    PrimarySize {
+        path: PathBuf,
+        size: u64,
+        block_size: u32,
+    },
+
+    #[error("primary {path} is empty; a volume needs at least one block")]
+    EmptyPrimary { path: PathBuf },
+
+    #[error("blocks {first_block}..{end} are outside the volume ({blocks} blocks)")]
+    OutOfRange {
+        first_block: u64,
+        end: u64,
+        blocks: u64,
+    },
+
+    #[error("write of {len} bytes is not a whole number of {block_size}-byte blocks")]
+    Unaligned { len: usize, block_size: u32 },
+
+    #[error("no snapshot named {0:?}; `rewind list` shows the snapshots")]
+    UnknownSnapshot(String),
+
+    #[error("a snapshot named {0:?} already exists")]
+    SnapshotExists(String),
+
+    #[error("bad snapshot name {name:?}: {why}")]
+    BadSnapshotName { name: String, why: &'static str },
+
+    #[error("cannot understand point {input:?}: {why}")]
+    BadPoint { input: String, why: &'static str },
+
+    #[error("point {point} is in the future (now is {now})")]
+    FutureTime { point: String, now: String },
+
+    #[error("point {point} is before the base image was taken ({base})")]
+    BeforeBase { point: String, base: String },
+
+    #[error("seq {seq} is after the newest record ({newest})")]
+    SeqAfterNewest { seq: Seq, newest: Seq },
+
+    #[error("the vault was opened read-only")]
+    ReadOnly,
+
+    #[error("an earlier write-log sync failed; the vault refuses writes until it is reopened")]
+    Poisoned,
+}
+
+/// What exactly is wrong with corrupted bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error("expected seq {expected}, found {found}")]
+    SeqGap { expected: Seq, found: Seq },
+    #[error("base image block {block} does not match its checksum")]
+    BaseChecksum { block: u64 },
+    #[error("file is missing")]
+    Missing,
+    #[error("file is {actual} bytes, the manifest says {expected}")]
+    Length { expected: u64, actual: u64 },
+    #[error("{0}")]
+    Inconsistent(&'static str),
+}
+
+pub type Result<T, E = VaultError> = std::result::Result<T, E>;
+
+/// Attaches a path and an operation to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn io(self, op: &'static str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn io(self, op: &'static str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|source| VaultError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+pub(crate) fn corrupted(
+    path: &std::path::Path,
+    offset: u64,
+    reason: impl Into<Corruption>,
+) -> VaultError {
+    VaultError::Corrupted {
+        path: path.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// A decode error inside a file: the offset becomes absolute (`base` + relative).
+pub(crate) fn decode_err(path: &std::path::Path, base: u64, e: DecodeError) -> VaultError {
+    let offset = base + e.offset();
+    VaultError::Corrupted {
+        path: path.to_path_buf(),
+        offset,
+        reason: Corruption::Decode(e.shifted(base)),
+    }
+}

@@ -1,0 +1,118 @@
+//! Small file system helpers: atomic replace, directory fsync, sparse-aware copying.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// fsyncs a directory so that renames and creations in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .io("fsync directory", dir)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync the dir.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        "{}{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        rewind_format::names::TMP_SUFFIX
+    ));
+    {
+        let mut f = File::create(&tmp).io("create", &tmp)?;
+        f.write_all(bytes).io("write", &tmp)?;
+        f.sync_all().io("fsync", &tmp)?;
+    }
+    fs::rename(&tmp, path).io("rename into place", path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; bytes past the end of the file read as
+/// zero. Returns how many bytes came from the file.
+pub(crate) fn read_at_padded(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(done)
+}
+
+/// The size of a file or block device in bytes.
+pub(crate) fn device_size(f: &File, path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = f.metadata().io("stat", path)?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut f = f;
+    f.seek(SeekFrom::End(0)).io("find the size of", path)
+}
+
+/// The next data region at or after `offset` in a sparse file, as (start, end). `None` when
+/// only a hole remains. Files that cannot say (block devices, old file systems) are all data.
+pub(crate) fn next_data(f: &File, offset: u64, size: u64) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    if offset >= size {
+        return None;
+    }
+    let fd = f.as_raw_fd();
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Some((offset, size));
+    };
+    // SAFETY: lseek on a file descriptor we own; it does not touch memory.
+    let start = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+    if start < 0 {
+        let err = std::io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ENXIO) {
+            None
+        } else {
+            Some((offset, size))
+        };
+    }
+    // SAFETY: as above.
+    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+    let start = start as u64;
+    let end = if end < 0 {
+        size
+    } else {
+        (end as u64).min(size)
+    };
+    if start >= size {
+        None
+    } else {
+        Some((start, end))
+    }
+}
+
+/// Opens a file for reading and writing, creating it.
+pub(crate) fn create_new_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .io("create", path)
+}
+
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
+    // Compare in word-sized chunks; the compiler vectorizes this.
+    let (prefix, words, suffix) = {
+        // SAFETY: u64 has no invalid bit patterns and align_to keeps the slices in bounds.
+        unsafe { buf.align_to::<u64>() }
+    };
+    prefix.iter().all(|&b| b == 0)
+        && words.iter().all(|&w| w == 0)
+        && suffix.iter().all(|&b| b == 0)
+}

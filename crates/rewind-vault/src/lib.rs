@@ -1,0 +1,51 @@
+//! The vault: rewind's secondary store.
+//!
+//! A vault directory holds the base image (the primary at seq 0), the write log (every
+//! write, zero, trim and marker, in seq order), one delta map per sealed interval, and the
+//! manifest that ties them together. From these it answers any point in time: see
+//! [`Vault::view`] and [`PointView`].
+//!
+//! ```text
+//! vault/
+//!   manifest-<generation>      the root (current and previous)
+//!   LOCK                       held by the one writer
+//!   base/base.img, base.sums   base image (sparse) and per-block checksums
+//!   log/seg-<first seq>.log    write log segments; the newest is open
+//!   maps/map-<from>-<to>.dmap  delta maps of sealed intervals
+//! ```
+
+mod base;
+mod error;
+mod fsutil;
+mod lock;
+mod manifest_store;
+mod point;
+mod shared;
+mod vault;
+mod view;
+mod write_log;
+
+pub use error::{Corruption, Result, VaultError};
+pub use point::{check_snapshot_name, format_time, now_ns, Point, ResolvedPoint};
+pub use rewind_format::compress::Compression;
+pub use rewind_format::manifest::{SealPolicy, SnapshotEntry};
+pub use rewind_format::Seq;
+pub use vault::{CreateOptions, IntervalInfo, LogPosition, Vault, VaultInfo};
+pub use view::{BlockSource, PointView};
+
+/// Reports progress of long work (copying, restoring). Implementations draw bars; the
+/// library only counts.
+pub trait Progress: Sync {
+    /// Work called `what` of `total` units begins.
+    fn start(&self, _what: &str, _total: u64) {}
+    /// `n` more units are done.
+    fn advance(&self, _n: u64) {}
+    /// The work is over.
+    fn finish(&self) {}
+}
+
+/// Progress that is not shown.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}

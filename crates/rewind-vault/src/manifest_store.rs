@@ -1,0 +1,71 @@
+//! Loading and committing manifests: `manifest-<generation>` files in the vault directory.
+//! The highest generation is current; the one before it is kept for recovery; temporary
+//! files of a commit that did not finish are ignored (and removed by a writer).
+
+use std::path::{Path, PathBuf};
+
+use rewind_format::manifest::Manifest;
+use rewind_format::{names, Generation};
+
+use crate::error::{decode_err, IoContext, Result, VaultError};
+use crate::fsutil;
+
+/// Generations present in `dir`, ascending.
+fn generations(dir: &Path) -> Result<Vec<Generation>> {
+    let mut gens = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => VaultError::NotAVault {
+            path: dir.to_path_buf(),
+        },
+        _ => VaultError::Io {
+            op: "list",
+            path: dir.to_path_buf(),
+            source: e,
+        },
+    })?;
+    for entry in rd {
+        let entry = entry.io("list", dir)?;
+        if let Some(g) = entry.file_name().to_str().and_then(names::parse_manifest) {
+            gens.push(g);
+        }
+    }
+    gens.sort();
+    Ok(gens)
+}
+
+/// Loads the current manifest. A corrupt current manifest is an error (the previous one
+/// is still on disk for a person to look at), never silently replaced by an older one.
+pub(crate) fn load(dir: &Path) -> Result<(Manifest, PathBuf)> {
+    let gens = generations(dir)?;
+    let Some(&current) = gens.last() else {
+        return Err(VaultError::NotAVault {
+            path: dir.to_path_buf(),
+        });
+    };
+    let path = dir.join(names::manifest(current));
+    let bytes = std::fs::read(&path).io("read", &path)?;
+    let m = Manifest::decode(&bytes).map_err(|e| decode_err(&path, 0, e))?;
+    if m.generation != current {
+        return Err(crate::error::corrupted(
+            &path,
+            8,
+            crate::Corruption::Inconsistent("generation differs from the file name"),
+        ));
+    }
+    Ok((m, path))
+}
+
+/// Commits `m` (whose generation must be one more than the current) atomically, then
+/// removes generations older than the previous one.
+pub(crate) fn commit(dir: &Path, m: &Manifest) -> Result<()> {
+    fsutil::write_atomic(&dir.join(names::manifest(m.generation)), &m.encode())?;
+    for g in generations(dir)? {
+        if g.0 + 1 < m.generation.0 {
+            let p = dir.join(names::manifest(g));
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove an old manifest");
+            }
+        }
+    }
+    Ok(())
+}

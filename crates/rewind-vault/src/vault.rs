@@ -1,0 +1,1093 @@
+//! The vault: creating, opening, appending, flushing (group commit), sealing, resolving
+//! points and opening point-in-time views.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use rewind_format::compress::{Compression, StoredAs};
+use rewind_format::delta_map::{DeltaMap, Interval, Location};
+use rewind_format::manifest::{Manifest, MapEntry, SealPolicy, SegmentEntry, SnapshotEntry};
+use rewind_format::record::{NewRecord, RecordKind, MAX_WRITE_PAYLOAD};
+use rewind_format::segment::HEADER_LEN as SEG_HEADER_LEN;
+use rewind_format::{names, Generation, SegmentId, Seq};
+
+use crate::base::BaseImage;
+use crate::error::{corrupted, Corruption, IoContext, Result, VaultError};
+use crate::lock::VaultLock;
+use crate::point::{format_time, now_ns, Point, ResolvedPoint};
+use crate::shared::Shared;
+use crate::view::PointView;
+use crate::write_log::open_segment::OpenSegment;
+use crate::write_log::reader::SegmentFiles;
+use crate::write_log::scan::scan_sealed;
+use crate::write_log::RecordMeta;
+use crate::{fsutil, manifest_store, Progress};
+
+/// What `rewind init` asks for.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub primary: PathBuf,
+    pub vault: PathBuf,
+    pub block_size: u32,
+    pub compression: Compression,
+    pub seal: SealPolicy,
+}
+
+/// A summary of a vault, for `status` and `list`.
+#[derive(Debug, Clone)]
+pub struct VaultInfo {
+    pub dir: PathBuf,
+    pub vault_id: String,
+    pub primary: String,
+    pub block_size: u32,
+    pub volume_size: u64,
+    pub created_ns: i64,
+    pub compression: Compression,
+    pub seal: SealPolicy,
+    pub generation: u64,
+    pub newest_seq: Seq,
+    pub durable_seq: Seq,
+    pub open_records: u64,
+    pub open_bytes: u64,
+}
+
+/// One interval of the log: sealed (with a delta map) or the open one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntervalInfo {
+    pub seq_from: Seq,
+    pub seq_to: Seq,
+    pub time_from_ns: i64,
+    pub time_to_ns: i64,
+    /// Distinct blocks the interval changed.
+    pub blocks_changed: u64,
+    /// Bytes of write log the interval takes.
+    pub log_bytes: u64,
+    pub sealed: bool,
+    pub flags: u16,
+}
+
+/// Where the open segment stands, for tests that simulate crashes.
+#[derive(Debug, Clone)]
+pub struct LogPosition {
+    pub segment: PathBuf,
+    /// Bytes of the segment a completed flush made durable.
+    pub durable_bytes: u64,
+    pub durable_seq: Seq,
+}
+
+#[derive(Debug)]
+struct Inner {
+    manifest: Manifest,
+    open: OpenSegment,
+    durable_seq: Seq,
+    durable_bytes: u64,
+    syncing: bool,
+    poisoned: bool,
+    crashed: bool,
+    last_ts: i64,
+    scratch: Vec<u8>,
+}
+
+/// An open vault. A writer holds the vault's lock; a read-only vault does not and never
+/// changes a file.
+#[derive(Debug)]
+pub struct Vault {
+    dir: PathBuf,
+    _lock: Option<VaultLock>,
+    shared: Arc<Shared>,
+    inner: Mutex<Inner>,
+    synced: Condvar,
+}
+
+impl Vault {
+    /// Creates a vault protecting `opts.primary`: copies the base image (sparse), writes the
+    /// first manifest and an empty open segment. The vault directory must be new or empty.
+    pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<Vault> {
+        if !rewind_format::valid_block_size(opts.block_size) {
+            return Err(VaultError::BadBlockSize(opts.block_size));
+        }
+        let dir = &opts.vault;
+        match std::fs::read_dir(dir) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(VaultError::NotEmpty { path: dir.clone() });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).io("list", dir),
+        }
+        let primary = File::open(&opts.primary).io("open primary", &opts.primary)?;
+        let size = fsutil::device_size(&primary, &opts.primary)?;
+        if size == 0 {
+            return Err(VaultError::EmptyPrimary {
+                path: opts.primary.clone(),
+            });
+        }
+        if size % u64::from(opts.block_size) != 0 {
+            return Err(VaultError::PrimarySize {
+                path: opts.primary.clone(),
+                size,
+                block_size: opts.block_size,
+            });
+        }
+        std::fs::create_dir_all(dir).io("create", dir)?;
+        let result = Self::create_in(opts, &primary, size, progress);
+        if result.is_err() {
+            // Leave the directory as we found it: empty.
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+        }
+        result
+    }
+
+    fn create_in(
+        opts: &CreateOptions,
+        primary: &File,
+        size: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vault> {
+        let dir = &opts.vault;
+        let lock = VaultLock::acquire(dir, "rewind init")?;
+        for sub in [names::BASE_DIR, names::LOG_DIR, names::MAPS_DIR] {
+            std::fs::create_dir(dir.join(sub)).io("create", &dir.join(sub))?;
+        }
+        let primary_path =
+            std::fs::canonicalize(&opts.primary).unwrap_or_else(|_| opts.primary.clone());
+        let created_ns = now_ns();
+        let id_src = format!(
+            "{created_ns}:{}:{}",
+            std::process::id(),
+            primary_path.display()
+        );
+        let mut vault_id = [0u8; 16];
+        vault_id.copy_from_slice(&blake3::hash(id_src.as_bytes()).as_bytes()[..16]);
+        BaseImage::create(
+            primary,
+            &opts.primary,
+            size,
+            opts.block_size,
+            &dir.join(names::BASE_DIR),
+            progress,
+        )?;
+        OpenSegment::create(
+            &dir.join(names::LOG_DIR),
+            SegmentId(Seq(1)),
+            opts.block_size,
+            vault_id,
+        )?;
+        let m = Manifest {
+            generation: Generation(1),
+            vault_id,
+            created_ns,
+            block_size: opts.block_size,
+            volume_size: size,
+            compression: opts.compression,
+            seal: opts.seal,
+            next_seq: Seq(1),
+            primary: primary_path.display().to_string(),
+            segments: Vec::new(),
+            maps: Vec::new(),
+            snapshots: Vec::new(),
+        };
+        manifest_store::commit(dir, &m)?;
+        fsutil::sync_dir(dir)?;
+        Self::open_with(dir, Some(lock))
+    }
+
+    /// Opens a vault for writing: takes the lock, recovers the open segment (cutting a torn
+    /// tail), and finishes a seal that a crash interrupted.
+    pub fn open(dir: &Path) -> Result<Vault> {
+        Self::open_as(dir, "rewind")
+    }
+
+    /// [`Vault::open`], saying who holds the lock (shown to a second writer).
+    pub fn open_as(dir: &Path, role: &str) -> Result<Vault> {
+        if !dir.is_dir() {
+            return Err(VaultError::NotAVault {
+                path: dir.to_path_buf(),
+            });
+        }
+        let lock = VaultLock::acquire(dir, role)?;
+        Self::open_with(dir, Some(lock))
+    }
+
+    /// Opens a vault for reading only, without the lock: a writer may be running. Shows the
+    /// state on disk when opened.
+    pub fn open_read_only(dir: &Path) -> Result<Vault> {
+        Self::open_with(dir, None)
+    }
+
+    fn open_with(dir: &Path, lock: Option<VaultLock>) -> Result<Vault> {
+        let repair = lock.is_some();
+        let (manifest, mpath) = manifest_store::load(dir)?;
+        let bs = manifest.block_size;
+        if manifest.volume_size % u64::from(bs) != 0 || manifest.volume_size == 0 {
+            return Err(corrupted(
+                &mpath,
+                0,
+                Corruption::Inconsistent("volume size is not whole blocks"),
+            ));
+        }
+        let blocks = manifest.volume_size / u64::from(bs);
+        let base = BaseImage::open(&dir.join(names::BASE_DIR), bs, blocks)?;
+        let log_dir = dir.join(names::LOG_DIR);
+        let segments = SegmentFiles::new(log_dir.clone(), bs);
+        for s in &manifest.segments {
+            let p = segments.path(s.id);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.len() >= s.length => {}
+                Ok(m) => {
+                    return Err(corrupted(
+                        &p,
+                        m.len(),
+                        Corruption::Length {
+                            expected: s.length,
+                            actual: m.len(),
+                        },
+                    ))
+                }
+                Err(_) => return Err(corrupted(&p, 0, Corruption::Missing)),
+            }
+        }
+        let open = OpenSegment::recover(
+            &log_dir,
+            SegmentId(manifest.next_seq),
+            bs,
+            manifest.vault_id,
+            repair,
+        )?;
+        if repair {
+            remove_leftovers(dir, &manifest);
+        }
+        let last_ts = open
+            .records
+            .last()
+            .map(|r| r.timestamp_ns)
+            .or(manifest.segments.last().map(|s| s.time_to_ns))
+            .unwrap_or(manifest.created_ns)
+            .max(manifest.created_ns);
+        let durable_seq = open.last_seq();
+        let durable_bytes = open.written;
+        let shared = Arc::new(Shared::new(
+            bs,
+            blocks,
+            base,
+            segments,
+            dir.join(names::MAPS_DIR),
+        ));
+        let vault = Vault {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            shared,
+            inner: Mutex::new(Inner {
+                manifest,
+                open,
+                durable_seq,
+                durable_bytes,
+                syncing: false,
+                poisoned: false,
+                crashed: false,
+                last_ts,
+                scratch: Vec::new(),
+            }),
+            synced: Condvar::new(),
+        };
+        if repair {
+            let mut inner = vault.lock();
+            let ends_with_marker = inner
+                .open
+                .records
+                .last()
+                .is_some_and(|r| r.kind == RecordKind::Marker);
+            if ends_with_marker || vault.policy_wants_seal(&inner) {
+                vault.seal_locked(&mut inner)?;
+            }
+        }
+        Ok(vault)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_writable(&self) -> Result<MutexGuard<'_, Inner>> {
+        if self._lock.is_none() {
+            return Err(VaultError::ReadOnly);
+        }
+        let inner = self.lock();
+        if inner.poisoned {
+            return Err(VaultError::Poisoned);
+        }
+        Ok(inner)
+    }
+
+    /// The vault directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.shared.block_size
+    }
+
+    /// Volume size in blocks.
+    pub fn blocks(&self) -> u64 {
+        self.shared.blocks
+    }
+
+    /// A summary of the vault.
+    pub fn info(&self) -> VaultInfo {
+        let inner = self.lock();
+        let m = &inner.manifest;
+        VaultInfo {
+            dir: self.dir.clone(),
+            vault_id: m.vault_id.iter().map(|b| format!("{b:02x}")).collect(),
+            primary: m.primary.clone(),
+            block_size: m.block_size,
+            volume_size: m.volume_size,
+            created_ns: m.created_ns,
+            compression: m.compression,
+            seal: m.seal,
+            generation: m.generation.0,
+            newest_seq: inner.open.last_seq(),
+            durable_seq: inner.durable_seq,
+            open_records: inner.open.records.len() as u64,
+            open_bytes: inner.open.len() - SEG_HEADER_LEN as u64,
+        }
+    }
+
+    // ---- appending -------------------------------------------------------------------
+
+    fn check_range(&self, first_block: u64, count: u64) -> Result<()> {
+        match first_block.checked_add(count) {
+            Some(end) if end <= self.shared.blocks && count > 0 => Ok(()),
+            end => Err(VaultError::OutOfRange {
+                first_block,
+                end: end.unwrap_or(u64::MAX),
+                blocks: self.shared.blocks,
+            }),
+        }
+    }
+
+    /// Appends a write of whole blocks at `first_block`. Large writes become several
+    /// records (at most 128 KiB of data each), appended together. Returns the seq of the
+    /// last record. Not durable until [`Vault::flush`].
+    pub fn write(&self, first_block: u64, data: &[u8]) -> Result<Seq> {
+        let bs = self.shared.block_size as usize;
+        if data.is_empty() || data.len() % bs != 0 {
+            return Err(VaultError::Unaligned {
+                len: data.len(),
+                block_size: self.shared.block_size,
+            });
+        }
+        self.check_range(first_block, (data.len() / bs) as u64)?;
+        let per_record = (MAX_WRITE_PAYLOAD / bs).max(1) * bs;
+        let mut inner = self.lock_writable()?;
+        let compression = inner.manifest.compression;
+        let mut last = Seq::BASE;
+        for (i, chunk) in data.chunks(per_record).enumerate() {
+            let fb = first_block + (i * per_record / bs) as u64;
+            let count = (chunk.len() / bs) as u32;
+            let mut scratch = std::mem::take(&mut inner.scratch);
+            let stored_as = if compression.compress(chunk, &mut scratch) {
+                match compression {
+                    Compression::Lz4 => StoredAs::Lz4,
+                    _ => StoredAs::Zstd,
+                }
+            } else {
+                StoredAs::Raw
+            };
+            let stored = if stored_as == StoredAs::Raw {
+                chunk
+            } else {
+                &scratch[..]
+            };
+            let r = self.append_locked(
+                &mut inner,
+                RecordKind::Write,
+                fb,
+                count,
+                stored,
+                chunk.len() as u32,
+                stored_as,
+                None,
+            );
+            inner.scratch = scratch;
+            last = r?;
+        }
+        Ok(last)
+    }
+
+    /// Appends a zero record: the blocks read as zeroes from here on.
+    pub fn zero(&self, first_block: u64, count: u64) -> Result<Seq> {
+        self.append_range(RecordKind::Zero, first_block, count)
+    }
+
+    /// Appends a trim record: the blocks were discarded and read as zeroes from here on.
+    pub fn trim(&self, first_block: u64, count: u64) -> Result<Seq> {
+        self.append_range(RecordKind::Trim, first_block, count)
+    }
+
+    fn append_range(&self, kind: RecordKind, first_block: u64, count: u64) -> Result<Seq> {
+        self.check_range(first_block, count)?;
+        let mut inner = self.lock_writable()?;
+        let mut last = Seq::BASE;
+        let mut b = first_block;
+        while b < first_block + count {
+            let n = (first_block + count - b).min(u64::from(u32::MAX)) as u32;
+            last = self.append_locked(&mut inner, kind, b, n, &[], 0, StoredAs::Raw, None)?;
+            b += u64::from(n);
+        }
+        Ok(last)
+    }
+
+    /// Appends a marker named `name`, makes everything before it durable and seals the
+    /// interval it ends, so that the snapshot reads straight from a delta map.
+    pub fn snapshot(&self, name: &str, app_consistent: bool) -> Result<SnapshotEntry> {
+        crate::point::check_snapshot_name(name)?;
+        let mut inner = self.lock_writable()?;
+        if Self::find_snapshot(&inner, name).is_some() {
+            return Err(VaultError::SnapshotExists(name.to_string()));
+        }
+        let seq = self.append_locked(
+            &mut inner,
+            RecordKind::Marker,
+            0,
+            0,
+            name.as_bytes(),
+            name.len() as u32,
+            StoredAs::Raw,
+            Some(app_consistent),
+        )?;
+        // append_locked sealed the interval (markers always seal), which made it durable.
+        Self::find_snapshot(&inner, name)
+            .filter(|s| s.seq == seq)
+            .ok_or(VaultError::UnknownSnapshot(name.to_string()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_locked(
+        &self,
+        inner: &mut Inner,
+        kind: RecordKind,
+        first_block: u64,
+        block_count: u32,
+        stored: &[u8],
+        raw_len: u32,
+        stored_as: StoredAs,
+        marker: Option<bool>,
+    ) -> Result<Seq> {
+        let seq = inner.open.last_seq().next();
+        let ts = now_ns().max(inner.last_ts);
+        inner.last_ts = ts;
+        let r = NewRecord {
+            kind,
+            seq,
+            timestamp_ns: ts,
+            first_block,
+            block_count,
+            durable_seq: inner.durable_seq,
+            app_consistent: marker.unwrap_or(false),
+        };
+        let name = marker.map(|_| std::str::from_utf8(stored).unwrap_or(""));
+        inner.open.append(&r, stored, raw_len, stored_as, name)?;
+        if kind == RecordKind::Marker || self.policy_wants_seal(inner) {
+            self.seal_locked(inner)?;
+        }
+        Ok(seq)
+    }
+
+    fn policy_wants_seal(&self, inner: &Inner) -> bool {
+        let p = inner.manifest.seal;
+        let o = &inner.open;
+        let Some(first) = o.records.first() else {
+            return false;
+        };
+        (p.bytes > 0 && o.len() >= p.bytes)
+            || (p.writes > 0 && o.records.len() as u64 >= p.writes)
+            || (p.interval_ns > 0
+                && inner.last_ts.saturating_sub(first.timestamp_ns) as u64 >= p.interval_ns)
+    }
+
+    /// Seals the open interval if the time policy says it is due. Call it now and then
+    /// when writes are idle.
+    pub fn tick(&self) -> Result<Option<IntervalInfo>> {
+        let mut inner = self.lock_writable()?;
+        inner.last_ts = inner.last_ts.max(now_ns());
+        if self.policy_wants_seal(&inner) {
+            return self.seal_locked(&mut inner);
+        }
+        Ok(None)
+    }
+
+    // ---- durability ------------------------------------------------------------------
+
+    /// Makes every record appended so far durable (fdatasync). Concurrent callers share
+    /// one sync: a caller that arrives while a sync runs waits for it, and the next sync
+    /// covers everyone who arrived meanwhile (group commit). Returns the durable seq.
+    pub fn flush(&self) -> Result<Seq> {
+        if self._lock.is_none() {
+            return Err(VaultError::ReadOnly);
+        }
+        let mut inner = self.lock();
+        let target = inner.open.last_seq();
+        loop {
+            if inner.poisoned {
+                return Err(VaultError::Poisoned);
+            }
+            if inner.durable_seq >= target {
+                return Ok(inner.durable_seq);
+            }
+            if inner.syncing {
+                inner = self.synced.wait(inner).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            inner.syncing = true;
+            let wrote = inner.open.write_out();
+            let covered = inner.open.last_seq();
+            let covered_bytes = inner.open.written;
+            let segment = inner.open.id;
+            let file = inner.open.file();
+            let path = inner.open.path.clone();
+            drop(inner);
+            let res = wrote.and_then(|()| file.sync_data().io("fdatasync", &path));
+            inner = self.lock();
+            inner.syncing = false;
+            match &res {
+                Ok(()) => {
+                    if covered > inner.durable_seq {
+                        inner.durable_seq = covered;
+                    }
+                    if inner.open.id == segment && covered_bytes > inner.durable_bytes {
+                        inner.durable_bytes = covered_bytes;
+                    }
+                }
+                // After a failed fsync the page cache may have dropped the data: nothing
+                // can be promised any more (see "fsyncgate").
+                Err(_) => inner.poisoned = true,
+            }
+            self.synced.notify_all();
+            res?;
+        }
+    }
+
+    /// Where the open segment stands (for crash tests).
+    pub fn log_position(&self) -> LogPosition {
+        let inner = self.lock();
+        LogPosition {
+            segment: inner.open.path.clone(),
+            durable_bytes: inner.durable_bytes,
+            durable_seq: inner.durable_seq,
+        }
+    }
+
+    /// Seals the open interval now: makes it durable, writes its delta map, commits a new
+    /// manifest and starts a new segment. Nothing to seal: `None`.
+    pub fn seal(&self) -> Result<Option<IntervalInfo>> {
+        let mut inner = self.lock_writable()?;
+        self.seal_locked(&mut inner)
+    }
+
+    fn seal_locked(&self, inner: &mut Inner) -> Result<Option<IntervalInfo>> {
+        let (Some(first), Some(last)) = (
+            inner.open.records.first().copied(),
+            inner.open.records.last().copied(),
+        ) else {
+            return Ok(None);
+        };
+        inner.open.write_out()?;
+        if let Err(e) = inner
+            .open
+            .file()
+            .sync_data()
+            .io("fdatasync", &inner.open.path)
+        {
+            inner.poisoned = true;
+            return Err(e);
+        }
+        inner.durable_seq = last.seq;
+        let interval = Interval {
+            seq_from: first.seq,
+            seq_to: last.seq,
+            time_from_ns: first.timestamp_ns,
+            time_to_ns: last.timestamp_ns,
+        };
+        let entries: Vec<(u64, Location)> =
+            inner.open.present.iter().map(|(b, l)| (*b, *l)).collect();
+        let map = DeltaMap::new(interval, self.shared.block_size, entries);
+        let map_path = self
+            .shared
+            .maps_dir
+            .join(names::delta_map(interval.seq_from, interval.seq_to));
+        fsutil::write_atomic(&map_path, &map.encode())?;
+        let mut m = inner.manifest.clone();
+        m.generation = Generation(m.generation.0 + 1);
+        let length = inner.open.written;
+        m.segments.push(SegmentEntry {
+            id: inner.open.id,
+            last_seq: last.seq,
+            length,
+            time_from_ns: first.timestamp_ns,
+            time_to_ns: last.timestamp_ns,
+        });
+        let map_entry = MapEntry {
+            interval,
+            flags: 0,
+            retention_class: 0,
+            blocks_changed: map.entries.len() as u64,
+        };
+        m.maps.push(map_entry);
+        m.snapshots
+            .extend(inner.open.markers.iter().map(|mk| SnapshotEntry {
+                name: mk.name.clone(),
+                seq: mk.seq,
+                time_ns: mk.timestamp_ns,
+                app_consistent: mk.app_consistent,
+            }));
+        m.next_seq = last.seq.next();
+        if let Err(e) = manifest_store::commit(&self.dir, &m) {
+            inner.poisoned = true;
+            return Err(e);
+        }
+        inner.manifest = m;
+        self.shared.insert(Arc::new(map));
+        let log_dir = self.dir.join(names::LOG_DIR);
+        match OpenSegment::create(
+            &log_dir,
+            SegmentId(last.seq.next()),
+            self.shared.block_size,
+            inner.manifest.vault_id,
+        ) {
+            Ok(seg) => {
+                inner.durable_bytes = seg.written;
+                inner.open = seg;
+            }
+            Err(e) => {
+                inner.poisoned = true;
+                return Err(e);
+            }
+        }
+        tracing::debug!(from = %interval.seq_from, to = %interval.seq_to, blocks = map_entry.blocks_changed, "sealed interval");
+        Ok(Some(IntervalInfo {
+            seq_from: interval.seq_from,
+            seq_to: interval.seq_to,
+            time_from_ns: interval.time_from_ns,
+            time_to_ns: interval.time_to_ns,
+            blocks_changed: map_entry.blocks_changed,
+            log_bytes: length - SEG_HEADER_LEN as u64,
+            sealed: true,
+            flags: 0,
+        }))
+    }
+
+    /// Flushes and seals. Dropping a vault without closing it keeps what was flushed and
+    /// what the OS had been handed, like a crash of this process.
+    pub fn close(self) -> Result<()> {
+        if self._lock.is_some() {
+            self.flush()?;
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the vault as a power cut would: records not yet handed to the OS are lost.
+    #[doc(hidden)]
+    pub fn crash(self) {
+        let mut inner = self.lock();
+        inner.open.discard_buffer();
+        inner.crashed = true;
+    }
+
+    // ---- listing ---------------------------------------------------------------------
+
+    fn find_snapshot(inner: &Inner, name: &str) -> Option<SnapshotEntry> {
+        inner
+            .manifest
+            .snapshots
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .or_else(|| {
+                inner
+                    .open
+                    .markers
+                    .iter()
+                    .find(|m| m.name == name)
+                    .map(|m| SnapshotEntry {
+                        name: m.name.clone(),
+                        seq: m.seq,
+                        time_ns: m.timestamp_ns,
+                        app_consistent: m.app_consistent,
+                    })
+            })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotEntry> {
+        let inner = self.lock();
+        let mut v = inner.manifest.snapshots.clone();
+        v.extend(inner.open.markers.iter().map(|m| SnapshotEntry {
+            name: m.name.clone(),
+            seq: m.seq,
+            time_ns: m.timestamp_ns,
+            app_consistent: m.app_consistent,
+        }));
+        v
+    }
+
+    /// Every interval, oldest first: the sealed ones, then the open one if it has records.
+    pub fn intervals(&self) -> Vec<IntervalInfo> {
+        let inner = self.lock();
+        let m = &inner.manifest;
+        let mut out = Vec::with_capacity(m.maps.len() + 1);
+        let mut segs = m.segments.iter().peekable();
+        for e in &m.maps {
+            let mut log_bytes = 0;
+            while let Some(s) = segs.peek() {
+                if s.id.0 > e.interval.seq_to {
+                    break;
+                }
+                log_bytes += s.length - SEG_HEADER_LEN as u64;
+                segs.next();
+            }
+            out.push(IntervalInfo {
+                seq_from: e.interval.seq_from,
+                seq_to: e.interval.seq_to,
+                time_from_ns: e.interval.time_from_ns,
+                time_to_ns: e.interval.time_to_ns,
+                blocks_changed: e.blocks_changed,
+                log_bytes,
+                sealed: true,
+                flags: e.flags,
+            });
+        }
+        let o = &inner.open;
+        if let (Some(first), Some(last)) = (o.records.first(), o.records.last()) {
+            out.push(IntervalInfo {
+                seq_from: first.seq,
+                seq_to: last.seq,
+                time_from_ns: first.timestamp_ns,
+                time_to_ns: last.timestamp_ns,
+                blocks_changed: o.present.len() as u64,
+                log_bytes: o.len() - SEG_HEADER_LEN as u64,
+                sealed: false,
+                flags: 0,
+            });
+        }
+        out
+    }
+
+    // ---- points ----------------------------------------------------------------------
+
+    /// Resolves a point to the seq whose state it names.
+    pub fn resolve(&self, point: &Point) -> Result<ResolvedPoint> {
+        let plan = {
+            let inner = self.lock();
+            self.resolve_locked(&inner, point)?
+        };
+        match plan {
+            Resolution::Done(rp) => Ok(rp),
+            Resolution::ScanSegment { seg, stop } => self.scan_for(&seg, stop),
+        }
+    }
+
+    fn resolve_locked(&self, inner: &Inner, point: &Point) -> Result<Resolution> {
+        let m = &inner.manifest;
+        let newest = inner.open.last_seq();
+        let seq = match point {
+            Point::Latest => newest,
+            Point::Seq(s) => {
+                if *s > newest {
+                    return Err(VaultError::SeqAfterNewest { seq: *s, newest });
+                }
+                *s
+            }
+            Point::Snapshot(name) => {
+                let s = Self::find_snapshot(inner, name)
+                    .ok_or_else(|| VaultError::UnknownSnapshot(name.clone()))?;
+                return Ok(Resolution::Done(ResolvedPoint {
+                    seq: s.seq,
+                    time_ns: s.time_ns,
+                }));
+            }
+            Point::Time(t) => return self.by_time(inner, *t, point),
+            Point::Ago(d) => {
+                let t = now_ns().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+                return self.by_time(inner, t, &Point::Time(t));
+            }
+        };
+        // The time of `seq`.
+        if seq == Seq::BASE {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq,
+                time_ns: m.created_ns,
+            }));
+        }
+        if seq >= inner.open.id.0 {
+            let r = inner.open.records[(seq.0 - inner.open.id.0 .0) as usize];
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq,
+                time_ns: r.timestamp_ns,
+            }));
+        }
+        let i = m.segments.partition_point(|s| s.last_seq < seq);
+        let seg = m.segments[i];
+        if seg.last_seq == seq {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq,
+                time_ns: seg.time_to_ns,
+            }));
+        }
+        Ok(Resolution::ScanSegment {
+            seg,
+            stop: Stop::Seq(seq),
+        })
+    }
+
+    fn by_time(&self, inner: &Inner, t: i64, shown: &Point) -> Result<Resolution> {
+        let m = &inner.manifest;
+        if t < m.created_ns {
+            return Err(VaultError::BeforeBase {
+                point: shown.to_string(),
+                base: format_time(m.created_ns),
+            });
+        }
+        let now = now_ns();
+        if t > now {
+            return Err(VaultError::FutureTime {
+                point: shown.to_string(),
+                now: format_time(now),
+            });
+        }
+        let recs = &inner.open.records;
+        if recs.first().is_some_and(|r| r.timestamp_ns <= t) {
+            let i = recs.partition_point(|r| r.timestamp_ns <= t) - 1;
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq: recs[i].seq,
+                time_ns: recs[i].timestamp_ns,
+            }));
+        }
+        let i = m.segments.partition_point(|s| s.time_from_ns <= t);
+        if i == 0 {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq: Seq::BASE,
+                time_ns: m.created_ns,
+            }));
+        }
+        let seg = m.segments[i - 1];
+        if seg.time_to_ns <= t {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq: seg.last_seq,
+                time_ns: seg.time_to_ns,
+            }));
+        }
+        Ok(Resolution::ScanSegment {
+            seg,
+            stop: Stop::Time(t),
+        })
+    }
+
+    fn scan_for(&self, seg: &SegmentEntry, stop: Stop) -> Result<ResolvedPoint> {
+        let mut found: Option<RecordMeta> = None;
+        let path = self.shared.segments.path(seg.id);
+        scan_sealed(&path, seg.id.0, seg.length, self.shared.block_size, |r| {
+            let keep = match stop {
+                Stop::Seq(s) => r.seq <= s,
+                Stop::Time(t) => r.timestamp_ns <= t,
+            };
+            if keep {
+                found = Some(*r);
+            }
+            keep
+        })?;
+        let r = found.ok_or_else(|| {
+            corrupted(
+                &path,
+                0,
+                Corruption::Inconsistent("segment does not hold the records the manifest says"),
+            )
+        })?;
+        Ok(ResolvedPoint {
+            seq: r.seq,
+            time_ns: r.timestamp_ns,
+        })
+    }
+
+    /// The volume as it was at `point`: ready to read at once. Only the interval holding
+    /// the point is replayed (and not even that when the point ends an interval).
+    pub fn view(&self, point: &Point) -> Result<PointView> {
+        let rp = self.resolve(point)?;
+        self.view_resolved(rp)
+    }
+
+    /// A view at an already resolved point.
+    pub fn view_resolved(&self, rp: ResolvedPoint) -> Result<PointView> {
+        let p = rp.seq;
+        let (partial, chain, replay) = {
+            let mut inner = self.lock();
+            if p != Seq::BASE && p >= inner.open.id.0 && self._lock.is_some() {
+                // Readers go through the file: hand it what is buffered.
+                inner.open.write_out()?;
+            }
+            let maps = &inner.manifest.maps;
+            if p == Seq::BASE {
+                (BTreeMap::new(), Vec::new(), None)
+            } else if p >= inner.open.id.0 {
+                if p > inner.open.last_seq() {
+                    return Err(VaultError::SeqAfterNewest {
+                        seq: p,
+                        newest: inner.open.last_seq(),
+                    });
+                }
+                let chain: Vec<MapEntry> = maps.iter().rev().copied().collect();
+                let partial = if p == inner.open.last_seq() {
+                    inner.open.present.clone()
+                } else {
+                    let id = inner.open.id;
+                    replay(inner.open.records.iter().take_while(|r| r.seq <= p), id)
+                };
+                (partial, chain, None)
+            } else {
+                let i = maps.partition_point(|e| e.interval.seq_to < p);
+                let Some(holding) = maps.get(i).copied() else {
+                    return Err(corrupted(
+                        &self.dir,
+                        0,
+                        Corruption::Inconsistent("no delta map covers a sealed seq"),
+                    ));
+                };
+                if holding.interval.seq_to == p {
+                    (
+                        BTreeMap::new(),
+                        maps[..=i].iter().rev().copied().collect(),
+                        None,
+                    )
+                } else {
+                    let segs: Vec<SegmentEntry> = inner
+                        .manifest
+                        .segments
+                        .iter()
+                        .filter(|s| s.last_seq >= holding.interval.seq_from && s.id.0 <= p)
+                        .copied()
+                        .collect();
+                    (
+                        BTreeMap::new(),
+                        maps[..i].iter().rev().copied().collect(),
+                        Some(segs),
+                    )
+                }
+            }
+        };
+        let partial = match replay {
+            None => partial,
+            Some(segs) => {
+                let mut map = BTreeMap::new();
+                for s in segs {
+                    let path = self.shared.segments.path(s.id);
+                    scan_sealed(&path, s.id.0, s.length, self.shared.block_size, |r| {
+                        if r.seq > p {
+                            return false;
+                        }
+                        apply(&mut map, r, s.id);
+                        true
+                    })?;
+                }
+                map
+            }
+        };
+        Ok(PointView::new(rp, partial, chain, self.shared.clone()))
+    }
+
+    /// Reads `count` blocks from `first_block` as they were at `point`.
+    pub fn read_at(&self, point: &Point, first_block: u64, count: u64) -> Result<Vec<u8>> {
+        self.view(point)?.read(first_block, count)
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        if self._lock.is_some() {
+            let mut inner = self.lock();
+            if !inner.crashed {
+                if let Err(e) = inner.open.write_out() {
+                    tracing::warn!(error = %e, "could not hand buffered records to the OS on drop");
+                }
+            }
+        }
+    }
+}
+
+enum Resolution {
+    Done(ResolvedPoint),
+    ScanSegment { seg: SegmentEntry, stop: Stop },
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    Seq(Seq),
+    Time(i64),
+}
+
+fn apply(map: &mut BTreeMap<u64, Location>, r: &RecordMeta, segment: SegmentId) {
+    let loc = match r.kind {
+        RecordKind::Write => Location::Data {
+            segment,
+            offset: r.offset,
+        },
+        RecordKind::Zero | RecordKind::Trim => Location::Zero,
+        RecordKind::Marker => return,
+    };
+    for b in r.first_block..r.first_block + u64::from(r.block_count) {
+        map.insert(b, loc);
+    }
+}
+
+fn replay<'a>(
+    records: impl Iterator<Item = &'a RecordMeta>,
+    segment: SegmentId,
+) -> BTreeMap<u64, Location> {
+    let mut map = BTreeMap::new();
+    for r in records {
+        apply(&mut map, r, segment);
+    }
+    map
+}
+
+/// Removes what an interrupted commit or seal left behind: temporary files, and delta maps
+/// the manifest does not list (their interval is still open and will be sealed again).
+fn remove_leftovers(dir: &Path, m: &Manifest) {
+    let listed: HashSet<String> = m
+        .maps
+        .iter()
+        .map(|e| names::delta_map(e.interval.seq_from, e.interval.seq_to))
+        .collect();
+    for sub in [
+        dir.to_path_buf(),
+        dir.join(names::MAPS_DIR),
+        dir.join(names::BASE_DIR),
+        dir.join(names::LOG_DIR),
+    ] {
+        let Ok(rd) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stray_map = names::parse_delta_map(&name).is_some() && !listed.contains(&name);
+            if name.ends_with(names::TMP_SUFFIX) || stray_map {
+                tracing::info!(file = %e.path().display(), "removing leftover of an interrupted commit");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A point-in-time view of the volume: the PIT map of one point, and reads through it.
+//!
+//! For a point P the view holds
+//! - `partial`: the blocks the interval holding P changed up to P (a replay of only that
+//!   interval's records, or nothing when P ends an interval),
+//! - `chain`: the delta maps of the sealed intervals before it, newest first,
+//! - and falls through to the base image.
+//!
+//! A block is answered by the first of these that has it. The cost of a read grows with
+//! the blocks read and the delta maps consulted, not with the length of history.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rewind_format::delta_map::{DeltaMap, Location};
+use rewind_format::manifest::MapEntry;
+
+use crate::error::{Result, VaultError};
+use crate::point::ResolvedPoint;
+use crate::shared::Shared;
+use crate::write_log::reader::DecodedRecord;
+
+/// The volume as it was at one point. Cheap to clone; safe to share between threads.
+#[derive(Debug, Clone)]
+pub struct PointView {
+    point: ResolvedPoint,
+    partial: Arc<BTreeMap<u64, Location>>,
+    chain: Arc<[MapEntry]>,
+    maps: Arc<Mutex<Option<Arc<[Arc<DeltaMap>]>>>>,
+    shared: Arc<Shared>,
+}
+
+/// Where one block of a view comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSource {
+    Base,
+    Zero,
+    Record,
+}
+
+impl PointView {
+    pub(crate) fn new(
+        point: ResolvedPoint,
+        partial: BTreeMap<u64, Location>,
+        chain: Vec<MapEntry>,
+        shared: Arc<Shared>,
+    ) -> PointView {
+        PointView {
+            point,
+            partial: Arc::new(partial),
+            chain: chain.into(),
+            maps: Arc::new(Mutex::new(None)),
+            shared,
+        }
+    }
+
+    /// The point this view shows.
+    pub fn point(&self) -> ResolvedPoint {
+        self.point
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.shared.block_size
+    }
+
+    /// Number of blocks in the volume.
+    pub fn blocks(&self) -> u64 {
+        self.shared.blocks
+    }
+
+    /// Delta maps a read may consult (the chain before the interval holding the point).
+    pub fn maps_consulted(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// Blocks the partial replay of the holding interval produced.
+    pub fn replayed_blocks(&self) -> usize {
+        self.partial.len()
+    }
+
+    fn maps(&self) -> Result<Arc<[Arc<DeltaMap>]>> {
+        let mut cached = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cached.as_ref() {
+            return Ok(m.clone());
+        }
+        let mut maps = Vec::with_capacity(self.chain.len());
+        for e in self.chain.iter() {
+            maps.push(self.shared.map(e)?);
+        }
+        let maps: Arc<[Arc<DeltaMap>]> = maps.into();
+        *cached = Some(maps.clone());
+        Ok(maps)
+    }
+
+    fn locate(&self, maps: &[Arc<DeltaMap>], block: u64) -> Option<Location> {
+        if let Some(l) = self.partial.get(&block) {
+            return Some(*l);
+        }
+        maps.iter().find_map(|m| m.lookup(block))
+    }
+
+    /// Where each of `count` blocks from `first_block` comes from.
+    pub fn sources(&self, first_block: u64, count: u64) -> Result<Vec<BlockSource>> {
+        self.check_range(first_block, count)?;
+        let maps = self.maps()?;
+        Ok((first_block..first_block + count)
+            .map(|b| match self.locate(&maps, b) {
+                None => BlockSource::Base,
+                Some(Location::Zero) => BlockSource::Zero,
+                Some(Location::Data { .. }) => BlockSource::Record,
+            })
+            .collect())
+    }
+
+    fn check_range(&self, first_block: u64, count: u64) -> Result<()> {
+        let end = first_block.checked_add(count);
+        match end {
+            Some(end) if end <= self.shared.blocks => Ok(()),
+            _ => Err(VaultError::OutOfRange {
+                first_block,
+                end: end.unwrap_or(u64::MAX),
+                blocks: self.shared.blocks,
+            }),
+        }
+    }
+
+    /// Reads `count` blocks from `first_block` as they were at the point.
+    pub fn read(&self, first_block: u64, count: u64) -> Result<Vec<u8>> {
+        let bs = self.shared.block_size as usize;
+        let mut out = vec![
+            0u8;
+            usize::try_from(count)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(bs)
+        ];
+        self.read_into(first_block, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads `out.len() / block_size` blocks from `first_block` into `out`.
+    pub fn read_into(&self, first_block: u64, out: &mut [u8]) -> Result<()> {
+        let bs = self.shared.block_size as usize;
+        if out.len() % bs != 0 {
+            return Err(VaultError::Unaligned {
+                len: out.len(),
+                block_size: self.shared.block_size,
+            });
+        }
+        let count = (out.len() / bs) as u64;
+        self.check_range(first_block, count)?;
+        let maps = self.maps()?;
+        let locs: Vec<Option<Location>> = (first_block..first_block + count)
+            .map(|b| self.locate(&maps, b))
+            .collect();
+        let mut rec = DecodedRecord::default();
+        let mut i = 0usize;
+        while i < locs.len() {
+            let b = first_block + i as u64;
+            match locs[i] {
+                None => {
+                    let run = locs[i..].iter().take_while(|l| l.is_none()).count();
+                    self.shared.base.read(b, &mut out[i * bs..(i + run) * bs])?;
+                    i += run;
+                }
+                Some(Location::Zero) => {
+                    out[i * bs..(i + 1) * bs].fill(0);
+                    i += 1;
+                }
+                Some(Location::Data { segment, offset }) => {
+                    if !rec.is(segment, offset) {
+                        self.shared
+                            .segments
+                            .read_record(segment, offset, b, &mut rec)?;
+                    }
+                    let at = (b - rec.first_block) as usize * bs;
+                    out[i * bs..(i + 1) * bs].copy_from_slice(&rec.data[at..at + bs]);
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! The write log: append-only segments of checksummed records.
+//!
+//! - [`open_segment`]: the segment being appended to, its buffer, its present delta map.
+//! - [`scan`]: reading a segment's records back (recovery, replay, time look-ups).
+//! - [`reader`]: reading one record's data by location, verified.
+
+pub(crate) mod open_segment;
+pub(crate) mod reader;
+pub(crate) mod scan;
+
+use rewind_format::record::RecordKind;
+use rewind_format::Seq;
+
+/// What the vault remembers of a record without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordMeta {
+    pub seq: Seq,
+    pub timestamp_ns: i64,
+    pub kind: RecordKind,
+    pub first_block: u64,
+    pub block_count: u32,
+    /// Byte offset of the record in its segment.
+    pub offset: u64,
+    /// Bytes of the record on disk (header + stored payload).
+    pub len: u32,
+}

@@ -1,0 +1,134 @@
+//! Reading a write record's data by its location, verified against the record's crc.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rewind_format::compress::{decompress, StoredAs};
+use rewind_format::record::{RecordHeader, RecordKind, HEADER_LEN};
+use rewind_format::{names, SegmentId};
+
+use crate::error::{corrupted, decode_err, Corruption, Result};
+
+/// Open read handles to segment files, shared by every reader of a vault.
+#[derive(Debug)]
+pub(crate) struct SegmentFiles {
+    log_dir: PathBuf,
+    block_size: u32,
+    open: Mutex<HashMap<SegmentId, Arc<File>>>,
+}
+
+/// One write record's data, decoded.
+#[derive(Debug, Default)]
+pub(crate) struct DecodedRecord {
+    pub segment: Option<SegmentId>,
+    pub offset: u64,
+    pub first_block: u64,
+    pub block_count: u32,
+    pub data: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+impl DecodedRecord {
+    pub(crate) fn is(&self, segment: SegmentId, offset: u64) -> bool {
+        self.segment == Some(segment) && self.offset == offset
+    }
+}
+
+impl SegmentFiles {
+    pub(crate) fn new(log_dir: PathBuf, block_size: u32) -> SegmentFiles {
+        SegmentFiles {
+            log_dir,
+            block_size,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn path(&self, id: SegmentId) -> PathBuf {
+        self.log_dir.join(names::segment(id))
+    }
+
+    fn file(&self, id: SegmentId) -> Result<(Arc<File>, PathBuf)> {
+        let path = self.path(id);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(&id) {
+            return Ok((f.clone(), path));
+        }
+        let f = Arc::new(File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => corrupted(&path, 0, Corruption::Missing),
+            _ => crate::VaultError::Io {
+                op: "open",
+                path: path.clone(),
+                source: e,
+            },
+        })?);
+        open.insert(id, f.clone());
+        Ok((f, path))
+    }
+
+    /// Reads the write record at `offset` of `segment` into `out`, checking that it is a
+    /// valid write record covering `block`.
+    pub(crate) fn read_record(
+        &self,
+        segment: SegmentId,
+        offset: u64,
+        block: u64,
+        out: &mut DecodedRecord,
+    ) -> Result<()> {
+        let (file, path) = self.file(segment)?;
+        let mut hdr = [0u8; HEADER_LEN];
+        read_exact_at(&file, &mut hdr, offset, &path)?;
+        let h = RecordHeader::decode(&hdr, self.block_size)
+            .map_err(|e| decode_err(&path, offset, e))?;
+        if h.kind != RecordKind::Write
+            || block < h.first_block
+            || block >= h.first_block + u64::from(h.block_count)
+        {
+            return Err(corrupted(
+                &path,
+                offset,
+                Corruption::Inconsistent(
+                    "a delta map points at a record that does not hold the block",
+                ),
+            ));
+        }
+        out.segment = None;
+        out.raw.resize(h.payload_len as usize, 0);
+        read_exact_at(&file, &mut out.raw, offset + HEADER_LEN as u64, &path)?;
+        h.verify(&hdr, &out.raw)
+            .map_err(|e| decode_err(&path, offset, e))?;
+        match h.stored_as() {
+            StoredAs::Raw => std::mem::swap(&mut out.data, &mut out.raw),
+            stored => decompress(stored, &out.raw, h.raw_len as usize, &mut out.data)
+                .map_err(|e| decode_err(&path, offset + HEADER_LEN as u64, e))?,
+        }
+        out.segment = Some(segment);
+        out.offset = offset;
+        out.first_block = h.first_block;
+        out.block_count = h.block_count;
+        Ok(())
+    }
+}
+
+fn read_exact_at(f: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
+    f.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            corrupted(
+                path,
+                offset,
+                Corruption::Length {
+                    expected: offset + buf.len() as u64,
+                    actual: len,
+                },
+            )
+        }
+        _ => crate::VaultError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })
+}

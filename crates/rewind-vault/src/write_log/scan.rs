@@ -1,0 +1,235 @@
+//! Reading a segment's records back.
+//!
+//! Two modes:
+//! - [`scan_tail`] reads the whole open segment, verifying every record's crc. A bad record
+//!   is a torn tail (cut there) unless a later valid record says, through its `durable_seq`,
+//!   that the bad one had already been made durable: then it is corruption, an error.
+//! - [`scan_sealed`] walks a sealed segment's headers up to a seq, without reading payloads
+//!   (their crc is checked when their data is read). Every header must be valid and in seq
+//!   order up to the length the manifest recorded.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use rewind_format::record::{self, RecordHeader, RecordKind, HEADER_LEN};
+use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
+use rewind_format::{DecodeError, Seq};
+
+use super::RecordMeta;
+use crate::error::{corrupted, decode_err, Corruption, IoContext, Result};
+
+/// A marker found in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScannedMarker {
+    pub seq: Seq,
+    pub timestamp_ns: i64,
+    pub name: String,
+    pub app_consistent: bool,
+}
+
+/// What [`scan_tail`] found.
+#[derive(Debug)]
+pub(crate) struct TailScan {
+    pub header: SegmentHeader,
+    pub records: Vec<RecordMeta>,
+    pub markers: Vec<ScannedMarker>,
+    /// Bytes that hold the header and valid records; anything after is a torn tail.
+    pub valid_len: u64,
+    pub file_len: u64,
+}
+
+/// Reads and verifies the whole open segment. `first_seq` is the seq its first record must
+/// carry. See the module doc for the torn-tail rule.
+pub(crate) fn scan_tail(path: &Path, first_seq: Seq, block_size: u32) -> Result<TailScan> {
+    let bytes = std::fs::read(path).io("read", path)?;
+    let header = SegmentHeader::decode(&bytes).map_err(|e| decode_err(path, 0, e))?;
+    if header.first_seq != first_seq || header.block_size != block_size {
+        return Err(corrupted(
+            path,
+            0,
+            Corruption::Inconsistent("segment header does not match the manifest"),
+        ));
+    }
+    let mut records = Vec::new();
+    let mut markers = Vec::new();
+    let mut pos = SEG_HEADER_LEN;
+    let mut expect = first_seq;
+    while pos < bytes.len() {
+        match record::decode(&bytes[pos..], block_size) {
+            Ok((h, payload)) if h.seq == expect => {
+                push(&mut records, &mut markers, &h, payload, pos as u64);
+                pos += h.total_len() as usize;
+                expect = expect.next();
+            }
+            Ok((h, _)) => {
+                // A valid record out of order: never torn writes, always corruption.
+                return Err(corrupted(
+                    path,
+                    pos as u64,
+                    Corruption::SeqGap {
+                        expected: expect,
+                        found: h.seq,
+                    },
+                ));
+            }
+            Err(e) => {
+                if let Some(later) = durable_record_after(&bytes, pos + 1, expect, block_size) {
+                    tracing::error!(path = %path.display(), offset = pos, later, "corrupt record before the tail");
+                    return Err(decode_err(path, pos as u64, e));
+                }
+                break;
+            }
+        }
+    }
+    Ok(TailScan {
+        header,
+        records,
+        markers,
+        valid_len: pos as u64,
+        file_len: bytes.len() as u64,
+    })
+}
+
+/// Looks for a valid record after `from` that says seq `bad` was already durable. Returns
+/// its offset.
+fn durable_record_after(bytes: &[u8], from: usize, bad: Seq, block_size: u32) -> Option<usize> {
+    let magic = record::MAGIC.to_le_bytes();
+    let mut at = from;
+    while at + HEADER_LEN <= bytes.len() {
+        let next = bytes[at..].windows(2).position(|w| w == magic)?;
+        at += next;
+        if let Ok((h, _)) = record::decode(&bytes[at..], block_size) {
+            if h.seq > bad && h.durable_seq >= bad {
+                return Some(at);
+            }
+        }
+        at += 1;
+    }
+    None
+}
+
+fn push(
+    records: &mut Vec<RecordMeta>,
+    markers: &mut Vec<ScannedMarker>,
+    h: &RecordHeader,
+    payload: &[u8],
+    offset: u64,
+) {
+    records.push(meta(h, offset));
+    if h.kind == RecordKind::Marker {
+        markers.push(ScannedMarker {
+            seq: h.seq,
+            timestamp_ns: h.timestamp_ns,
+            name: String::from_utf8_lossy(payload).into_owned(),
+            app_consistent: h.app_consistent(),
+        });
+    }
+}
+
+fn meta(h: &RecordHeader, offset: u64) -> RecordMeta {
+    RecordMeta {
+        seq: h.seq,
+        timestamp_ns: h.timestamp_ns,
+        kind: h.kind,
+        first_block: h.first_block,
+        block_count: h.block_count,
+        offset,
+        len: h.total_len() as u32,
+    }
+}
+
+/// Walks a sealed segment's record headers in order, calling `visit` for each until it
+/// returns false or `length` (from the manifest) is reached. Payloads are skipped.
+pub(crate) fn scan_sealed(
+    path: &Path,
+    first_seq: Seq,
+    length: u64,
+    block_size: u32,
+    mut visit: impl FnMut(&RecordMeta) -> bool,
+) -> Result<()> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => corrupted(path, 0, Corruption::Missing),
+        _ => crate::VaultError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })?;
+    let actual = file.metadata().io("stat", path)?.len();
+    if actual < length {
+        return Err(corrupted(
+            path,
+            actual,
+            Corruption::Length {
+                expected: length,
+                actual,
+            },
+        ));
+    }
+    let mut r = BufReader::with_capacity(256 * 1024, file);
+    let mut hdr = [0u8; SEG_HEADER_LEN];
+    read_exact(&mut r, &mut hdr, path, 0)?;
+    let sh = SegmentHeader::decode(&hdr).map_err(|e| decode_err(path, 0, e))?;
+    if sh.first_seq != first_seq || sh.block_size != block_size {
+        return Err(corrupted(
+            path,
+            0,
+            Corruption::Inconsistent("segment header does not match the manifest"),
+        ));
+    }
+    let mut pos = SEG_HEADER_LEN as u64;
+    let mut expect = first_seq;
+    let mut rh = [0u8; HEADER_LEN];
+    while pos < length {
+        read_exact(&mut r, &mut rh, path, pos)?;
+        let h = RecordHeader::decode(&rh, block_size).map_err(|e| decode_err(path, pos, e))?;
+        if h.seq != expect {
+            return Err(corrupted(
+                path,
+                pos,
+                Corruption::SeqGap {
+                    expected: expect,
+                    found: h.seq,
+                },
+            ));
+        }
+        if pos + h.total_len() > length {
+            return Err(decode_err(
+                path,
+                pos,
+                DecodeError::Truncated {
+                    offset: 0,
+                    needed: pos + h.total_len() - length,
+                    what: "record",
+                },
+            ));
+        }
+        r.seek_relative(i64::from(h.payload_len)).io("seek", path)?;
+        if !visit(&meta(&h, pos)) {
+            return Ok(());
+        }
+        pos += h.total_len();
+        expect = expect.next();
+    }
+    Ok(())
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, pos: u64) -> Result<()> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => decode_err(
+            path,
+            pos,
+            DecodeError::Truncated {
+                offset: 0,
+                needed: buf.len() as u64,
+                what: "record header",
+            },
+        ),
+        _ => crate::VaultError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })
+}
