@@ -1,1 +1,103 @@
-fn main() {}
+//! `rewind`: continuous data protection for block volumes.
+
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes that mean something to scripts.
+pub mod exit {
+    /// Something failed (I/O, bad input the command could not act on).
+    pub const FAILURE: u8 = 1;
+    /// The command line was wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The vault is corrupted: a checksum, magic or structure did not match.
+    pub const CORRUPTED: u8 = 3;
+    /// The vault is held by another writer.
+    pub const BUSY: u8 = 4;
+}
+
+const AFTER_HELP: &str = "\
+Points (--at, export names): a snapshot name; seq:N (seq:0 is the base image);
+an RFC 3339 time such as 2026-11-21T10:00:00Z; a relative age such as -15m, -2h, -3d;
+or now.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 vault corrupted, 4 vault busy (another writer).
+
+Start with `rewind serve` (no arguments: a demo volume in ./rewind-data), or protect an
+image of your own with `rewind init --primary disk.img --vault disk.vault`.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rewind",
+    version,
+    about = "Continuous data protection for block volumes: every write kept, any point readable.",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start protecting a volume: create a vault whose base image is a copy of the primary.
+    Init(cmd::init::Args),
+    /// Serve the protected volume over NBD, journaling every write into the vault.
+    Serve(cmd::serve::Args),
+    /// Mark the current point with a name you can read, mount or restore later.
+    Snapshot(cmd::snapshot::Args),
+    /// Show the vault's snapshots and intervals (its timeline).
+    #[command(alias = "timeline")]
+    List(cmd::list::Args),
+    /// Write a new raw image of the volume as it was at a point.
+    Restore(cmd::restore::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Init(a) => cmd::init::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Snapshot(a) => cmd::snapshot::run(a),
+        Command::List(a) => cmd::list::run(a),
+        Command::Restore(a) => cmd::restore::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// Maps an error to the exit code scripts can act on.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use rewind_engine::restore::RestoreError;
+    use rewind_vault::VaultError;
+    let vault = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<VaultError>())
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| match c.downcast_ref::<RestoreError>() {
+                    Some(RestoreError::Vault(v)) => Some(v),
+                    _ => None,
+                })
+        });
+    match vault {
+        Some(VaultError::Corrupted { .. }) => exit::CORRUPTED,
+        Some(VaultError::Locked { .. }) => exit::BUSY,
+        _ => exit::FAILURE,
+    }
+}

@@ -68,7 +68,13 @@ impl FromStr for Point {
         if looks_like_time(s) {
             let t = chrono::DateTime::parse_from_rfc3339(s)
                 .map_err(|_| bad("times are RFC 3339, e.g. 2026-11-21T10:00:00Z"))?;
-            let ns = t.timestamp_nanos_opt().ok_or(bad("time out of range"))?;
+            // Past 2262 or before 1677 does not fit in i64 ns: clamp, so that resolving says
+            // "in the future" or "before the base image" like for any other such time.
+            let ns = t.timestamp_nanos_opt().unwrap_or(if t.timestamp() > 0 {
+                i64::MAX
+            } else {
+                i64::MIN
+            });
             return Ok(Point::Time(ns));
         }
         check_snapshot_name(s).map_err(|e| match e {

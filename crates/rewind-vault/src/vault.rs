@@ -385,7 +385,7 @@ impl Vault {
     /// last record. Not durable until [`Vault::flush`].
     pub fn write(&self, first_block: u64, data: &[u8]) -> Result<Seq> {
         let bs = self.shared.block_size as usize;
-        if data.is_empty() || data.len() % bs != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(bs) {
             return Err(VaultError::Unaligned {
                 len: data.len(),
                 block_size: self.shared.block_size,

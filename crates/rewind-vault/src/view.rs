@@ -20,13 +20,16 @@ use crate::point::ResolvedPoint;
 use crate::shared::Shared;
 use crate::write_log::reader::DecodedRecord;
 
+/// The chain's delta maps, loaded (newest first).
+type LoadedChain = Arc<[Arc<DeltaMap>]>;
+
 /// The volume as it was at one point. Cheap to clone; safe to share between threads.
 #[derive(Debug, Clone)]
 pub struct PointView {
     point: ResolvedPoint,
     partial: Arc<BTreeMap<u64, Location>>,
     chain: Arc<[MapEntry]>,
-    maps: Arc<Mutex<Option<Arc<[Arc<DeltaMap>]>>>>,
+    maps: Arc<Mutex<Option<LoadedChain>>>,
     shared: Arc<Shared>,
 }
 
@@ -79,7 +82,7 @@ impl PointView {
         self.partial.len()
     }
 
-    fn maps(&self) -> Result<Arc<[Arc<DeltaMap>]>> {
+    fn maps(&self) -> Result<LoadedChain> {
         let mut cached = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = cached.as_ref() {
             return Ok(m.clone());
@@ -88,7 +91,7 @@ impl PointView {
         for e in self.chain.iter() {
             maps.push(self.shared.map(e)?);
         }
-        let maps: Arc<[Arc<DeltaMap>]> = maps.into();
+        let maps: LoadedChain = maps.into();
         *cached = Some(maps.clone());
         Ok(maps)
     }
@@ -141,7 +144,7 @@ impl PointView {
     /// Reads `out.len() / block_size` blocks from `first_block` into `out`.
     pub fn read_into(&self, first_block: u64, out: &mut [u8]) -> Result<()> {
         let bs = self.shared.block_size as usize;
-        if out.len() % bs != 0 {
+        if !out.len().is_multiple_of(bs) {
             return Err(VaultError::Unaligned {
                 len: out.len(),
                 block_size: self.shared.block_size,

@@ -1,0 +1,96 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use rewind_vault::{Compression, CreateOptions, SealPolicy, Vault};
+use serde_json::json;
+
+use crate::output::{self, Bar};
+
+/// Create a vault for a primary volume. The base image is a sparse copy of the primary as
+/// it is now (seq 0); from then on `rewind serve` journals every write.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  rewind init --primary vm.img --vault vm.vault --compression lz4"
+)]
+pub struct Args {
+    /// The primary volume: a raw image file or a block device
+    #[arg(long, value_name = "PATH")]
+    pub primary: PathBuf,
+    /// Directory for the vault (must be new or empty)
+    #[arg(long, value_name = "DIR")]
+    pub vault: PathBuf,
+    /// Block size in bytes: a power of two from 512 to 65536
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    pub block_size: u32,
+    /// Compress write records: none, lz4 (fast) or zstd (smaller)
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    pub compression: String,
+    /// zstd level (with --compression zstd)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i8).range(-7..=22))]
+    pub zstd_level: i8,
+    /// Seal the open interval when its segment reaches this size (0: never)
+    #[arg(long, default_value = "64M", value_parser = output::parse_size, value_name = "SIZE")]
+    pub seal_size: u64,
+    /// Seal the open interval when it is this old (0: never)
+    #[arg(long, default_value = "10m", value_parser = output::parse_duration_ns, value_name = "DURATION")]
+    pub seal_interval: u64,
+    /// Seal the open interval after this many records (0: never)
+    #[arg(long, default_value_t = 65536, value_name = "N")]
+    pub seal_writes: u64,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let compression = match a.compression.as_str() {
+        "lz4" => Compression::Lz4,
+        "zstd" => Compression::Zstd {
+            level: a.zstd_level,
+        },
+        _ => Compression::None,
+    };
+    let opts = CreateOptions {
+        primary: a.primary.clone(),
+        vault: a.vault.clone(),
+        block_size: a.block_size,
+        compression,
+        seal: SealPolicy {
+            bytes: a.seal_size,
+            interval_ns: a.seal_interval,
+            writes: a.seal_writes,
+        },
+    };
+    let bar = Bar::new(a.json);
+    let vault = Vault::create(&opts, &bar)
+        .with_context(|| format!("cannot create a vault in {}", a.vault.display()))?;
+    let info = vault.info();
+    vault.close().context("closing the new vault")?;
+    if a.json {
+        return output::json(&json!({
+            "vault": info.dir,
+            "vault_id": info.vault_id,
+            "primary": info.primary,
+            "volume_size": info.volume_size,
+            "block_size": info.block_size,
+            "created": rewind_vault::format_time(info.created_ns),
+        }));
+    }
+    println!(
+        "Created vault {} for {} ({}, {}-byte blocks).",
+        info.dir.display(),
+        info.primary,
+        output::bytes(info.volume_size),
+        info.block_size
+    );
+    println!(
+        "The base image (seq 0) is the primary as of {}.",
+        rewind_vault::format_time(info.created_ns)
+    );
+    println!(
+        "Next: rewind serve --primary {} --vault {}",
+        a.primary.display(),
+        a.vault.display()
+    );
+    Ok(())
+}

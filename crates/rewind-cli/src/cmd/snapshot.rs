@@ -1,0 +1,43 @@
+use anyhow::Context;
+use rewind_vault::Vault;
+use serde_json::json;
+
+use super::VaultArg;
+use crate::output;
+
+/// Mark the current point with a name. Everything written before it is made durable, and
+/// the point can be read, restored or mounted by name for as long as it is kept.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  rewind snapshot before-upgrade --vault vm.vault\n  rewind restore --vault vm.vault --at before-upgrade --to vm-before.img"
+)]
+pub struct Args {
+    /// Name: letters, digits, '.', '_' and '-', starting with a letter or digit
+    pub name: String,
+    #[command(flatten)]
+    pub vault: VaultArg,
+    /// The host was quiesced (e.g. fsfreeze) when the snapshot was taken
+    #[arg(long)]
+    pub app_consistent: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let dir = a.vault.path();
+    let vault = Vault::open_as(&dir, "rewind snapshot")
+        .with_context(|| format!("cannot open vault {}", dir.display()))?;
+    let s = vault
+        .snapshot(&a.name, a.app_consistent)
+        .context("cannot take the snapshot")?;
+    vault.close()?;
+    let time = rewind_vault::format_time(s.time_ns);
+    if a.json {
+        return output::json(
+            &json!({ "name": s.name, "seq": s.seq.0, "time": time, "app_consistent": s.app_consistent }),
+        );
+    }
+    println!("Snapshot {} at seq {} ({}).", s.name, s.seq, time);
+    Ok(())
+}

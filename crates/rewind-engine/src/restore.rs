@@ -1,0 +1,300 @@
+//! Restore: write a new raw image of the volume as it was at a point.
+//!
+//! Restore plans first ([`plan`]: what point, where from, how much), which `--dry-run`
+//! prints, then [`execute`]s the plan: every block is read through a [`PointView`]
+//! (verified against its checksum), all-zero blocks are left as holes, and the image is
+//! written to a temporary file that is renamed into place only when it is complete and
+//! durable. A failed restore leaves no image behind.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rewind_vault::{BlockSource, Point, PointView, Progress, ResolvedPoint, Vault, VaultError};
+
+/// Blocks read per step.
+const CHUNK_BLOCKS: u64 = 256;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{path} already exists; pass --force to replace it, or pick another path")]
+    Exists { path: PathBuf },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, RestoreError>;
+
+fn io<T>(r: std::io::Result<T>, op: &'static str, path: &Path) -> Result<T> {
+    r.map_err(|source| RestoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// What a restore will do.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub point: ResolvedPoint,
+    pub to: PathBuf,
+    pub replace: bool,
+    pub volume_size: u64,
+    pub block_size: u32,
+    /// Blocks that come unchanged from the base image.
+    pub from_base: u64,
+    /// Blocks that come from write log records.
+    pub from_log: u64,
+    /// Blocks that were zeroed or trimmed (written as holes).
+    pub zeroed: u64,
+    /// Delta maps consulted to answer the point.
+    pub maps_consulted: usize,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub bytes_written: u64,
+    /// All-zero blocks left as holes.
+    pub holes: u64,
+    pub elapsed: Duration,
+}
+
+/// Plans restoring `point` of `vault` to `to`. `replace` allows replacing an existing file.
+pub fn plan(
+    vault: &Vault,
+    point: &Point,
+    to: &Path,
+    replace: bool,
+) -> Result<(RestorePlan, PointView)> {
+    let view = vault.view(point)?;
+    if to.exists() && !replace {
+        return Err(RestoreError::Exists {
+            path: to.to_path_buf(),
+        });
+    }
+    let (mut from_base, mut from_log, mut zeroed) = (0, 0, 0);
+    let blocks = view.blocks();
+    let mut b = 0;
+    while b < blocks {
+        let n = (blocks - b).min(64 * 1024);
+        for s in view.sources(b, n)? {
+            match s {
+                BlockSource::Base => from_base += 1,
+                BlockSource::Record => from_log += 1,
+                BlockSource::Zero => zeroed += 1,
+            }
+        }
+        b += n;
+    }
+    let plan = RestorePlan {
+        point: view.point(),
+        to: to.to_path_buf(),
+        replace,
+        volume_size: blocks * u64::from(view.block_size()),
+        block_size: view.block_size(),
+        from_base,
+        from_log,
+        zeroed,
+        maps_consulted: view.maps_consulted(),
+    };
+    Ok((plan, view))
+}
+
+/// Carries out a plan. On any error the partial image is removed.
+pub fn execute(
+    plan: &RestorePlan,
+    view: &PointView,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let start = Instant::now();
+    let partial = partial_path(&plan.to);
+    let result = write_image(plan, view, &partial, progress);
+    match result {
+        Ok((bytes_written, holes)) => {
+            if plan.to.exists() && !plan.replace {
+                let _ = std::fs::remove_file(&partial);
+                return Err(RestoreError::Exists {
+                    path: plan.to.clone(),
+                });
+            }
+            io(
+                std::fs::rename(&partial, &plan.to),
+                "rename into place",
+                &plan.to,
+            )?;
+            if let Some(dir) = plan.to.parent().filter(|d| !d.as_os_str().is_empty()) {
+                io(
+                    File::open(dir).and_then(|d| d.sync_all()),
+                    "fsync directory",
+                    dir,
+                )?;
+            }
+            Ok(RestoreReport {
+                bytes_written,
+                holes,
+                elapsed: start.elapsed(),
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+fn partial_path(to: &Path) -> PathBuf {
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    to.with_file_name(format!(".{name}.rewind-partial"))
+}
+
+fn write_image(
+    plan: &RestorePlan,
+    view: &PointView,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<(u64, u64)> {
+    let out = io(
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path),
+        "create",
+        path,
+    )?;
+    io(out.set_len(plan.volume_size), "size", path)?;
+    let bs = plan.block_size as usize;
+    let blocks = view.blocks();
+    let mut buf = vec![0u8; CHUNK_BLOCKS as usize * bs];
+    let (mut written, mut holes) = (0u64, 0u64);
+    progress.start("restoring", plan.volume_size);
+    let mut b = 0;
+    while b < blocks {
+        let n = (blocks - b).min(CHUNK_BLOCKS);
+        let chunk = &mut buf[..n as usize * bs];
+        view.read_into(b, chunk)?;
+        // Write runs of non-zero blocks; leave zero blocks as holes.
+        let mut i = 0;
+        while i < n as usize {
+            if is_zero(&chunk[i * bs..(i + 1) * bs]) {
+                holes += 1;
+                i += 1;
+                continue;
+            }
+            let run_end = (i..n as usize)
+                .find(|&j| is_zero(&chunk[j * bs..(j + 1) * bs]))
+                .unwrap_or(n as usize);
+            let bytes = &chunk[i * bs..run_end * bs];
+            io(
+                out.write_all_at(bytes, (b + i as u64) * bs as u64),
+                "write",
+                path,
+            )?;
+            written += bytes.len() as u64;
+            i = run_end;
+        }
+        progress.advance(n * bs as u64);
+        b += n;
+    }
+    io(out.sync_all(), "fsync", path)?;
+    progress.finish();
+    Ok((written, holes))
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rewind_vault::{Compression, CreateOptions, NoProgress, SealPolicy};
+
+    fn vault(dir: &Path) -> Vault {
+        let primary = dir.join("primary.img");
+        let mut data = vec![0u8; 64 * 512];
+        data[512..1024].fill(7);
+        std::fs::write(&primary, &data).unwrap();
+        let opts = CreateOptions {
+            primary,
+            vault: dir.join("vault"),
+            block_size: 512,
+            compression: Compression::None,
+            seal: SealPolicy::default(),
+        };
+        Vault::create(&opts, &NoProgress).unwrap()
+    }
+
+    #[test]
+    fn restores_a_snapshot_sparse_and_exact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = vault(tmp.path());
+        v.write(4, &[9u8; 1024]).unwrap();
+        v.snapshot("s1", false).unwrap();
+        v.write(4, &[1u8; 512]).unwrap();
+        v.trim(1, 1).unwrap();
+        let to = tmp.path().join("out.img");
+        let (p, view) = plan(&v, &"s1".parse().unwrap(), &to, false).unwrap();
+        assert_eq!((p.from_log, p.zeroed), (2, 0));
+        let r = execute(&p, &view, &NoProgress).unwrap();
+        let img = std::fs::read(&to).unwrap();
+        assert_eq!(img.len(), 64 * 512);
+        assert!(img[512..1024].iter().all(|&b| b == 7));
+        assert!(img[2048..3072].iter().all(|&b| b == 9));
+        assert_eq!(r.bytes_written, 3 * 512);
+        assert!(matches!(
+            plan(&v, &"s1".parse().unwrap(), &to, false),
+            Err(RestoreError::Exists { .. })
+        ));
+        let (p, view) = plan(&v, &"now".parse().unwrap(), &to, true).unwrap();
+        execute(&p, &view, &NoProgress).unwrap();
+        let img = std::fs::read(&to).unwrap();
+        assert!(
+            img[512..1024].iter().all(|&b| b == 0),
+            "trimmed block reads as zeroes"
+        );
+        assert!(img[2048..2560].iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn failed_restore_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = vault(tmp.path());
+        v.write(1, &[5u8; 512]).unwrap();
+        v.snapshot("s", false).unwrap();
+        // Corrupt the record's payload in the sealed segment.
+        let seg = std::fs::read_dir(tmp.path().join("vault/log"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .min()
+            .unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[48 + 56 + 10] ^= 1;
+        std::fs::write(&seg, bytes).unwrap();
+        drop(v);
+        let v = Vault::open_read_only(&tmp.path().join("vault")).unwrap();
+        let to = tmp.path().join("bad.img");
+        let (p, view) = plan(&v, &"s".parse().unwrap(), &to, false).unwrap();
+        let err = execute(&p, &view, &NoProgress).unwrap_err();
+        assert!(
+            matches!(err, RestoreError::Vault(VaultError::Corrupted { .. })),
+            "{err}"
+        );
+        assert!(!to.exists());
+        assert!(!partial_path(&to).exists());
+    }
+}
