@@ -272,7 +272,7 @@ fn refusals_are_clear() {
 
     // A second writer gets exit code 4 and a message naming the holder.
     let held = Vault::open_as(&vault, "test holder").unwrap();
-    let o = rewind(&["snapshot", "x", "--vault", v]);
+    let o = rewind_once(&["snapshot", "x", "--vault", v]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(stderr(&o).contains("test holder"), "{}", stderr(&o));
     drop(held);
