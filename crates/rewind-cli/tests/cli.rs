@@ -6,11 +6,27 @@ use std::process::{Command, Output};
 
 use rewind_vault::Vault;
 
-fn rewind(args: &[&str]) -> Output {
+fn rewind_once(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rewind"))
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Runs `rewind`, retrying while the vault is busy (exit 4). Tests here open vaults in
+/// process; while another test thread spawns a child, that child briefly shares our lock
+/// file descriptor (between fork and exec), so a lock we just released can look held for
+/// a moment.
+fn rewind(args: &[&str]) -> Output {
+    let mut o = rewind_once(args);
+    for _ in 0..40 {
+        if o.status.code() != Some(4) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        o = rewind_once(args);
+    }
+    o
 }
 
 fn stderr(o: &Output) -> String {
