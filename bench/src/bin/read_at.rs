@@ -102,7 +102,7 @@ impl Args {
             }
         }
         ensure!(
-            a.size % BS as u64 == 0 && a.size >= SEQ_BLOCKS * BS as u64,
+            a.size.is_multiple_of(BS as u64) && a.size >= SEQ_BLOCKS * BS as u64,
             "--size must be a multiple of 4096 and at least 256 KiB"
         );
         ensure!(a.max_records >= 2, "--max-records must be at least 2");
