@@ -36,14 +36,25 @@ fn generations(dir: &Path) -> Result<Vec<Generation>> {
 /// Loads the current manifest. A corrupt current manifest is an error (the previous one
 /// is still on disk for a person to look at), never silently replaced by an older one.
 pub(crate) fn load(dir: &Path) -> Result<(Manifest, PathBuf)> {
-    let gens = generations(dir)?;
-    let Some(&current) = gens.last() else {
-        return Err(VaultError::NotAVault {
-            path: dir.to_path_buf(),
-        });
+    let mut relists = 0;
+    let (current, path, bytes) = loop {
+        let gens = generations(dir)?;
+        let Some(&current) = gens.last() else {
+            return Err(VaultError::NotAVault {
+                path: dir.to_path_buf(),
+            });
+        };
+        let path = dir.join(names::manifest(current));
+        match std::fs::read(&path) {
+            Ok(bytes) => break (current, path, bytes),
+            // A running writer committed two newer generations since the listing and
+            // removed this one (a reader does not hold the lock): list again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && relists < 100 => {
+                relists += 1;
+            }
+            Err(e) => return Err(e).io("read", &path),
+        }
     };
-    let path = dir.join(names::manifest(current));
-    let bytes = std::fs::read(&path).io("read", &path)?;
     let m = Manifest::decode(&bytes).map_err(|e| decode_err(&path, 0, e))?;
     if m.generation != current {
         return Err(crate::error::corrupted(

@@ -193,11 +193,11 @@ mod tests {
         );
         assert_eq!(
             "2026-11-21T10:00:00Z".parse::<Point>().ok(),
-            Some(Point::Time(1_763_719_200_000_000_000))
+            Some(Point::Time(1_795_255_200_000_000_000))
         );
         assert_eq!(
             "2026-11-21T11:00:00+01:00".parse::<Point>().ok(),
-            Some(Point::Time(1_763_719_200_000_000_000))
+            Some(Point::Time(1_795_255_200_000_000_000))
         );
         assert_eq!(
             "before-upgrade".parse::<Point>().ok(),

@@ -111,8 +111,14 @@ impl OpenSegment {
         };
         if len <= SEG_HEADER_LEN as u64 {
             let bytes = std::fs::read(&path).io("read", &path)?;
-            if SegmentHeader::decode(&bytes).is_err() && repair {
-                return OpenSegment::create(log_dir, id, block_size, vault_id);
+            if SegmentHeader::decode(&bytes).is_err() {
+                if repair {
+                    return OpenSegment::create(log_dir, id, block_size, vault_id);
+                }
+                // A reader: the segment is being created (or its creation was torn); it
+                // holds no records yet, as when it is missing.
+                let file = File::open(&path).io("open", &path)?;
+                return Ok(OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64));
             }
         }
         let scan = scan_tail(&path, id.0, block_size)?;

@@ -4,9 +4,10 @@
 //! - [`scan_tail`] reads the whole open segment, verifying every record's crc. A bad record
 //!   is a torn tail (cut there) unless a later valid record says, through its `durable_seq`,
 //!   that the bad one had already been made durable: then it is corruption, an error.
-//! - [`scan_sealed`] walks a sealed segment's headers up to a seq, without reading payloads
-//!   (their crc is checked when their data is read). Every header must be valid and in seq
-//!   order up to the length the manifest recorded.
+//! - [`scan_sealed`] walks a sealed segment's records up to a seq, verifying each record's
+//!   crc: a replay trusts the headers' block ranges, and a zero or trim record is nothing
+//!   but its header, so a damaged one must not zero the wrong blocks. Every record must be
+//!   valid and in seq order up to the length the manifest recorded.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -76,7 +77,14 @@ pub(crate) fn scan_tail(path: &Path, first_seq: Seq, block_size: u32) -> Result<
             Err(e) => {
                 if let Some(later) = durable_record_after(&bytes, pos + 1, expect, block_size) {
                     tracing::error!(path = %path.display(), offset = pos, later, "corrupt record before the tail");
-                    return Err(decode_err(path, pos as u64, e));
+                    // The error names the bad record's offset; the decode error inside
+                    // says which byte (absolute) failed, which may lie past the record
+                    // (a damaged length field) or past the end of the file.
+                    return Err(corrupted(
+                        path,
+                        pos as u64,
+                        Corruption::Decode(e.shifted(pos as u64)),
+                    ));
                 }
                 break;
             }
@@ -139,8 +147,9 @@ fn meta(h: &RecordHeader, offset: u64) -> RecordMeta {
     }
 }
 
-/// Walks a sealed segment's record headers in order, calling `visit` for each until it
-/// returns false or `length` (from the manifest) is reached. Payloads are skipped.
+/// Walks a sealed segment's records in order, calling `visit` for each until it
+/// returns false or `length` (from the manifest) is reached. Each record's crc (header and
+/// payload) is checked before it is visited; the data is not decompressed.
 pub(crate) fn scan_sealed(
     path: &Path,
     first_seq: Seq,
@@ -169,7 +178,7 @@ pub(crate) fn scan_sealed(
     }
     let mut r = BufReader::with_capacity(256 * 1024, file);
     let mut hdr = [0u8; SEG_HEADER_LEN];
-    read_exact(&mut r, &mut hdr, path, 0)?;
+    read_exact(&mut r, &mut hdr, path, 0, "segment header")?;
     let sh = SegmentHeader::decode(&hdr).map_err(|e| decode_err(path, 0, e))?;
     if sh.first_seq != first_seq || sh.block_size != block_size {
         return Err(corrupted(
@@ -181,8 +190,9 @@ pub(crate) fn scan_sealed(
     let mut pos = SEG_HEADER_LEN as u64;
     let mut expect = first_seq;
     let mut rh = [0u8; HEADER_LEN];
+    let mut payload = Vec::new();
     while pos < length {
-        read_exact(&mut r, &mut rh, path, pos)?;
+        read_exact(&mut r, &mut rh, path, pos, "record header")?;
         let h = RecordHeader::decode(&rh, block_size).map_err(|e| decode_err(path, pos, e))?;
         if h.seq != expect {
             return Err(corrupted(
@@ -205,7 +215,10 @@ pub(crate) fn scan_sealed(
                 },
             ));
         }
-        r.seek_relative(i64::from(h.payload_len)).io("seek", path)?;
+        payload.resize(h.payload_len as usize, 0);
+        read_exact(&mut r, &mut payload, path, pos, "record payload")?;
+        h.verify(&rh, &payload)
+            .map_err(|e| decode_err(path, pos, e))?;
         if !visit(&meta(&h, pos)) {
             return Ok(());
         }
@@ -215,7 +228,13 @@ pub(crate) fn scan_sealed(
     Ok(())
 }
 
-fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, pos: u64) -> Result<()> {
+fn read_exact(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    path: &Path,
+    pos: u64,
+    what: &'static str,
+) -> Result<()> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => decode_err(
             path,
@@ -223,7 +242,7 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, pos: u64) -> Resul
             DecodeError::Truncated {
                 offset: 0,
                 needed: buf.len() as u64,
-                what: "record header",
+                what,
             },
         ),
         _ => crate::VaultError::Io {
