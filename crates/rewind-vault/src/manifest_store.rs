@@ -33,6 +33,11 @@ fn generations(dir: &Path) -> Result<Vec<Generation>> {
     Ok(gens)
 }
 
+/// Whether `dir` holds at least one manifest (is a vault).
+pub(crate) fn exists(dir: &Path) -> bool {
+    generations(dir).is_ok_and(|g| !g.is_empty())
+}
+
 /// Loads the current manifest. A corrupt current manifest is an error (the previous one
 /// is still on disk for a person to look at), never silently replaced by an older one.
 pub(crate) fn load(dir: &Path) -> Result<(Manifest, PathBuf)> {

@@ -1,0 +1,84 @@
+//! What a vault holds: snapshots and intervals.
+
+use super::*;
+
+impl Vault {
+    // ---- listing ---------------------------------------------------------------------
+
+    pub(super) fn find_snapshot(inner: &Inner, name: &str) -> Option<SnapshotEntry> {
+        inner
+            .manifest
+            .snapshots
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .or_else(|| {
+                inner
+                    .open
+                    .markers
+                    .iter()
+                    .find(|m| m.name == name)
+                    .map(|m| SnapshotEntry {
+                        name: m.name.clone(),
+                        seq: m.seq,
+                        time_ns: m.timestamp_ns,
+                        app_consistent: m.app_consistent,
+                    })
+            })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotEntry> {
+        let inner = self.lock();
+        let mut v = inner.manifest.snapshots.clone();
+        v.extend(inner.open.markers.iter().map(|m| SnapshotEntry {
+            name: m.name.clone(),
+            seq: m.seq,
+            time_ns: m.timestamp_ns,
+            app_consistent: m.app_consistent,
+        }));
+        v
+    }
+
+    /// Every interval, oldest first: the sealed ones, then the open one if it has records.
+    pub fn intervals(&self) -> Vec<IntervalInfo> {
+        let inner = self.lock();
+        let m = &inner.manifest;
+        let mut out = Vec::with_capacity(m.maps.len() + 1);
+        let mut segs = m.segments.iter().peekable();
+        for e in &m.maps {
+            let mut log_bytes = 0;
+            while let Some(s) = segs.peek() {
+                if s.id.0 > e.interval.seq_to {
+                    break;
+                }
+                log_bytes += s.length - SEG_HEADER_LEN as u64;
+                segs.next();
+            }
+            out.push(IntervalInfo {
+                seq_from: e.interval.seq_from,
+                seq_to: e.interval.seq_to,
+                time_from_ns: e.interval.time_from_ns,
+                time_to_ns: e.interval.time_to_ns,
+                blocks_changed: e.blocks_changed,
+                log_bytes,
+                sealed: true,
+                flags: e.flags,
+            });
+        }
+        let o = &inner.open;
+        if let (Some(first), Some(last)) = (o.records.first(), o.records.last()) {
+            out.push(IntervalInfo {
+                seq_from: first.seq,
+                seq_to: last.seq,
+                time_from_ns: first.timestamp_ns,
+                time_to_ns: last.timestamp_ns,
+                blocks_changed: o.present.len() as u64,
+                log_bytes: o.len() - SEG_HEADER_LEN as u64,
+                sealed: false,
+                flags: 0,
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,267 @@
+//! Resolving points to seqs, and opening point-in-time views.
+
+use super::*;
+
+impl Vault {
+    // ---- points ----------------------------------------------------------------------
+
+    /// Resolves a point to the seq whose state it names.
+    pub fn resolve(&self, point: &Point) -> Result<ResolvedPoint> {
+        let plan = {
+            let inner = self.lock();
+            self.resolve_locked(&inner, point)?
+        };
+        match plan {
+            Resolution::Done(rp) => Ok(rp),
+            Resolution::ScanSegment { seg, stop } => self.scan_for(&seg, stop),
+        }
+    }
+
+    fn resolve_locked(&self, inner: &Inner, point: &Point) -> Result<Resolution> {
+        let m = &inner.manifest;
+        let newest = inner.open.last_seq();
+        let seq = match point {
+            Point::Latest => newest,
+            Point::Seq(s) => {
+                if *s > newest {
+                    return Err(VaultError::SeqAfterNewest { seq: *s, newest });
+                }
+                *s
+            }
+            Point::Snapshot(name) => {
+                let s = Self::find_snapshot(inner, name)
+                    .ok_or_else(|| VaultError::UnknownSnapshot(name.clone()))?;
+                return Ok(Resolution::Done(ResolvedPoint {
+                    seq: s.seq,
+                    time_ns: s.time_ns,
+                }));
+            }
+            Point::Time(t) => return self.by_time(inner, *t, point),
+            Point::Ago(d) => {
+                let t = now_ns().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+                return self.by_time(inner, t, &Point::Time(t));
+            }
+        };
+        // The time of `seq`.
+        if seq == Seq::BASE {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq,
+                time_ns: m.created_ns,
+            }));
+        }
+        if seq >= inner.open.id.0 {
+            let r = inner.open.records[(seq.0 - inner.open.id.0 .0) as usize];
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq,
+                time_ns: r.timestamp_ns,
+            }));
+        }
+        let i = m.segments.partition_point(|s| s.last_seq < seq);
+        let seg = m.segments[i];
+        if seg.last_seq == seq {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq,
+                time_ns: seg.time_to_ns,
+            }));
+        }
+        Ok(Resolution::ScanSegment {
+            seg,
+            stop: Stop::Seq(seq),
+        })
+    }
+
+    fn by_time(&self, inner: &Inner, t: i64, shown: &Point) -> Result<Resolution> {
+        let m = &inner.manifest;
+        if t < m.created_ns {
+            return Err(VaultError::BeforeBase {
+                point: shown.to_string(),
+                base: format_time(m.created_ns),
+            });
+        }
+        let now = now_ns();
+        if t > now {
+            return Err(VaultError::FutureTime {
+                point: shown.to_string(),
+                now: format_time(now),
+            });
+        }
+        let recs = &inner.open.records;
+        if recs.first().is_some_and(|r| r.timestamp_ns <= t) {
+            let i = recs.partition_point(|r| r.timestamp_ns <= t) - 1;
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq: recs[i].seq,
+                time_ns: recs[i].timestamp_ns,
+            }));
+        }
+        let i = m.segments.partition_point(|s| s.time_from_ns <= t);
+        if i == 0 {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq: Seq::BASE,
+                time_ns: m.created_ns,
+            }));
+        }
+        let seg = m.segments[i - 1];
+        if seg.time_to_ns <= t {
+            return Ok(Resolution::Done(ResolvedPoint {
+                seq: seg.last_seq,
+                time_ns: seg.time_to_ns,
+            }));
+        }
+        Ok(Resolution::ScanSegment {
+            seg,
+            stop: Stop::Time(t),
+        })
+    }
+
+    fn scan_for(&self, seg: &SegmentEntry, stop: Stop) -> Result<ResolvedPoint> {
+        let mut found: Option<RecordMeta> = None;
+        let path = self.shared.segments.path(seg.id);
+        scan_sealed(&path, seg.id.0, seg.length, self.shared.block_size, |r| {
+            let keep = match stop {
+                Stop::Seq(s) => r.seq <= s,
+                Stop::Time(t) => r.timestamp_ns <= t,
+            };
+            if keep {
+                found = Some(*r);
+            }
+            keep
+        })?;
+        let r = found.ok_or_else(|| {
+            corrupted(
+                &path,
+                0,
+                Corruption::Inconsistent("segment does not hold the records the manifest says"),
+            )
+        })?;
+        Ok(ResolvedPoint {
+            seq: r.seq,
+            time_ns: r.timestamp_ns,
+        })
+    }
+
+    /// The volume as it was at `point`: ready to read at once. Only the interval holding
+    /// the point is replayed (and not even that when the point ends an interval).
+    pub fn view(&self, point: &Point) -> Result<PointView> {
+        let rp = self.resolve(point)?;
+        self.view_resolved(rp)
+    }
+
+    /// A view at an already resolved point.
+    pub fn view_resolved(&self, rp: ResolvedPoint) -> Result<PointView> {
+        let p = rp.seq;
+        let (partial, chain, replay) = {
+            let mut inner = self.lock();
+            if p != Seq::BASE && p >= inner.open.id.0 && self._lock.is_some() {
+                // Readers go through the file: hand it what is buffered.
+                inner.open.write_out()?;
+            }
+            let maps = &inner.manifest.maps;
+            if p == Seq::BASE {
+                (BTreeMap::new(), Vec::new(), None)
+            } else if p >= inner.open.id.0 {
+                if p > inner.open.last_seq() {
+                    return Err(VaultError::SeqAfterNewest {
+                        seq: p,
+                        newest: inner.open.last_seq(),
+                    });
+                }
+                let chain: Vec<MapEntry> = maps.iter().rev().copied().collect();
+                let partial = if p == inner.open.last_seq() {
+                    inner.open.present.clone()
+                } else {
+                    let id = inner.open.id;
+                    replay(inner.open.records.iter().take_while(|r| r.seq <= p), id)
+                };
+                (partial, chain, None)
+            } else {
+                let i = maps.partition_point(|e| e.interval.seq_to < p);
+                let Some(holding) = maps.get(i).copied() else {
+                    return Err(corrupted(
+                        &self.dir,
+                        0,
+                        Corruption::Inconsistent("no delta map covers a sealed seq"),
+                    ));
+                };
+                if holding.interval.seq_to == p {
+                    (
+                        BTreeMap::new(),
+                        maps[..=i].iter().rev().copied().collect(),
+                        None,
+                    )
+                } else {
+                    let segs: Vec<SegmentEntry> = inner
+                        .manifest
+                        .segments
+                        .iter()
+                        .filter(|s| s.last_seq >= holding.interval.seq_from && s.id.0 <= p)
+                        .copied()
+                        .collect();
+                    (
+                        BTreeMap::new(),
+                        maps[..i].iter().rev().copied().collect(),
+                        Some(segs),
+                    )
+                }
+            }
+        };
+        let partial = match replay {
+            None => partial,
+            Some(segs) => {
+                let mut map = BTreeMap::new();
+                for s in segs {
+                    let path = self.shared.segments.path(s.id);
+                    scan_sealed(&path, s.id.0, s.length, self.shared.block_size, |r| {
+                        if r.seq > p {
+                            return false;
+                        }
+                        apply(&mut map, r, s.id);
+                        true
+                    })?;
+                }
+                map
+            }
+        };
+        Ok(PointView::new(rp, partial, chain, self.shared.clone()))
+    }
+
+    /// Reads `count` blocks from `first_block` as they were at `point`.
+    pub fn read_at(&self, point: &Point, first_block: u64, count: u64) -> Result<Vec<u8>> {
+        self.view(point)?.read(first_block, count)
+    }
+}
+
+enum Resolution {
+    Done(ResolvedPoint),
+    ScanSegment { seg: SegmentEntry, stop: Stop },
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    Seq(Seq),
+    Time(i64),
+}
+
+fn apply(map: &mut BTreeMap<u64, Location>, r: &RecordMeta, segment: SegmentId) {
+    let loc = match r.kind {
+        RecordKind::Write => Location::Data {
+            segment,
+            offset: r.offset,
+        },
+        RecordKind::Zero | RecordKind::Trim => Location::Zero,
+        RecordKind::Marker => return,
+    };
+    for b in r.first_block..r.first_block + u64::from(r.block_count) {
+        map.insert(b, loc);
+    }
+}
+
+fn replay<'a>(
+    records: impl Iterator<Item = &'a RecordMeta>,
+    segment: SegmentId,
+) -> BTreeMap<u64, Location> {
+    let mut map = BTreeMap::new();
+    for r in records {
+        apply(&mut map, r, segment);
+    }
+    map
+}
