@@ -1,6 +1,7 @@
 //! `rewind`: continuous data protection for block volumes.
 
 mod cmd;
+mod control;
 mod output;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     List(cmd::list::Args),
     /// Write a new raw image of the volume as it was at a point.
     Restore(cmd::restore::Args),
+    /// Show what a running server is doing (writes, bytes, open interval, clients).
+    Status(cmd::status::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Snapshot(a) => cmd::snapshot::run(a),
         Command::List(a) => cmd::list::run(a),
         Command::Restore(a) => cmd::restore::run(a),
+        Command::Status(a) => cmd::status::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

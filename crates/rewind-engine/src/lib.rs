@@ -1,4 +1,11 @@
-//! rewind's engine: the work done with a vault. For now: restore. Later: the intercept
-//! layer, verify/sync, retention and replication.
+//! rewind's engine: the work done with a vault.
+//!
+//! - [`intercept`]: the live volume every host write passes through (primary + write log).
+//! - [`exports`]: the live volume and points in time as NBD exports.
+//! - [`restore`]: new images of past points.
+//!
+//! Later: verify/sync, retention, replication.
 
+pub mod exports;
+pub mod intercept;
 pub mod restore;

@@ -5,6 +5,7 @@ pub mod list;
 pub mod restore;
 pub mod serve;
 pub mod snapshot;
+pub mod status;
 
 use std::path::PathBuf;
 

@@ -1,17 +1,35 @@
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rewind_vault::{Compression, CreateOptions, SealPolicy, Vault};
+use rewind_engine::exports::VaultExports;
+use rewind_engine::intercept::LiveVolume;
+use rewind_nbd::{serve_connection, ServerStats};
+use rewind_vault::{format_time, now_ns, Compression, CreateOptions, SealPolicy, Vault};
+use serde_json::{json, Value};
 
+use crate::control;
 use crate::output::{self, Bar};
 
 pub const DEFAULT_DIR: &str = "rewind-data";
 pub const DEFAULT_VAULT: &str = "rewind-data/vault";
 pub const DEFAULT_PRIMARY: &str = "rewind-data/volume.img";
+pub const DEFAULT_SOCKET: &str = "rewind-data/nbd.sock";
 
-/// Serve the protected volume over NBD. With no arguments it protects a demo volume,
+/// Serve the protected volume over NBD: every write is journaled into the vault before it
+/// is acknowledged, FLUSH and FUA make it durable, and any kept point can be opened
+/// read-only as export `@POINT`. With no arguments it protects a demo volume,
 /// ./rewind-data/volume.img (1 GiB, sparse, created if missing), in ./rewind-data/vault.
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Exports:\n  live (or the empty name)  the volume, read-write\n  @NAME, @seq:N, @2026-11-21T10:00:00Z, @-15m   that point, read-only\n\nStop with Ctrl-C or SIGTERM: in-flight requests finish, the log is flushed and sealed."
+)]
 pub struct Args {
     /// The primary volume [default: ./rewind-data/volume.img]
     #[arg(long, value_name = "PATH")]
@@ -19,10 +37,10 @@ pub struct Args {
     /// The vault [default: ./rewind-data/vault]
     #[arg(long, value_name = "DIR")]
     pub vault: Option<PathBuf>,
-    /// TCP address to listen on (loopback unless you say otherwise)
+    /// TCP address to listen on ("none" for no TCP)
     #[arg(long, default_value = "127.0.0.1:10809", value_name = "HOST:PORT")]
     pub listen: String,
-    /// Unix socket to listen on [default: ./rewind-data/nbd.sock]
+    /// Unix socket to listen on [default: ./rewind-data/nbd.sock with the demo volume, none otherwise]
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Size of the demo volume when it has to be created
@@ -30,7 +48,32 @@ pub struct Args {
     pub demo_size: u64,
 }
 
+struct Server {
+    volume: Arc<LiveVolume>,
+    exports: Arc<VaultExports>,
+    stats: Arc<ServerStats>,
+    started: Instant,
+    listen: Vec<String>,
+    conns: Mutex<Vec<(JoinHandle<()>, Closer)>>,
+}
+
+/// Ends a connection's reading side so that it drains and finishes.
+enum Closer {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Closer {
+    fn close(&self) {
+        let _ = match self {
+            Closer::Tcp(s) => s.shutdown(std::net::Shutdown::Read),
+            Closer::Unix(s) => s.shutdown(std::net::Shutdown::Read),
+        };
+    }
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let demo = a.primary.is_none() && a.vault.is_none();
     let primary = a
         .primary
         .clone()
@@ -39,47 +82,282 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .vault
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_VAULT));
-    if a.primary.is_none() && a.vault.is_none() {
+    let socket = a
+        .socket
+        .clone()
+        .or_else(|| demo.then(|| PathBuf::from(DEFAULT_SOCKET)));
+    if demo {
         prepare_demo(&primary, &vault_dir, a.demo_size)?;
     }
-    let vault = Vault::open_as(&vault_dir, "rewind serve")
-        .with_context(|| format!("cannot open vault {}", vault_dir.display()))?;
-    let info = vault.info();
-    let size = std::fs::metadata(&primary)
-        .with_context(|| format!("cannot open primary {}", primary.display()))?
-        .len();
-    if size != info.volume_size {
-        bail!(
-            "primary {} is {} bytes but vault {} protects a {}-byte volume; is this the right primary?",
-            primary.display(),
-            size,
-            vault_dir.display(),
-            info.volume_size
-        );
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
-    vault.close()?;
-    println!(
-        "Vault {} protects {} ({}).",
-        vault_dir.display(),
-        primary.display(),
-        output::bytes(size)
+    let vault = Arc::new(
+        Vault::open_as(&vault_dir, "rewind serve")
+            .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
     );
-    println!();
-    println!(
-        "not yet: the NBD intercept layer (`rewind serve` listening on {}) is the next",
-        a.listen
-    );
-    println!("milestone. Until then the vault works from the command line:");
-    println!(
-        "  rewind snapshot before-upgrade --vault {}",
-        vault_dir.display()
-    );
-    println!("  rewind list --vault {}", vault_dir.display());
-    println!(
-        "  rewind restore --vault {} --at before-upgrade --to restored.img",
-        vault_dir.display()
+    let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
+    let tcp = if a.listen == "none" {
+        None
+    } else {
+        let l = TcpListener::bind(&a.listen)
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        l.set_nonblocking(true)?;
+        Some(l)
+    };
+    let unix = socket.as_deref().map(bind_unix).transpose()?;
+    let control_path = control::socket_path(&vault_dir);
+    let control = bind_unix(&control_path)?;
+    let mut listen = Vec::new();
+    if let Some(l) = &tcp {
+        listen.push(format!("nbd://{}", l.local_addr()?));
+    }
+    if let Some(s) = &socket {
+        listen.push(format!("nbd+unix:///?socket={}", s.display()));
+    }
+    let server = Arc::new(Server {
+        exports: Arc::new(VaultExports::new(volume.clone())),
+        volume,
+        stats: Arc::new(ServerStats::default()),
+        started: Instant::now(),
+        listen,
+        conns: Mutex::new(Vec::new()),
+    });
+    print_recipes(&primary, &vault_dir, tcp.as_ref(), socket.as_deref());
+    let mut last_tick = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        let mut idle = true;
+        if let Some(l) = &tcp {
+            if let Ok((s, _)) = l.accept() {
+                idle = false;
+                let _ = s.set_nodelay(true);
+                if let (Ok(r), Ok(c)) = (s.try_clone(), s.try_clone()) {
+                    spawn_conn(&server, r, s, Closer::Tcp(c));
+                }
+            }
+        }
+        if let Some(l) = &unix {
+            if let Ok((s, _)) = l.accept() {
+                idle = false;
+                if let (Ok(r), Ok(c)) = (s.try_clone(), s.try_clone()) {
+                    spawn_conn(&server, r, s, Closer::Unix(c));
+                }
+            }
+        }
+        if let Ok((s, _)) = control.accept() {
+            idle = false;
+            let server = server.clone();
+            std::thread::spawn(move || control_conn(&server, s));
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            if let Err(e) = vault.tick() {
+                tracing::error!(error = %e, "time-based seal failed");
+            }
+            server
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(h, _)| !h.is_finished());
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    eprintln!("Stopping: finishing in-flight requests, flushing and sealing the write log...");
+    let conns = std::mem::take(&mut *server.conns.lock().unwrap_or_else(|p| p.into_inner()));
+    for (_, closer) in &conns {
+        closer.close();
+    }
+    for (h, _) in conns {
+        let _ = h.join();
+    }
+    drop(control);
+    let _ = std::fs::remove_file(&control_path);
+    if let Some(s) = &socket {
+        let _ = std::fs::remove_file(s);
+    }
+    server.volume.flush().context("final flush")?;
+    let sealed = vault.seal().context("final seal")?;
+    let info = vault.info();
+    eprintln!(
+        "Stopped cleanly at seq {}{}.",
+        info.newest_seq,
+        if sealed.is_some() {
+            " (interval sealed)"
+        } else {
+            ""
+        }
     );
     Ok(())
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another server", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let l =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn spawn_conn<S>(server: &Arc<Server>, reader: S, writer: S, closer: Closer)
+where
+    S: std::io::Read + Write + Send + 'static + SetBlocking,
+{
+    let _ = reader.set_blocking();
+    let _ = writer.set_blocking();
+    let srv = server.clone();
+    let n = server.stats.connections_total.load(Ordering::Relaxed);
+    let handle = std::thread::Builder::new()
+        .name(format!("nbd-conn-{n}"))
+        .spawn(move || {
+            if let Err(e) = serve_connection(reader, writer, srv.exports.as_ref(), &srv.stats) {
+                tracing::info!(error = %e, "connection closed");
+            }
+        });
+    match handle {
+        Ok(h) => server
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((h, closer)),
+        Err(e) => tracing::error!(error = %e, "cannot start a connection thread"),
+    }
+}
+
+/// Accepted sockets must block (the listeners do not).
+trait SetBlocking {
+    fn set_blocking(&self) -> std::io::Result<()>;
+}
+impl SetBlocking for TcpStream {
+    fn set_blocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(false)
+    }
+}
+impl SetBlocking for UnixStream {
+    fn set_blocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(false)
+    }
+}
+
+fn control_conn(server: &Server, s: UnixStream) {
+    let _ = s.set_nonblocking(false);
+    let Ok(mut w) = s.try_clone() else { return };
+    for line in BufReader::new(s).lines() {
+        let Ok(line) = line else { return };
+        let reply = match serde_json::from_str::<Value>(&line) {
+            Ok(req) => handle_control(server, &req)
+                .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})),
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        };
+        if writeln!(w, "{reply}").is_err() {
+            return;
+        }
+    }
+}
+
+fn handle_control(server: &Server, req: &Value) -> anyhow::Result<Value> {
+    let vault = server.volume.vault();
+    match req["op"].as_str().unwrap_or("") {
+        "snapshot" => {
+            let name = req["name"].as_str().unwrap_or("");
+            let app = req["app_consistent"].as_bool().unwrap_or(false);
+            // Everything acknowledged before the marker is made durable in the primary too.
+            server.volume.flush()?;
+            let s = vault.snapshot(name, app)?;
+            Ok(
+                json!({"ok": true, "name": s.name, "seq": s.seq.0, "time": format_time(s.time_ns), "app_consistent": s.app_consistent}),
+            )
+        }
+        "status" => Ok(status(server)),
+        "list" => Ok(json!({"ok": true, "list": crate::cmd::list::to_json(vault)})),
+        other => bail!("unknown control request {other:?} (snapshot, status, list)"),
+    }
+}
+
+fn status(server: &Server) -> Value {
+    let st = &server.stats;
+    let info = server.volume.vault().info();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let last_flush = get(&st.last_flush_ns);
+    json!({
+        "ok": true,
+        "serving": true,
+        "pid": std::process::id(),
+        "uptime_seconds": server.started.elapsed().as_secs_f64(),
+        "listen": server.listen,
+        "vault": info.dir,
+        "primary": server.volume.primary_path(),
+        "volume_size": info.volume_size,
+        "block_size": info.block_size,
+        "clients": get(&st.clients),
+        "connections_total": get(&st.connections_total),
+        "writes": get(&st.writes),
+        "bytes_written": get(&st.bytes_written),
+        "reads": get(&st.reads),
+        "bytes_read": get(&st.bytes_read),
+        "flushes": get(&st.flushes),
+        "trims": get(&st.trims),
+        "zeroes": get(&st.zeroes),
+        "errors": get(&st.errors),
+        "last_flush": if last_flush == 0 { Value::Null } else { json!(format_time(last_flush as i64)) },
+        "newest_seq": info.newest_seq.0,
+        "durable_seq": info.durable_seq.0,
+        "open_interval": {"records": info.open_records, "bytes": info.open_bytes},
+        "now": format_time(now_ns()),
+    })
+}
+
+fn print_recipes(primary: &Path, vault: &Path, tcp: Option<&TcpListener>, socket: Option<&Path>) {
+    println!(
+        "rewind serve: protecting {} with vault {}",
+        primary.display(),
+        vault.display()
+    );
+    let mut uri = String::new();
+    if let Some(addr) = tcp.and_then(|l| l.local_addr().ok()) {
+        println!("  listening on nbd://{addr}");
+        uri = format!("nbd://{addr}");
+    }
+    if let Some(s) = socket {
+        println!("  listening on nbd+unix:///?socket={}", s.display());
+        uri = format!("nbd+unix:///live?socket={}", s.display());
+    }
+    println!();
+    println!("Connect:");
+    println!("  nbdinfo --list '{uri}'                   # exports: live and @snapshots");
+    println!("  qemu-io -f raw '{uri}'                   # or: qemu-system-x86_64 -drive file={uri},format=raw");
+    println!("  nbdfuse /mnt/rewind/disk '{uri}' &       # the volume as a file");
+    if let Some(addr) = tcp.and_then(|l| l.local_addr().ok()) {
+        println!(
+            "  nbd-client {} {} /dev/nbd0 -N live      # kernel client",
+            addr.ip(),
+            addr.port()
+        );
+    }
+    println!();
+    println!("Snapshot and go back:");
+    println!(
+        "  rewind snapshot before-upgrade --vault {}",
+        vault.display()
+    );
+    println!(
+        "  qemu-img convert -O raw '{}' before.img   # read a point without restoring",
+        uri.replace("/live", "/@before-upgrade")
+    );
+    println!(
+        "  rewind restore --vault {} --at before-upgrade --to restored.img",
+        vault.display()
+    );
+    println!();
+    println!("Ctrl-C stops: in-flight requests finish, the log is flushed and sealed.");
 }
 
 /// Creates the demo volume and its vault if they are missing.

@@ -26,18 +26,36 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = a.vault.path();
-    let vault = Vault::open_as(&dir, "rewind snapshot")
-        .with_context(|| format!("cannot open vault {}", dir.display()))?;
-    let s = vault
-        .snapshot(&a.name, a.app_consistent)
-        .context("cannot take the snapshot")?;
-    vault.close()?;
-    let time = rewind_vault::format_time(s.time_ns);
+    let req = json!({"op": "snapshot", "name": a.name, "app_consistent": a.app_consistent});
+    let (name, seq, time, app) =
+        match crate::control::request(&dir, &req).context("cannot take the snapshot")? {
+            // A server holds the vault: it takes the snapshot between host writes.
+            Some(r) => (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["seq"].as_u64().unwrap_or(0),
+                r["time"].as_str().unwrap_or_default().to_string(),
+                r["app_consistent"] == json!(true),
+            ),
+            None => {
+                let vault = Vault::open_as(&dir, "rewind snapshot")
+                    .with_context(|| format!("cannot open vault {}", dir.display()))?;
+                let s = vault
+                    .snapshot(&a.name, a.app_consistent)
+                    .context("cannot take the snapshot")?;
+                vault.close()?;
+                (
+                    s.name,
+                    s.seq.0,
+                    rewind_vault::format_time(s.time_ns),
+                    s.app_consistent,
+                )
+            }
+        };
     if a.json {
         return output::json(
-            &json!({ "name": s.name, "seq": s.seq.0, "time": time, "app_consistent": s.app_consistent }),
+            &json!({ "name": name, "seq": seq, "time": time, "app_consistent": app }),
         );
     }
-    println!("Snapshot {} at seq {} ({}).", s.name, s.seq, time);
+    println!("Snapshot {name} at seq {seq} ({time}).");
     Ok(())
 }

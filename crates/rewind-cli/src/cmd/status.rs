@@ -1,0 +1,95 @@
+use anyhow::Context;
+use rewind_vault::{format_time, Vault};
+use serde_json::{json, Value};
+
+use super::VaultArg;
+use crate::output;
+
+/// Show what the server protecting a vault is doing: clients, writes, bytes, the open
+/// interval, the last flush. Without a running server, shows the vault as it is on disk.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub vault: VaultArg,
+    /// Print as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let dir = a.vault.path();
+    let s = match crate::control::request(&dir, &json!({"op": "status"}))? {
+        Some(s) => s,
+        None => {
+            let v = Vault::open_read_only(&dir)
+                .with_context(|| format!("cannot open vault {}", dir.display()))?;
+            let info = v.info();
+            json!({
+                "serving": false,
+                "vault": info.dir,
+                "primary": info.primary,
+                "volume_size": info.volume_size,
+                "block_size": info.block_size,
+                "newest_seq": info.newest_seq.0,
+                "durable_seq": info.durable_seq.0,
+                "open_interval": {"records": info.open_records, "bytes": info.open_bytes},
+                "created": format_time(info.created_ns),
+            })
+        }
+    };
+    if a.json {
+        return output::json(&s);
+    }
+    print_human(&s);
+    Ok(())
+}
+
+fn print_human(s: &Value) {
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    if s["serving"] == json!(true) {
+        println!(
+            "serving   pid {} for {:.0}s on {}",
+            s["pid"],
+            s["uptime_seconds"].as_f64().unwrap_or(0.0),
+            s["listen"]
+        );
+        println!(
+            "clients   {} connected, {} since start",
+            n("clients"),
+            n("connections_total")
+        );
+        println!(
+            "writes    {} ({}), zeroes {}, trims {}",
+            n("writes"),
+            output::bytes(n("bytes_written")),
+            n("zeroes"),
+            n("trims")
+        );
+        println!(
+            "reads     {} ({})",
+            n("reads"),
+            output::bytes(n("bytes_read"))
+        );
+        println!(
+            "flushes   {}, last {}",
+            n("flushes"),
+            s["last_flush"].as_str().unwrap_or("never")
+        );
+        println!("errors    {}", n("errors"));
+    } else {
+        println!("not serving (no `rewind serve` holds this vault)");
+    }
+    println!("vault     {}", s["vault"].as_str().unwrap_or("?"));
+    println!("primary   {}", s["primary"].as_str().unwrap_or("?"));
+    println!("volume    {}", output::bytes(n("volume_size")));
+    println!(
+        "seq       newest {}, durable {}",
+        n("newest_seq"),
+        n("durable_seq")
+    );
+    println!(
+        "open      {} records, {} of write log",
+        s["open_interval"]["records"],
+        output::bytes(s["open_interval"]["bytes"].as_u64().unwrap_or(0))
+    );
+}

@@ -1,0 +1,232 @@
+//! The volume as NBD exports: `live` (or the empty name), read-write, and `@POINT`, any
+//! kept point read-only (`@before-upgrade`, `@seq:123`, `@2026-11-21T10:00:00Z`, `@-15m`).
+
+use std::sync::Arc;
+
+use rewind_nbd::proto::{STATE_HOLE, STATE_ZERO};
+use rewind_nbd::{Export, ExportError, Exports};
+use rewind_vault::{format_time, BlockSource, Point, PointView, VaultError};
+
+use crate::intercept::{InterceptError, LiveVolume};
+
+fn export_error(e: InterceptError) -> ExportError {
+    match e {
+        InterceptError::OutOfRange { .. } => ExportError::Invalid(e.to_string()),
+        InterceptError::Vault(VaultError::Poisoned) => ExportError::Io(e.to_string()),
+        other => ExportError::Io(other.to_string()),
+    }
+}
+
+/// The live volume, read-write.
+#[derive(Debug)]
+pub struct LiveExport {
+    volume: Arc<LiveVolume>,
+}
+
+impl LiveExport {
+    pub fn new(volume: Arc<LiveVolume>) -> LiveExport {
+        LiveExport { volume }
+    }
+}
+
+impl Export for LiveExport {
+    fn name(&self) -> &str {
+        "live"
+    }
+    fn description(&self) -> &str {
+        "the live volume (read-write; every write journaled)"
+    }
+    fn size(&self) -> u64 {
+        self.volume.size()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn block_size(&self) -> u32 {
+        self.volume.block_size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError> {
+        self.volume.read(offset, buf).map_err(export_error)
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
+        self.volume.write(offset, data, fua).map_err(export_error)
+    }
+    fn flush(&self) -> Result<(), ExportError> {
+        self.volume.flush().map_err(export_error)
+    }
+    fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), ExportError> {
+        self.volume
+            .zero(offset, u64::from(len), true, false, fua)
+            .map_err(export_error)
+    }
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), ExportError> {
+        self.volume
+            .zero(offset, u64::from(len), false, no_hole, fua)
+            .map_err(export_error)
+    }
+    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<(u32, u32)>, ExportError> {
+        Ok(self
+            .volume
+            .allocation(offset, u64::from(len))
+            .into_iter()
+            .map(|(l, hole)| (l as u32, if hole { STATE_HOLE | STATE_ZERO } else { 0 }))
+            .collect())
+    }
+}
+
+/// A point in time, read-only.
+#[derive(Debug)]
+pub struct PointExport {
+    name: String,
+    description: String,
+    view: PointView,
+}
+
+impl PointExport {
+    pub fn new(name: String, view: PointView) -> PointExport {
+        let p = view.point();
+        let description = format!(
+            "the volume at seq {} ({}), read-only",
+            p.seq,
+            format_time(p.time_ns)
+        );
+        PointExport {
+            name,
+            description,
+            view,
+        }
+    }
+
+    fn blocks(&self, offset: u64, len: u64) -> (u64, u64) {
+        let bs = u64::from(self.view.block_size());
+        (offset / bs, (offset + len).div_ceil(bs))
+    }
+}
+
+fn vault_error(e: VaultError) -> ExportError {
+    match e {
+        VaultError::OutOfRange { .. } => ExportError::Invalid(e.to_string()),
+        other => ExportError::Io(other.to_string()),
+    }
+}
+
+impl Export for PointExport {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn description(&self) -> &str {
+        &self.description
+    }
+    fn size(&self) -> u64 {
+        self.view.blocks() * u64::from(self.view.block_size())
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn block_size(&self) -> u32 {
+        self.view.block_size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let bs = u64::from(self.view.block_size());
+        let (first, end) = self.blocks(offset, buf.len() as u64);
+        if offset.is_multiple_of(bs) && (buf.len() as u64).is_multiple_of(bs) {
+            return self.view.read_into(first, buf).map_err(vault_error);
+        }
+        let whole = self.view.read(first, end - first).map_err(vault_error)?;
+        let at = (offset - first * bs) as usize;
+        buf.copy_from_slice(&whole[at..at + buf.len()]);
+        Ok(())
+    }
+    fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), ExportError> {
+        Err(ExportError::ReadOnly)
+    }
+    fn flush(&self) -> Result<(), ExportError> {
+        Ok(())
+    }
+    fn trim(&self, _: u64, _: u32, _: bool) -> Result<(), ExportError> {
+        Err(ExportError::ReadOnly)
+    }
+    fn write_zeroes(&self, _: u64, _: u32, _: bool, _: bool) -> Result<(), ExportError> {
+        Err(ExportError::ReadOnly)
+    }
+    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<(u32, u32)>, ExportError> {
+        let bs = u64::from(self.view.block_size());
+        let (first, end) = self.blocks(offset, u64::from(len));
+        let sources = self.view.sources(first, end - first).map_err(vault_error)?;
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        let mut at = offset;
+        for (i, s) in sources.iter().enumerate() {
+            let block_end = ((first + i as u64 + 1) * bs).min(offset + u64::from(len));
+            let flags = if *s == BlockSource::Zero {
+                STATE_HOLE | STATE_ZERO
+            } else {
+                0
+            };
+            let n = (block_end - at) as u32;
+            match out.last_mut() {
+                Some((l, f)) if *f == flags => *l += n,
+                _ => out.push((n, flags)),
+            }
+            at = block_end;
+        }
+        Ok(out)
+    }
+}
+
+/// The exports of one protected volume.
+#[derive(Debug)]
+pub struct VaultExports {
+    live: Arc<LiveExport>,
+    volume: Arc<LiveVolume>,
+}
+
+impl VaultExports {
+    pub fn new(volume: Arc<LiveVolume>) -> VaultExports {
+        VaultExports {
+            live: Arc::new(LiveExport::new(volume.clone())),
+            volume,
+        }
+    }
+}
+
+impl Exports for VaultExports {
+    fn list(&self) -> Vec<(String, String)> {
+        let mut v = vec![("live".to_string(), self.live.description().to_string())];
+        for s in self.volume.vault().snapshots() {
+            v.push((
+                format!("@{}", s.name),
+                format!("snapshot at seq {} ({})", s.seq, format_time(s.time_ns)),
+            ));
+        }
+        v
+    }
+
+    fn open(&self, name: &str) -> Result<Arc<dyn Export>, ExportError> {
+        if name.is_empty() || name == "live" {
+            return Ok(self.live.clone());
+        }
+        let Some(point) = name.strip_prefix('@') else {
+            return Err(ExportError::Unknown(format!(
+                "{name}: exports are 'live' and '@POINT' (a snapshot, seq:N, an RFC 3339 time, or -15m)"
+            )));
+        };
+        let point: Point = point
+            .parse()
+            .map_err(|e: VaultError| ExportError::Unknown(e.to_string()))?;
+        let view = self
+            .volume
+            .vault()
+            .view(&point)
+            .map_err(|e| ExportError::Unknown(e.to_string()))?;
+        Ok(Arc::new(PointExport::new(name.to_string(), view)))
+    }
+}

@@ -1,0 +1,312 @@
+//! The intercept layer: every host write goes to the primary and to the vault's write log,
+//! in the same order for any one block.
+//!
+//! Writes are split into whole blocks: an unaligned write reads the partial edge blocks
+//! from the primary, patches them and writes whole blocks (read-modify-write). Each write
+//! holds the locks of the regions it touches while it writes the primary and appends to
+//! the log, so two overlapping writes can never land in one order in the primary and the
+//! other in the log. Live reads come from the primary.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rewind_vault::{Vault, VaultError};
+
+/// Blocks per lock region.
+const REGION_BLOCKS: u64 = 16;
+/// Number of lock stripes.
+const STRIPES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InterceptError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{op} primary {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("primary {path} is {actual} bytes but the vault protects a {expected}-byte volume; is this the right primary?")]
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("range {offset}+{len} is outside the {size}-byte volume")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+}
+
+type Result<T> = std::result::Result<T, InterceptError>;
+
+/// The protected volume: the primary and its vault.
+#[derive(Debug)]
+pub struct LiveVolume {
+    primary: File,
+    path: PathBuf,
+    vault: Arc<Vault>,
+    block_size: u64,
+    size: u64,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl LiveVolume {
+    /// Opens the primary read-write and checks that it is the volume the vault protects.
+    pub fn open(primary: &Path, vault: Arc<Vault>) -> Result<LiveVolume> {
+        let io = |op, source| InterceptError::Io {
+            op,
+            path: primary.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(primary)
+            .map_err(|e| io("open", e))?;
+        let meta = file.metadata().map_err(|e| io("stat", e))?;
+        let actual = if meta.is_file() {
+            meta.len()
+        } else {
+            use std::io::{Seek, SeekFrom};
+            (&file).seek(SeekFrom::End(0)).map_err(|e| io("size", e))?
+        };
+        let expected = vault.blocks() * u64::from(vault.block_size());
+        if actual != expected {
+            return Err(InterceptError::SizeMismatch {
+                path: primary.to_path_buf(),
+                expected,
+                actual,
+            });
+        }
+        Ok(LiveVolume {
+            primary: file,
+            path: primary.to_path_buf(),
+            block_size: u64::from(vault.block_size()),
+            size: expected,
+            vault,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size as u32
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    pub fn primary_path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> InterceptError + '_ {
+        move |source| InterceptError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(InterceptError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Locks the regions of blocks first..end, in stripe order (no deadlock).
+    fn lock(&self, first: u64, end: u64) -> Vec<MutexGuard<'_, ()>> {
+        let (r0, r1) = (first / REGION_BLOCKS, (end - 1) / REGION_BLOCKS);
+        let mut idx: Vec<usize> = if r1 - r0 + 1 >= STRIPES as u64 {
+            (0..STRIPES).collect()
+        } else {
+            (r0..=r1).map(|r| (r % STRIPES as u64) as usize).collect()
+        };
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+
+    /// Reads live data from the primary.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len() as u64)?;
+        self.primary
+            .read_exact_at(buf, offset)
+            .map_err(self.io("read"))
+    }
+
+    /// Writes `data` at `offset` to the primary and the write log. With `fua`, the write
+    /// is durable in both before this returns.
+    pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.check(offset, data.len() as u64)?;
+        let bs = self.block_size;
+        let end = offset + data.len() as u64;
+        let (first, last) = (offset / bs, end.div_ceil(bs));
+        {
+            let _g = self.lock(first, last);
+            if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
+                self.primary
+                    .write_all_at(data, offset)
+                    .map_err(self.io("write"))?;
+                self.vault.write(first, data)?;
+            } else {
+                let mut buf = vec![0u8; ((last - first) * bs) as usize];
+                let head = (offset - first * bs) as usize;
+                if head != 0 {
+                    self.primary
+                        .read_exact_at(&mut buf[..bs as usize], first * bs)
+                        .map_err(self.io("read"))?;
+                }
+                if !end.is_multiple_of(bs) && (last - 1 > first || head == 0) {
+                    let at = buf.len() - bs as usize;
+                    self.primary
+                        .read_exact_at(&mut buf[at..], (last - 1) * bs)
+                        .map_err(self.io("read"))?;
+                }
+                buf[head..head + data.len()].copy_from_slice(data);
+                self.primary
+                    .write_all_at(data, offset)
+                    .map_err(self.io("write"))?;
+                self.vault.write(first, &buf)?;
+            }
+        }
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the range read as zeroes: `trim` discards (punches a hole), otherwise zeroes
+    /// (`no_hole` keeps the primary allocated). Partial edge blocks become write records.
+    pub fn zero(&self, offset: u64, len: u64, trim: bool, no_hole: bool, fua: bool) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.check(offset, len)?;
+        let bs = self.block_size;
+        let end = offset + len;
+        let (inner_first, inner_end) = (offset.div_ceil(bs), end / bs);
+        if inner_first >= inner_end {
+            // No whole block inside: it is a plain write of zeroes.
+            return self.write(offset, &vec![0u8; len as usize], fua);
+        }
+        if !offset.is_multiple_of(bs) {
+            self.write(
+                offset,
+                &vec![0u8; (inner_first * bs - offset) as usize],
+                false,
+            )?;
+        }
+        if !end.is_multiple_of(bs) {
+            self.write(
+                inner_end * bs,
+                &vec![0u8; (end - inner_end * bs) as usize],
+                false,
+            )?;
+        }
+        {
+            let _g = self.lock(inner_first, inner_end);
+            let (o, l) = (inner_first * bs, (inner_end - inner_first) * bs);
+            self.zero_primary(o, l, trim || !no_hole)?;
+            if trim {
+                self.vault.trim(inner_first, inner_end - inner_first)?;
+            } else {
+                self.vault.zero(inner_first, inner_end - inner_first)?;
+            }
+        }
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn zero_primary(&self, offset: u64, len: u64, punch: bool) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let mode = if punch {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        if let (Ok(o), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
+            // SAFETY: fallocate on a file descriptor we own; it touches no memory of ours.
+            let rc = unsafe { libc::fallocate(self.primary.as_raw_fd(), mode, o, l) };
+            if rc == 0 {
+                return Ok(());
+            }
+        }
+        // Block devices and file systems without fallocate modes: write zeroes.
+        let zeros = vec![0u8; (1 << 20).min(len as usize)];
+        let mut at = offset;
+        while at < offset + len {
+            let n = zeros.len().min((offset + len - at) as usize);
+            self.primary
+                .write_all_at(&zeros[..n], at)
+                .map_err(self.io("zero"))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable in the primary and the write log. Concurrent
+    /// callers share the write log's sync (group commit).
+    pub fn flush(&self) -> Result<()> {
+        self.primary.sync_data().map_err(self.io("fdatasync"))?;
+        self.vault.flush()?;
+        Ok(())
+    }
+
+    /// Allocation of the primary: runs of (length, is_hole) covering offset..offset+len.
+    pub fn allocation(&self, offset: u64, len: u64) -> Vec<(u64, bool)> {
+        use std::os::fd::AsRawFd;
+        let fd = self.primary.as_raw_fd();
+        let end = (offset + len).min(self.size);
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let Ok(o) = libc::off_t::try_from(at) else {
+                break;
+            };
+            // SAFETY: lseek on our own descriptor; positional I/O elsewhere is unaffected.
+            let data = unsafe { libc::lseek(fd, o, libc::SEEK_DATA) };
+            if data < 0 {
+                // ENXIO: only a hole remains; other errors: say "data" (always safe).
+                let hole = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+                out.push((end - at, hole));
+                break;
+            }
+            let data = (data as u64).min(end);
+            if data > at {
+                out.push((data - at, true));
+                at = data;
+                continue;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, o, libc::SEEK_HOLE) };
+            let hole = if hole < 0 {
+                end
+            } else {
+                (hole as u64).min(end)
+            };
+            out.push((hole.max(at + 1) - at, false));
+            at = hole.max(at + 1);
+        }
+        out
+    }
+}

@@ -1,0 +1,14 @@
+//! The NBD protocol, newstyle fixed, as specified in the NBD project's `doc/proto.md`.
+//!
+//! - [`proto`]: the protocol's numbers.
+//! - [`negotiate`]: option haggling as a state machine: bytes in, replies out, no I/O.
+//! - [`transmission`]: request headers and replies (simple and structured).
+//! - [`server`]: serving connections with blocking I/O on threads; exports plug in
+//!   through the [`Export`] and [`Exports`] traits.
+
+pub mod negotiate;
+pub mod proto;
+pub mod server;
+pub mod transmission;
+
+pub use server::{serve_connection, Export, ExportError, Exports, ServerStats};

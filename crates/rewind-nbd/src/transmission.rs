@@ -1,0 +1,274 @@
+//! The transmission phase: request headers in, replies out. Pure functions over bytes.
+
+use crate::proto::*;
+
+/// Length of a request header.
+pub const REQUEST_LEN: usize = 28;
+/// Length of a simple reply header.
+pub const SIMPLE_REPLY_LEN: usize = 16;
+/// Length of a structured reply chunk header.
+pub const CHUNK_LEN: usize = 20;
+/// Length of the header in front of READ data in a structured OFFSET_DATA chunk.
+pub const OFFSET_DATA_LEN: usize = CHUNK_LEN + 8;
+
+/// A request header as sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub flags: u16,
+    pub kind: u16,
+    pub cookie: u64,
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// A request the export can carry out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Read,
+    Write { fua: bool },
+    Disc,
+    Flush,
+    Trim { fua: bool },
+    Cache,
+    WriteZeroes { fua: bool, no_hole: bool },
+    BlockStatus { req_one: bool },
+}
+
+/// The stream is not NBD requests any more: the connection must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bad request magic {0:#010x}")]
+pub struct BadMagic(pub u32);
+
+/// Decodes a request header.
+pub fn parse_request(h: &[u8; REQUEST_LEN]) -> Result<Request, BadMagic> {
+    let magic = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+    if magic != REQUEST_MAGIC {
+        return Err(BadMagic(magic));
+    }
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&h[8..16]);
+    let mut o = [0u8; 8];
+    o.copy_from_slice(&h[16..24]);
+    Ok(Request {
+        flags: u16::from_be_bytes([h[4], h[5]]),
+        kind: u16::from_be_bytes([h[6], h[7]]),
+        cookie: u64::from_be_bytes(c),
+        offset: u64::from_be_bytes(o),
+        length: u32::from_be_bytes([h[24], h[25], h[26], h[27]]),
+    })
+}
+
+/// What the connection agreed on, as far as requests care.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub size: u64,
+    pub read_only: bool,
+    pub structured: bool,
+    pub base_allocation: bool,
+}
+
+/// Checks a request against the spec and the export: the command to run, or the error
+/// the spec asks for (the connection goes on).
+pub fn validate(r: &Request, l: &Limits) -> Result<Command, Errno> {
+    let allowed = match r.kind {
+        CMD_READ => {
+            if l.structured {
+                CMD_FLAG_DF
+            } else {
+                0
+            }
+        }
+        CMD_WRITE | CMD_TRIM => CMD_FLAG_FUA,
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
+        CMD_DISC | CMD_FLUSH | CMD_CACHE => 0,
+        _ => return Err(Errno::Inval),
+    };
+    if r.flags & !allowed != 0 {
+        return Err(Errno::Inval);
+    }
+    let fua = r.flags & CMD_FLAG_FUA != 0;
+    let cmd = match r.kind {
+        CMD_READ => Command::Read,
+        CMD_WRITE => Command::Write { fua },
+        CMD_DISC => return Ok(Command::Disc),
+        CMD_FLUSH => return Ok(Command::Flush),
+        CMD_TRIM => Command::Trim { fua },
+        CMD_CACHE => Command::Cache,
+        CMD_WRITE_ZEROES => Command::WriteZeroes {
+            fua,
+            no_hole: r.flags & CMD_FLAG_NO_HOLE != 0,
+        },
+        _ => Command::BlockStatus {
+            req_one: r.flags & CMD_FLAG_REQ_ONE != 0,
+        },
+    };
+    let writes = matches!(
+        cmd,
+        Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. }
+    );
+    if writes && l.read_only {
+        return Err(Errno::Perm);
+    }
+    if matches!(cmd, Command::BlockStatus { .. }) && !l.base_allocation {
+        return Err(Errno::Inval);
+    }
+    if matches!(cmd, Command::Read | Command::Write { .. }) && r.length > MAX_PAYLOAD {
+        return Err(Errno::Inval);
+    }
+    let end = r.offset.checked_add(u64::from(r.length));
+    if end.is_none_or(|e| e > l.size) {
+        return Err(match cmd {
+            Command::Write { .. } | Command::WriteZeroes { .. } => Errno::NoSpc,
+            _ => Errno::Inval,
+        });
+    }
+    Ok(cmd)
+}
+
+/// Writes a simple reply header into `out[..16]`.
+pub fn simple_reply_header(out: &mut [u8], cookie: u64, error: u32) {
+    out[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    out[4..8].copy_from_slice(&error.to_be_bytes());
+    out[8..16].copy_from_slice(&cookie.to_be_bytes());
+}
+
+/// A simple reply without data.
+pub fn simple_reply(cookie: u64, error: u32) -> [u8; SIMPLE_REPLY_LEN] {
+    let mut b = [0u8; SIMPLE_REPLY_LEN];
+    simple_reply_header(&mut b, cookie, error);
+    b
+}
+
+/// Writes a structured chunk header into `out[..20]`.
+pub fn chunk_header(out: &mut [u8], flags: u16, typ: u16, cookie: u64, len: u32) {
+    out[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out[6..8].copy_from_slice(&typ.to_be_bytes());
+    out[8..16].copy_from_slice(&cookie.to_be_bytes());
+    out[16..20].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Writes the OFFSET_DATA chunk header (final chunk) for `data_len` bytes read at `offset`
+/// into `out[..28]`; the data follows it.
+pub fn offset_data_header(out: &mut [u8], cookie: u64, offset: u64, data_len: usize) {
+    chunk_header(
+        out,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        cookie,
+        (8 + data_len) as u32,
+    );
+    out[20..28].copy_from_slice(&offset.to_be_bytes());
+}
+
+/// A final ERROR chunk.
+pub fn structured_error(cookie: u64, error: Errno, msg: &str) -> Vec<u8> {
+    let msg = &msg.as_bytes()[..msg.len().min(MAX_STRING)];
+    let mut b = vec![0u8; CHUNK_LEN];
+    chunk_header(
+        &mut b,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        cookie,
+        (6 + msg.len()) as u32,
+    );
+    b.extend_from_slice(&(error as u32).to_be_bytes());
+    b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    b.extend_from_slice(msg);
+    b
+}
+
+/// A final BLOCK_STATUS chunk for base:allocation.
+pub fn block_status_reply(cookie: u64, extents: &[(u32, u32)]) -> Vec<u8> {
+    let len = 4 + 8 * extents.len();
+    let mut b = vec![0u8; CHUNK_LEN];
+    chunk_header(
+        &mut b,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        cookie,
+        len as u32,
+    );
+    b.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for (l, f) in extents {
+        b.extend_from_slice(&l.to_be_bytes());
+        b.extend_from_slice(&f.to_be_bytes());
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(kind: u16, flags: u16, offset: u64, length: u32) -> Request {
+        Request {
+            flags,
+            kind,
+            cookie: 7,
+            offset,
+            length,
+        }
+    }
+
+    const L: Limits = Limits {
+        size: 1 << 20,
+        read_only: false,
+        structured: true,
+        base_allocation: true,
+    };
+
+    #[test]
+    fn errors_follow_the_spec() {
+        assert_eq!(
+            validate(&req(CMD_WRITE, 0, (1 << 20) - 512, 1024), &L),
+            Err(Errno::NoSpc)
+        );
+        assert_eq!(
+            validate(&req(CMD_WRITE_ZEROES, 0, 1 << 20, 1), &L),
+            Err(Errno::NoSpc)
+        );
+        assert_eq!(
+            validate(&req(CMD_READ, 0, 1 << 20, 1), &L),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(&req(CMD_TRIM, 0, u64::MAX, 2), &L),
+            Err(Errno::Inval)
+        );
+        assert_eq!(validate(&req(99, 0, 0, 0), &L), Err(Errno::Inval));
+        assert_eq!(
+            validate(&req(CMD_READ, CMD_FLAG_FUA, 0, 1), &L),
+            Err(Errno::Inval)
+        );
+        let ro = Limits {
+            read_only: true,
+            ..L
+        };
+        assert_eq!(validate(&req(CMD_WRITE, 0, 0, 512), &ro), Err(Errno::Perm));
+        assert_eq!(validate(&req(CMD_TRIM, 0, 0, 512), &ro), Err(Errno::Perm));
+        assert_eq!(validate(&req(CMD_READ, 0, 0, 512), &ro), Ok(Command::Read));
+        let no_meta = Limits {
+            base_allocation: false,
+            ..L
+        };
+        assert_eq!(
+            validate(&req(CMD_BLOCK_STATUS, 0, 0, 512), &no_meta),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(&req(CMD_WRITE, CMD_FLAG_FUA, 0, 512), &L),
+            Ok(Command::Write { fua: true })
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_parses_or_is_refused_without_panic(bytes in proptest::array::uniform28(proptest::num::u8::ANY)) {
+            if let Ok(r) = parse_request(&bytes) {
+                let _ = validate(&r, &L);
+            }
+        }
+    }
+}
