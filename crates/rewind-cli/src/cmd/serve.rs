@@ -43,6 +43,10 @@ pub struct Args {
     /// Unix socket to listen on [default: ./rewind-data/nbd.sock with the demo volume, none otherwise]
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Serve --primary even though the vault was created for a file at another path (the
+    /// image was moved or renamed). The size must still match.
+    #[arg(long)]
+    pub moved_primary: bool,
     /// Size of the demo volume when it has to be created
     #[arg(long, default_value = "1G", value_parser = output::parse_size, value_name = "SIZE")]
     pub demo_size: u64,
@@ -97,6 +101,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Vault::open_as(&vault_dir, "rewind serve")
             .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
     );
+    check_identity(&primary, &vault.info().primary, a.moved_primary)?;
     let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
     let tcp = if a.listen == "none" {
         None
@@ -191,6 +196,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// The primary must be the file the vault was created for: same path (unless the user
+/// says it moved) and, checked when it is opened, same size.
+fn check_identity(primary: &Path, recorded: &str, moved: bool) -> anyhow::Result<()> {
+    let actual = std::fs::canonicalize(primary)
+        .with_context(|| format!("cannot open primary {}", primary.display()))?;
+    if moved || actual == Path::new(recorded) {
+        return Ok(());
+    }
+    bail!(
+        "this vault protects {recorded}, not {}.\nServing another image would mix two volumes' histories. If you moved or renamed the image, pass --moved-primary.",
+        actual.display()
+    )
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {

@@ -385,8 +385,8 @@ impl Vault {
     }
 
     /// Appends a write of whole blocks at `first_block`. Large writes become several
-    /// records (at most 128 KiB of data each), appended together. Returns the seq of the
-    /// last record. Not durable until [`Vault::flush`].
+    /// records (at most 128 KiB of data each), appended together and handed to the OS in
+    /// one write. Returns the seq of the last record. Durable once [`Vault::flush`] returns.
     pub fn write(&self, first_block: u64, data: &[u8]) -> Result<Seq> {
         let bs = self.shared.block_size as usize;
         if data.is_empty() || !data.len().is_multiple_of(bs) {
@@ -430,6 +430,10 @@ impl Vault {
             inner.scratch = scratch;
             last = r?;
         }
+        // Hand the records to the OS now (one write for the whole call): a crash of this
+        // process then loses nothing the primary already has; only a power cut can drop
+        // records no flush has covered.
+        inner.open.write_out()?;
         Ok(last)
     }
 
@@ -453,6 +457,7 @@ impl Vault {
             last = self.append_locked(&mut inner, kind, b, n, &[], 0, StoredAs::Raw, None)?;
             b += u64::from(n);
         }
+        inner.open.write_out()?;
         Ok(last)
     }
 
