@@ -85,7 +85,7 @@ impl Negotiation {
             OPT_EXPORT_NAME => match std::str::from_utf8(data).ok().map(|n| exports.open(n)) {
                 Some(Ok(export)) => {
                     out.extend_from_slice(&export.size().to_be_bytes());
-                    out.extend_from_slice(&transmission_flags(export.as_ref()).to_be_bytes());
+                    out.extend_from_slice(&self.flags(export.as_ref()).to_be_bytes());
                     if !self.no_zeroes {
                         out.extend_from_slice(&[0u8; 124]);
                     }
@@ -189,7 +189,7 @@ impl Negotiation {
         let mut d = Vec::with_capacity(12);
         d.extend_from_slice(&INFO_EXPORT.to_be_bytes());
         d.extend_from_slice(&export.size().to_be_bytes());
-        d.extend_from_slice(&transmission_flags(export.as_ref()).to_be_bytes());
+        d.extend_from_slice(&self.flags(export.as_ref()).to_be_bytes());
         reply(out, opt, REP_INFO, &d);
         for info in infos {
             let mut d = info.to_be_bytes().to_vec();
@@ -215,7 +215,23 @@ impl Negotiation {
         }
     }
 
+    /// The transmission flags for `e` on this connection: NBD_FLAG_SEND_DF "MUST" be set
+    /// when READ supports NBD_CMD_FLAG_DF (it does once structured replies are on: every
+    /// READ is answered with one chunk) and left clear otherwise.
+    fn flags(&self, e: &dyn Export) -> u16 {
+        let mut f = transmission_flags(e);
+        if self.structured {
+            f |= TFLAG_SEND_DF;
+        }
+        f
+    }
+
     fn meta_context(&mut self, opt: u32, data: &[u8], exports: &dyn Exports, out: &mut Vec<u8>) {
+        if opt == OPT_SET_META_CONTEXT {
+            // "Issuing this command replaces all previously-set metadata contexts
+            // (including when this command fails)."
+            self.base_allocation = false;
+        }
         if opt == OPT_SET_META_CONTEXT && !self.structured {
             error(
                 out,
@@ -256,7 +272,13 @@ impl Negotiation {
             self.base_allocation = wanted;
         }
         if wanted {
-            let mut d = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+            // In replies to LIST the id "is reserved and SHOULD be set to zero".
+            let id = if opt == OPT_SET_META_CONTEXT {
+                BASE_ALLOCATION_ID
+            } else {
+                0
+            };
+            let mut d = id.to_be_bytes().to_vec();
             d.extend_from_slice(BASE_ALLOCATION.as_bytes());
             reply(out, opt, REP_META_CONTEXT, &d);
         }

@@ -301,6 +301,9 @@ fn run<W: Write>(
 ) -> io::Result<()> {
     let r = &job.req;
     let result = match job.cmd {
+        Command::Read if structured && r.length == 0 => {
+            return send(writer, &none_reply(r.cookie));
+        }
         Command::Read => {
             let hdr = if structured {
                 OFFSET_DATA_LEN
@@ -349,9 +352,7 @@ fn run<W: Write>(
         Command::Cache => export.cache(r.offset, r.length),
         Command::BlockStatus { req_one } => match export.block_status(r.offset, r.length) {
             Ok(mut extents) => {
-                if req_one {
-                    extents.truncate(1);
-                }
+                fit_extents(&mut extents, r.length, req_one);
                 if extents.is_empty() {
                     Err(ExportError::Io("no extents".into()))
                 } else {

@@ -70,18 +70,22 @@ pub struct Limits {
 /// Checks a request against the spec and the export: the command to run, or the error
 /// the spec asks for (the connection goes on).
 pub fn validate(r: &Request, l: &Limits) -> Result<Command, Errno> {
+    // FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA has been negotiated,
+    // in which case the server MUST accept all commands with this bit set" (proto.md,
+    // command flags); we advertise SEND_FUA exactly on writable exports.
+    let fua_ok = if l.read_only { 0 } else { CMD_FLAG_FUA };
     let allowed = match r.kind {
         CMD_READ => {
             if l.structured {
-                CMD_FLAG_DF
+                fua_ok | CMD_FLAG_DF
             } else {
-                0
+                fua_ok
             }
         }
         CMD_WRITE | CMD_TRIM => CMD_FLAG_FUA,
         CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
-        CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
-        CMD_DISC | CMD_FLUSH | CMD_CACHE => 0,
+        CMD_BLOCK_STATUS => fua_ok | CMD_FLAG_REQ_ONE,
+        CMD_DISC | CMD_FLUSH | CMD_CACHE => fua_ok,
         _ => return Err(Errno::Inval),
     };
     if r.flags & !allowed != 0 {
@@ -110,7 +114,9 @@ pub fn validate(r: &Request, l: &Limits) -> Result<Command, Errno> {
     if writes && l.read_only {
         return Err(Errno::Perm);
     }
-    if matches!(cmd, Command::BlockStatus { .. }) && !l.base_allocation {
+    // A status of nothing cannot be answered: descriptors MUST be nonzero and, with
+    // REQ_ONE, no longer than the request (behaviour for length 0 is unspecified).
+    if matches!(cmd, Command::BlockStatus { .. }) && (!l.base_allocation || r.length == 0) {
         return Err(Errno::Inval);
     }
     if matches!(cmd, Command::Read | Command::Write { .. }) && r.length > MAX_PAYLOAD {
@@ -160,6 +166,39 @@ pub fn offset_data_header(out: &mut [u8], cookie: u64, offset: u64, data_len: us
         (8 + data_len) as u32,
     );
     out[20..28].copy_from_slice(&offset.to_be_bytes());
+}
+
+/// A final NONE chunk: success with no payload (a structured READ of length 0, which an
+/// OFFSET_DATA chunk cannot describe: its *length* "MUST be at least 9").
+pub fn none_reply(cookie: u64) -> [u8; CHUNK_LEN] {
+    let mut b = [0u8; CHUNK_LEN];
+    chunk_header(&mut b, REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0);
+    b
+}
+
+/// Makes an export's base:allocation extents fit the wire for a request of `len` bytes:
+/// no zero-length descriptors; with REQ_ONE exactly one, no longer than the request;
+/// without it, none after the one that reaches the request's end (the last may run
+/// past it). Empty when nothing usable remains.
+pub fn fit_extents(extents: &mut Vec<(u32, u32)>, len: u32, req_one: bool) {
+    extents.retain(|(l, _)| *l > 0);
+    if req_one {
+        extents.truncate(1);
+        if let Some(e) = extents.first_mut() {
+            e.0 = e.0.min(len);
+        }
+        extents.retain(|(l, _)| *l > 0);
+        return;
+    }
+    let mut sum = 0u64;
+    let keep = extents
+        .iter()
+        .position(|(l, _)| {
+            sum += u64::from(*l);
+            sum >= u64::from(len)
+        })
+        .map_or(extents.len(), |i| i + 1);
+    extents.truncate(keep);
 }
 
 /// A final ERROR chunk.
@@ -239,13 +278,30 @@ mod tests {
         );
         assert_eq!(validate(&req(99, 0, 0, 0), &L), Err(Errno::Inval));
         assert_eq!(
-            validate(&req(CMD_READ, CMD_FLAG_FUA, 0, 1), &L),
+            validate(&req(CMD_READ, CMD_FLAG_NO_HOLE, 0, 1), &L),
             Err(Errno::Inval)
+        );
+        // FUA is accepted on any command when SEND_FUA is advertised (writable exports).
+        assert_eq!(
+            validate(&req(CMD_READ, CMD_FLAG_FUA, 0, 1), &L),
+            Ok(Command::Read)
+        );
+        assert_eq!(
+            validate(&req(CMD_FLUSH, CMD_FLAG_FUA, 0, 0), &L),
+            Ok(Command::Flush)
         );
         let ro = Limits {
             read_only: true,
             ..L
         };
+        assert_eq!(
+            validate(&req(CMD_READ, CMD_FLAG_FUA, 0, 1), &ro),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(&req(CMD_BLOCK_STATUS, 0, 0, 0), &L),
+            Err(Errno::Inval)
+        );
         assert_eq!(validate(&req(CMD_WRITE, 0, 0, 512), &ro), Err(Errno::Perm));
         assert_eq!(validate(&req(CMD_TRIM, 0, 0, 512), &ro), Err(Errno::Perm));
         assert_eq!(validate(&req(CMD_READ, 0, 0, 512), &ro), Ok(Command::Read));
@@ -261,6 +317,25 @@ mod tests {
             validate(&req(CMD_WRITE, CMD_FLAG_FUA, 0, 512), &L),
             Ok(Command::Write { fua: true })
         );
+    }
+
+    #[test]
+    fn extents_are_fitted_to_the_request() {
+        let mut e = vec![(0, 1), (100, 0), (0, 2), (50, 3), (10, 0)];
+        fit_extents(&mut e, 120, false);
+        assert_eq!(e, vec![(100, 0), (50, 3)]);
+        let mut e = vec![(100, 0), (50, 3)];
+        fit_extents(&mut e, 100, false);
+        assert_eq!(e, vec![(100, 0)]);
+        let mut e = vec![(100, 0), (50, 3)];
+        fit_extents(&mut e, 1000, false);
+        assert_eq!(e, vec![(100, 0), (50, 3)]);
+        let mut e = vec![(0, 2), (4096, 3), (50, 0)];
+        fit_extents(&mut e, 512, true);
+        assert_eq!(e, vec![(512, 3)]);
+        let mut e = vec![(0, 2)];
+        fit_extents(&mut e, 512, true);
+        assert!(e.is_empty());
     }
 
     proptest::proptest! {
