@@ -1,6 +1,7 @@
 //! What a vault holds: snapshots and intervals.
 
 use super::*;
+use crate::write_log::scan::ScannedMarker;
 
 impl Vault {
     // ---- listing ---------------------------------------------------------------------
@@ -18,12 +19,7 @@ impl Vault {
                     .markers
                     .iter()
                     .find(|m| m.name == name)
-                    .map(|m| SnapshotEntry {
-                        name: m.name.clone(),
-                        seq: m.seq,
-                        time_ns: m.timestamp_ns,
-                        app_consistent: m.app_consistent,
-                    })
+                    .map(ScannedMarker::to_snapshot)
             })
     }
 
@@ -31,12 +27,7 @@ impl Vault {
     pub fn snapshots(&self) -> Vec<SnapshotEntry> {
         let inner = self.lock();
         let mut v = inner.manifest.snapshots.clone();
-        v.extend(inner.open.markers.iter().map(|m| SnapshotEntry {
-            name: m.name.clone(),
-            seq: m.seq,
-            time_ns: m.timestamp_ns,
-            app_consistent: m.app_consistent,
-        }));
+        v.extend(inner.open.markers.iter().map(ScannedMarker::to_snapshot));
         v
     }
 

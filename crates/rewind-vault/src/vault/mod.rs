@@ -24,7 +24,7 @@ use crate::shared::Shared;
 use crate::view::PointView;
 use crate::write_log::open_segment::OpenSegment;
 use crate::write_log::reader::SegmentFiles;
-use crate::write_log::scan::scan_sealed;
+use crate::write_log::scan::{scan_sealed, ScannedMarker};
 use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
 
@@ -658,12 +658,7 @@ impl Vault {
         };
         m.maps.push(map_entry);
         m.snapshots
-            .extend(inner.open.markers.iter().map(|mk| SnapshotEntry {
-                name: mk.name.clone(),
-                seq: mk.seq,
-                time_ns: mk.timestamp_ns,
-                app_consistent: mk.app_consistent,
-            }));
+            .extend(inner.open.markers.iter().map(ScannedMarker::to_snapshot));
         m.next_seq = last.seq.next();
         if let Err(e) = manifest_store::commit(&self.dir, &m) {
             inner.poisoned = true;

@@ -29,6 +29,18 @@ pub(crate) struct ScannedMarker {
     pub app_consistent: bool,
 }
 
+impl ScannedMarker {
+    /// The snapshot this marker makes.
+    pub(crate) fn to_snapshot(&self) -> rewind_format::manifest::SnapshotEntry {
+        rewind_format::manifest::SnapshotEntry {
+            name: self.name.clone(),
+            seq: self.seq,
+            time_ns: self.timestamp_ns,
+            app_consistent: self.app_consistent,
+        }
+    }
+}
+
 /// What [`scan_tail`] found.
 #[derive(Debug)]
 pub(crate) struct TailScan {
