@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real clients the integration tests drive. Keep this list in step with the tests.
-PACKAGES=(qemu-utils)
+PACKAGES=(qemu-utils libnbd-bin nbdkit fio fuse3 e2fsprogs)
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -58,7 +58,7 @@ struct Server {
     stats: Arc<ServerStats>,
     started: Instant,
     listen: Vec<String>,
-    conns: Mutex<Vec<(JoinHandle<()>, Closer)>>,
+    conns: Mutex<Vec<(JoinHandle<()>, Arc<Closer>)>>,
 }
 
 /// Ends a connection's reading side so that it drains and finishes.
@@ -68,11 +68,16 @@ enum Closer {
 }
 
 impl Closer {
-    fn close(&self) {
+    fn shutdown(&self, how: std::net::Shutdown) {
         let _ = match self {
-            Closer::Tcp(s) => s.shutdown(std::net::Shutdown::Read),
-            Closer::Unix(s) => s.shutdown(std::net::Shutdown::Read),
+            Closer::Tcp(s) => s.shutdown(how),
+            Closer::Unix(s) => s.shutdown(how),
         };
+    }
+
+    /// Stops reading requests; in-flight ones finish and are answered.
+    fn close(&self) {
+        self.shutdown(std::net::Shutdown::Read);
     }
 }
 
@@ -233,6 +238,8 @@ where
     let _ = reader.set_blocking();
     let _ = writer.set_blocking();
     let srv = server.clone();
+    let closer = Arc::new(closer);
+    let done = closer.clone();
     let n = server.stats.connections_total.load(Ordering::Relaxed);
     let handle = std::thread::Builder::new()
         .name(format!("nbd-conn-{n}"))
@@ -240,6 +247,8 @@ where
             if let Err(e) = serve_connection(reader, writer, srv.exports.as_ref(), &srv.stats) {
                 tracing::info!(error = %e, "connection closed");
             }
+            // Close now: the clone kept for shutdown would otherwise hold the socket open.
+            done.shutdown(std::net::Shutdown::Both);
         });
     match handle {
         Ok(h) => server
