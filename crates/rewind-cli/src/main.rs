@@ -87,6 +87,7 @@ fn main() -> ExitCode {
 
 /// Maps an error to the exit code scripts can act on.
 fn exit_code(e: &anyhow::Error) -> u8 {
+    use rewind_engine::intercept::InterceptError;
     use rewind_engine::restore::RestoreError;
     use rewind_vault::VaultError;
     let vault = e
@@ -96,6 +97,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             e.chain()
                 .find_map(|c| match c.downcast_ref::<RestoreError>() {
                     Some(RestoreError::Vault(v)) => Some(v),
+                    Some(RestoreError::Intercept(InterceptError::Vault(v))) => Some(v),
+                    _ => None,
+                })
+        })
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| match c.downcast_ref::<InterceptError>() {
+                    Some(InterceptError::Vault(v)) => Some(v),
                     _ => None,
                 })
         });

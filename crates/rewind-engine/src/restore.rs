@@ -1,4 +1,6 @@
-//! Restore: write a new raw image of the volume as it was at a point.
+//! Restore: write a new raw image of the volume as it was at a point ([`plan`],
+//! [`execute`]), or bring the primary itself back to a point ([`plan_in_place`],
+//! [`execute_in_place`]) by copying only the blocks changed since.
 //!
 //! Restore plans first ([`plan`]: what point, where from, how much), which `--dry-run`
 //! prints, then [`execute`]s the plan: every block is read through a [`PointView`]
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rewind_vault::{BlockSource, Point, PointView, Progress, ResolvedPoint, Vault, VaultError};
+
+use crate::intercept::{InterceptError, LiveVolume};
 
 /// Blocks read per step.
 const CHUNK_BLOCKS: u64 = 256;
@@ -29,6 +33,8 @@ pub enum RestoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Intercept(#[from] InterceptError),
 }
 
 type Result<T> = std::result::Result<T, RestoreError>;
@@ -151,6 +157,84 @@ pub fn execute(
     }
 }
 
+/// What an in-place restore will do.
+#[derive(Debug, Clone)]
+pub struct InPlacePlan {
+    pub point: ResolvedPoint,
+    pub primary: PathBuf,
+    /// Runs of blocks changed since the point: (first block, count).
+    pub runs: Vec<(u64, u64)>,
+    /// Blocks to copy back.
+    pub blocks: u64,
+    pub block_size: u32,
+    /// The snapshot taken of the current state before anything is copied.
+    pub undo_snapshot: String,
+}
+
+/// Plans bringing the primary back to `point`: only the blocks some record after the
+/// point changed are copied.
+pub fn plan_in_place(volume: &LiveVolume, point: &Point) -> Result<(InPlacePlan, PointView)> {
+    let vault = volume.vault();
+    let view = vault.view(point)?;
+    let runs = vault.changed_since(view.point().seq)?;
+    let plan = InPlacePlan {
+        point: view.point(),
+        primary: volume.primary_path().to_path_buf(),
+        blocks: runs.iter().map(|r| r.1).sum(),
+        runs,
+        block_size: view.block_size(),
+        // Named after the state it keeps: the same name means nothing changed since.
+        undo_snapshot: format!("undo-restore-at-seq-{}", vault.info().newest_seq),
+    };
+    Ok((plan, view))
+}
+
+/// Carries out an in-place restore. The current state is first kept as the snapshot
+/// `plan.undo_snapshot`; then every changed block is written back through the intercept
+/// layer, so the restore is itself journaled (and can be undone) and the vault's newest
+/// point equals the primary afterwards.
+pub fn execute_in_place(
+    plan: &InPlacePlan,
+    view: &PointView,
+    volume: &LiveVolume,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let start = Instant::now();
+    let vault = volume.vault();
+    if plan.blocks > 0
+        && !vault
+            .snapshots()
+            .iter()
+            .any(|s| s.name == plan.undo_snapshot)
+    {
+        volume.flush()?;
+        vault.snapshot(&plan.undo_snapshot, false)?;
+    }
+    let bs = u64::from(plan.block_size);
+    let mut buf = vec![0u8; (CHUNK_BLOCKS * bs) as usize];
+    progress.start("restoring in place", plan.blocks * bs);
+    let mut written = 0;
+    for &(first, count) in &plan.runs {
+        let mut b = first;
+        while b < first + count {
+            let n = (first + count - b).min(CHUNK_BLOCKS);
+            let chunk = &mut buf[..(n * bs) as usize];
+            view.read_into(b, chunk)?;
+            volume.write(b * bs, chunk, false)?;
+            written += n * bs;
+            progress.advance(n * bs);
+            b += n;
+        }
+    }
+    volume.flush()?;
+    progress.finish();
+    Ok(RestoreReport {
+        bytes_written: written,
+        holes: 0,
+        elapsed: start.elapsed(),
+    })
+}
+
 fn partial_path(to: &Path) -> PathBuf {
     let name = to
         .file_name()
@@ -267,6 +351,32 @@ mod tests {
             "trimmed block reads as zeroes"
         );
         assert!(img[2048..2560].iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn in_place_restore_copies_only_changed_blocks_and_can_be_undone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = std::sync::Arc::new(vault(tmp.path()));
+        let volume = LiveVolume::open(&tmp.path().join("primary.img"), v.clone()).unwrap();
+        volume.write(4 * 512, &[9u8; 1024], false).unwrap();
+        v.snapshot("s1", false).unwrap();
+        let at_s1 = std::fs::read(tmp.path().join("primary.img")).unwrap();
+        volume.write(4 * 512 + 100, &[1u8; 600], false).unwrap();
+        volume.zero(40 * 512, 1024, true, false, false).unwrap();
+        let before = std::fs::read(tmp.path().join("primary.img")).unwrap();
+        let (p, view) = plan_in_place(&volume, &"s1".parse().unwrap()).unwrap();
+        assert_eq!(p.runs, vec![(4, 2), (40, 2)]);
+        execute_in_place(&p, &view, &volume, &NoProgress).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("primary.img")).unwrap(),
+            at_s1
+        );
+        assert_eq!(v.read_at(&"now".parse().unwrap(), 0, 64).unwrap(), at_s1);
+        let undo = v.read_at(&p.undo_snapshot.parse().unwrap(), 0, 64).unwrap();
+        assert_eq!(
+            undo, before,
+            "the state before the restore is kept as a snapshot"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use rewind_engine::intercept::LiveVolume;
 use rewind_engine::restore;
 use rewind_vault::{format_time, Point, Vault};
 use serde_json::json;
@@ -8,9 +9,11 @@ use serde_json::json;
 use super::VaultArg;
 use crate::output::{self, Bar};
 
-/// Write a new raw image of the volume as it was at a point. Every block is verified
-/// against its checksum on the way; zero blocks become holes; the image appears at --to
-/// only once it is complete.
+/// Write a new raw image of the volume as it was at a point (--to), or bring the primary
+/// itself back to that point (--in-place, with no server running). Every block is
+/// verified against its checksum on the way. --to: zero blocks become holes and the image
+/// appears only once complete. --in-place: only blocks changed since the point are copied,
+/// the current state is first kept as a snapshot, and the copy is journaled like any write.
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  rewind restore --vault vm.vault --at before-upgrade --to vm-before.img\n  rewind restore --vault vm.vault --at -15m --to vm-15m-ago.img --dry-run\n  rewind restore --vault vm.vault --at 2026-11-21T10:00:00Z --to vm-10am.img"
@@ -22,8 +25,16 @@ pub struct Args {
     #[arg(long, value_name = "POINT", allow_hyphen_values = true)]
     pub at: String,
     /// Path of the new image
-    #[arg(long, value_name = "PATH")]
-    pub to: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "in_place",
+        conflicts_with = "in_place"
+    )]
+    pub to: Option<PathBuf>,
+    /// Bring the primary itself back to the point (stop `rewind serve` first)
+    #[arg(long)]
+    pub in_place: bool,
     /// Replace --to if it exists
     #[arg(long)]
     pub force: bool,
@@ -38,10 +49,13 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = a.vault.path();
     let point: Point = a.at.parse()?;
+    let Some(to) = a.to.clone() else {
+        return in_place(&a, &dir, &point);
+    };
     let vault = Vault::open_read_only(&dir)
         .with_context(|| format!("cannot open vault {}", dir.display()))?;
     let (plan, view) =
-        restore::plan(&vault, &point, &a.to, a.force).context("cannot plan the restore")?;
+        restore::plan(&vault, &point, &to, a.force).context("cannot plan the restore")?;
     let summary = json!({
         "point": a.at,
         "seq": plan.point.seq.0,
@@ -105,6 +119,69 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         plan.to.display(),
         output::bytes(report.bytes_written),
         report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()> {
+    let vault = std::sync::Arc::new(
+        Vault::open_as(dir, "rewind restore --in-place").with_context(|| {
+            format!(
+                "cannot open vault {} for an in-place restore (stop `rewind serve` first)",
+                dir.display()
+            )
+        })?,
+    );
+    let primary = std::path::PathBuf::from(vault.info().primary);
+    let volume = LiveVolume::open(&primary, vault.clone())?;
+    let (plan, view) = restore::plan_in_place(&volume, point).context("cannot plan the restore")?;
+    let bs = u64::from(plan.block_size);
+    let summary = json!({
+        "point": a.at,
+        "seq": plan.point.seq.0,
+        "time": format_time(plan.point.time_ns),
+        "primary": plan.primary,
+        "in_place": true,
+        "blocks_changed_since": plan.blocks,
+        "bytes_to_copy": plan.blocks * bs,
+        "undo_snapshot": plan.undo_snapshot,
+        "dry_run": a.dry_run,
+    });
+    if a.dry_run {
+        if a.json {
+            return output::json(&summary);
+        }
+        println!(
+            "Would bring {} back to {} (seq {}, {}): copy {} changed since, after keeping the current state as snapshot {}.",
+            plan.primary.display(),
+            a.at,
+            plan.point.seq,
+            format_time(plan.point.time_ns),
+            output::bytes(plan.blocks * bs),
+            plan.undo_snapshot
+        );
+        return Ok(());
+    }
+    let report = restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json))
+        .context("in-place restore failed")?;
+    drop(volume);
+    if let Ok(v) = std::sync::Arc::try_unwrap(vault) {
+        v.close()?;
+    }
+    if a.json {
+        let mut s = summary;
+        s["bytes_written"] = json!(report.bytes_written);
+        s["seconds"] = json!(report.elapsed.as_secs_f64());
+        return output::json(&s);
+    }
+    println!(
+        "{} is back at {} (seq {}): {} copied in {:.2}s. Undo with: rewind restore --at {} --in-place",
+        plan.primary.display(),
+        a.at,
+        plan.point.seq,
+        output::bytes(report.bytes_written),
+        report.elapsed.as_secs_f64(),
+        plan.undo_snapshot
     );
     Ok(())
 }

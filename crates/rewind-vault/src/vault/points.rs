@@ -228,6 +228,68 @@ impl Vault {
     pub fn read_at(&self, point: &Point, first_block: u64, count: u64) -> Result<Vec<u8>> {
         self.view(point)?.read(first_block, count)
     }
+
+    /// The blocks some record after `seq` changed, as sorted runs (first block, count):
+    /// what an in-place restore to `seq` must copy back. Costs the delta maps after the
+    /// interval holding `seq` and one replay of that interval's tail, never a volume scan.
+    pub fn changed_since(&self, seq: Seq) -> Result<Vec<(u64, u64)>> {
+        let mut set = roaring::RoaringTreemap::new();
+        let (maps_after, tail_segments) = {
+            let inner = self.lock();
+            if seq > inner.open.last_seq() {
+                return Err(VaultError::SeqAfterNewest {
+                    seq,
+                    newest: inner.open.last_seq(),
+                });
+            }
+            for r in inner.open.records.iter().filter(|r| r.seq > seq) {
+                if r.kind != RecordKind::Marker {
+                    set.insert_range(r.first_block..r.first_block + u64::from(r.block_count));
+                }
+            }
+            let m = &inner.manifest;
+            let maps_after: Vec<MapEntry> = m
+                .maps
+                .iter()
+                .filter(|e| e.interval.seq_from > seq)
+                .copied()
+                .collect();
+            // The sealed interval holding `seq` (if any): only its records after `seq`.
+            let tail: Vec<SegmentEntry> = m
+                .maps
+                .iter()
+                .find(|e| e.interval.seq_from <= seq && seq < e.interval.seq_to)
+                .map(|h| {
+                    m.segments
+                        .iter()
+                        .filter(|s| s.last_seq > seq && s.id.0 <= h.interval.seq_to)
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            (maps_after, tail)
+        };
+        for e in &maps_after {
+            set |= &self.shared.map(e)?.blocks;
+        }
+        for s in tail_segments {
+            let path = self.shared.segments.path(s.id);
+            scan_sealed(&path, s.id.0, s.length, self.shared.block_size, |r| {
+                if r.seq > seq && r.kind != RecordKind::Marker {
+                    set.insert_range(r.first_block..r.first_block + u64::from(r.block_count));
+                }
+                true
+            })?;
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for b in set.iter() {
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == b => *n += 1,
+                _ => runs.push((b, 1)),
+            }
+        }
+        Ok(runs)
+    }
 }
 
 enum Resolution {
