@@ -279,6 +279,19 @@ pub struct NewRecord {
 /// Appends an encoded record (header + stored payload) to `out`. `stored` is the payload
 /// as it goes to disk; `raw_len` its length before compression; `stored_as` the codec.
 pub fn encode(out: &mut Vec<u8>, r: &NewRecord, stored: &[u8], raw_len: u32, stored_as: StoredAs) {
+    encode_header(out, r, stored, raw_len, stored_as);
+    out.extend_from_slice(stored);
+}
+
+/// Appends only the record's header to `out`; its crc covers `stored`, which the caller
+/// writes right after it (e.g. with a vectored write, without copying the payload).
+pub fn encode_header(
+    out: &mut Vec<u8>,
+    r: &NewRecord,
+    stored: &[u8],
+    raw_len: u32,
+    stored_as: StoredAs,
+) {
     let start = out.len();
     let mut flags = match stored_as {
         StoredAs::Raw => 0,
@@ -301,7 +314,6 @@ pub fn encode(out: &mut Vec<u8>, r: &NewRecord, stored: &[u8], raw_len: u32, sto
     out.extend_from_slice(&0u32.to_le_bytes());
     let crc = record_crc(&out[start..start + 52], stored);
     out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(stored);
 }
 
 /// Decodes and verifies a whole record from `buf` (header then payload). Returns the

@@ -242,8 +242,15 @@ fn read_requests<R: Read, W: Write>(
                 // We cannot skip what we will not read: the stream is lost.
                 return Err(ConnError::TooLarge(req.length));
             }
-            payload.resize(req.length as usize, 0);
-            reader.read_exact(&mut payload)?;
+            // Read straight into spare capacity: no zero-fill of up to 32 MiB first.
+            payload.reserve_exact(req.length as usize);
+            let got = reader
+                .by_ref()
+                .take(u64::from(req.length))
+                .read_to_end(&mut payload)?;
+            if got != req.length as usize {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
         }
         match validate(&req, limits) {
             Ok(Command::Disc) => return Ok(()),

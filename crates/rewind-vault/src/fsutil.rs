@@ -49,6 +49,55 @@ pub(crate) fn read_at_padded(f: &File, buf: &mut [u8], offset: u64) -> std::io::
     Ok(done)
 }
 
+/// Writes all of `parts`, one after the other, at `offset` (pwritev), without first
+/// copying them into one buffer.
+pub(crate) fn write_all_vectored_at(
+    f: &File,
+    parts: &[&[u8]],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    while !parts.is_empty() {
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: every iovec points into a live slice of `parts` for its length, and
+        // pwritev only reads from them.
+        let n =
+            unsafe { libc::pwritev(f.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, off) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+        }
+        let mut n = n as usize;
+        offset += n as u64;
+        // Drop what was written; keep the rest of a partly written part.
+        while n > 0 {
+            if n >= parts[0].len() {
+                n -= parts[0].len();
+                parts.remove(0);
+            } else {
+                parts[0] = &parts[0][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The size of a file or block device in bytes.
 pub(crate) fn device_size(f: &File, path: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};

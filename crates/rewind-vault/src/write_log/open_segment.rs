@@ -21,6 +21,8 @@ use crate::fsutil;
 
 /// The append buffer is written to the file once it holds this much.
 pub(crate) const WRITE_OUT_BYTES: usize = 1 << 20;
+/// Payloads at least this large skip the buffer (one copy less).
+const DIRECT_PAYLOAD_BYTES: usize = 16 << 10;
 
 #[derive(Debug)]
 pub(crate) struct OpenSegment {
@@ -178,7 +180,18 @@ impl OpenSegment {
         marker_name: Option<&str>,
     ) -> Result<()> {
         let offset = self.len();
-        record::encode(&mut self.buf, r, stored, raw_len, stored_as);
+        if stored.len() >= DIRECT_PAYLOAD_BYTES {
+            // Large payloads are not copied into the buffer: what is buffered goes out
+            // first (order), then header and payload in one vectored write.
+            self.write_out()?;
+            let mut header = Vec::with_capacity(record::HEADER_LEN);
+            record::encode_header(&mut header, r, stored, raw_len, stored_as);
+            fsutil::write_all_vectored_at(&self.file, &[&header, stored], self.written)
+                .io("append to", &self.path)?;
+            self.written += (header.len() + stored.len()) as u64;
+        } else {
+            record::encode(&mut self.buf, r, stored, raw_len, stored_as);
+        }
         let meta = RecordMeta {
             seq: r.seq,
             timestamp_ns: r.timestamp_ns,
