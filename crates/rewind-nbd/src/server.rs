@@ -14,8 +14,9 @@ use crate::negotiate::{greeting, Negotiation, Step};
 use crate::proto::*;
 use crate::transmission::*;
 
-/// Worker threads per connection (requests in flight at once).
-const WORKERS: usize = 4;
+/// Worker threads per connection (requests in flight at once): enough for a client at
+/// queue depth 16 to keep 16 reads or writes in flight in the kernel.
+const WORKERS: usize = 16;
 /// Requests queued per connection before the reader waits.
 const QUEUE: usize = 64;
 

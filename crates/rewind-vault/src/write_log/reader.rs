@@ -12,6 +12,9 @@ use rewind_format::{names, SegmentId};
 
 use crate::error::{corrupted, decode_err, Corruption, Result};
 
+/// Payload bytes read together with a record's header.
+const SPECULATIVE_PAYLOAD: usize = 16 << 10;
+
 /// Open read handles to segment files, shared by every reader of a vault.
 #[derive(Debug)]
 pub(crate) struct SegmentFiles {
@@ -78,9 +81,29 @@ impl SegmentFiles {
         out: &mut DecodedRecord,
     ) -> Result<()> {
         let (file, path) = self.file(segment)?;
-        let mut hdr = [0u8; HEADER_LEN];
-        read_exact_at(&file, &mut hdr, offset, &path)?;
-        let h = RecordHeader::decode(&hdr, self.block_size)
+        // One read usually gets header and payload: guess the payload's size (small
+        // records are the common case for random I/O), read the rest only if it is larger.
+        let guess = HEADER_LEN + SPECULATIVE_PAYLOAD.max(self.block_size as usize);
+        out.segment = None;
+        out.raw.resize(guess, 0);
+        let got = crate::fsutil::read_at_padded(&file, &mut out.raw, offset).map_err(|e| {
+            crate::VaultError::Io {
+                op: "read",
+                path: path.clone(),
+                source: e,
+            }
+        })?;
+        if got < HEADER_LEN {
+            return Err(corrupted(
+                &path,
+                offset,
+                Corruption::Length {
+                    expected: offset + HEADER_LEN as u64,
+                    actual: offset + got as u64,
+                },
+            ));
+        }
+        let h = RecordHeader::decode(&out.raw[..HEADER_LEN], self.block_size)
             .map_err(|e| decode_err(&path, offset, e))?;
         if h.kind != RecordKind::Write
             || block < h.first_block
@@ -94,11 +117,17 @@ impl SegmentFiles {
                 ),
             ));
         }
-        out.segment = None;
-        out.raw.resize(h.payload_len as usize, 0);
-        read_exact_at(&file, &mut out.raw, offset + HEADER_LEN as u64, &path)?;
-        h.verify(&hdr, &out.raw)
+        let total = HEADER_LEN + h.payload_len as usize;
+        if total > got {
+            out.raw.resize(total, 0);
+            read_exact_at(&file, &mut out.raw[got..], offset + got as u64, &path)?;
+        }
+        out.raw.truncate(total);
+        let (hdr, payload) = out.raw.split_at(HEADER_LEN);
+        h.verify(hdr, payload)
             .map_err(|e| decode_err(&path, offset, e))?;
+        // Keep only the payload in `raw`.
+        out.raw.drain(..HEADER_LEN);
         match h.stored_as() {
             StoredAs::Raw => std::mem::swap(&mut out.data, &mut out.raw),
             stored => decompress(stored, &out.raw, h.raw_len as usize, &mut out.data)
