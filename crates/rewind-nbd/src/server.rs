@@ -1,13 +1,13 @@
 //! Serving one NBD connection with blocking I/O.
 //!
-//! The connection's thread negotiates, then reads requests and hands them to a small pool
-//! of worker threads, which run them against the export and write replies (in whatever
-//! order they finish) under a lock on the socket's write half. A malformed stream ends
+//! The connection's thread negotiates; then a pool of workers takes turns reading the
+//! next request from the socket (leader/follower: no hand-off between threads), runs it
+//! against the export and writes the reply (in whatever order requests finish) under a
+//! lock on the socket's write half. A malformed stream ends
 //! this connection only; nothing a client sends can panic the server.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::negotiate::{greeting, Negotiation, Step};
@@ -17,8 +17,6 @@ use crate::transmission::*;
 /// Worker threads per connection (requests in flight at once): enough for a client at
 /// queue depth 16 to keep 16 reads or writes in flight in the kernel.
 const WORKERS: usize = 16;
-/// Requests queued per connection before the reader waits.
-const QUEUE: usize = 64;
 
 /// Why an export operation failed; mapped to the spec's error numbers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -127,7 +125,7 @@ struct Job {
 
 /// Serves one connection until the client disconnects. `reader` and `writer` are the two
 /// halves of one socket (e.g. a stream and its `try_clone`).
-pub fn serve_connection<R: Read, W: Write + Send>(
+pub fn serve_connection<R: Read + Send, W: Write + Send>(
     mut reader: R,
     writer: W,
     exports: &dyn Exports,
@@ -192,7 +190,7 @@ fn send<W: Write>(writer: &Mutex<W>, bytes: &[u8]) -> io::Result<()> {
     w.flush()
 }
 
-fn transmit<R: Read, W: Write + Send>(
+fn transmit<R: Read + Send, W: Write + Send>(
     reader: &mut R,
     writer: &Mutex<W>,
     export: &dyn Export,
@@ -205,35 +203,60 @@ fn transmit<R: Read, W: Write + Send>(
         structured: neg.structured,
         base_allocation: neg.base_allocation,
     };
-    let (tx, rx) = sync_channel::<Job>(QUEUE);
-    let rx = Mutex::new(rx);
+    // Leader/follower: each worker takes the socket, reads the next request, lets go of
+    // it and serves the request. No hand-off between threads per request.
+    let reader = Mutex::new(reader);
+    let done = AtomicBool::new(false);
+    let failure: Mutex<Option<ConnError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..WORKERS {
-            s.spawn(|| worker(&rx, writer, export, neg.structured, stats));
+            s.spawn(|| loop {
+                let job = {
+                    let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+                    if done.load(Ordering::Acquire) {
+                        return;
+                    }
+                    match next_request(&mut **r, writer, &limits, neg.structured, stats) {
+                        Ok(Some(job)) => job,
+                        // The client disconnected: the others finish what they hold.
+                        Ok(None) => {
+                            done.store(true, Ordering::Release);
+                            return;
+                        }
+                        Err(e) => {
+                            done.store(true, Ordering::Release);
+                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            return;
+                        }
+                    }
+                };
+                if let Err(e) = run(&job, writer, export, neg.structured, stats) {
+                    tracing::debug!(error = %e, "could not send a reply; the client has gone");
+                }
+            });
         }
-        let result = read_requests(reader, writer, &limits, neg.structured, stats, |job| {
-            // The workers only stop when we drop the sender, so this cannot fail.
-            let _ = tx.send(job);
-        });
-        drop(tx);
-        result
-    })
+    });
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
-fn read_requests<R: Read, W: Write>(
+/// Reads requests until one is to be run (refused ones are answered here). `None`: the
+/// client sent NBD_CMD_DISC or went away.
+fn next_request<R: Read, W: Write>(
     reader: &mut R,
     writer: &Mutex<W>,
     limits: &Limits,
     structured: bool,
     stats: &ServerStats,
-    mut dispatch: impl FnMut(Job),
-) -> Result<(), ConnError> {
+) -> Result<Option<Job>, ConnError> {
     loop {
         let mut h = [0u8; REQUEST_LEN];
         match reader.read_exact(&mut h) {
             Ok(()) => {}
             // A client that goes away without NBD_CMD_DISC.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         let req = parse_request(&h)?;
@@ -254,8 +277,8 @@ fn read_requests<R: Read, W: Write>(
             }
         }
         match validate(&req, limits) {
-            Ok(Command::Disc) => return Ok(()),
-            Ok(cmd) => dispatch(Job { req, cmd, payload }),
+            Ok(Command::Disc) => return Ok(None),
+            Ok(cmd) => return Ok(Some(Job { req, cmd, payload })),
             Err(errno) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("request refused: {errno:?}");
@@ -276,27 +299,6 @@ fn reply_error<W: Write>(
         send(writer, &structured_error(cookie, errno, msg))
     } else {
         send(writer, &simple_reply(cookie, errno as u32))
-    }
-}
-
-fn worker<W: Write>(
-    rx: &Mutex<Receiver<Job>>,
-    writer: &Mutex<W>,
-    export: &dyn Export,
-    structured: bool,
-    stats: &ServerStats,
-) {
-    loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            }
-        };
-        if let Err(e) = run(&job, writer, export, structured, stats) {
-            tracing::debug!(error = %e, "could not send a reply; the client has gone");
-        }
     }
 }
 
