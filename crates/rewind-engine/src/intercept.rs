@@ -10,9 +10,11 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use rewind_vault::{Vault, VaultError};
+use roaring::RoaringTreemap;
 
 /// Blocks per lock region.
 const REGION_BLOCKS: u64 = 16;
@@ -51,6 +53,37 @@ pub struct LiveVolume {
     block_size: u64,
     size: u64,
     stripes: Vec<Mutex<()>>,
+    /// Who watches host changes (verify's scan delta map, sync's host change delta map).
+    trackers: Mutex<Vec<Weak<ChangeTracker>>>,
+    /// `trackers.len()`, read without the lock on the write path.
+    tracking: AtomicUsize,
+}
+
+/// The blocks the host changed (wrote, zeroed or trimmed) while this tracker was alive:
+/// verify's scan delta map and sync's host change delta map. A change is recorded while the
+/// writer still holds the blocks' region locks, so a reader that takes those locks (see
+/// [`LiveVolume::with_blocks_locked`]) either sees the change in the primary after it, or
+/// finds it here.
+#[derive(Debug, Default)]
+pub struct ChangeTracker {
+    blocks: Mutex<RoaringTreemap>,
+}
+
+impl ChangeTracker {
+    /// The blocks changed so far.
+    pub fn blocks(&self) -> RoaringTreemap {
+        self.blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn add(&self, first: u64, end: u64) {
+        self.blocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert_range(first..end);
+    }
 }
 
 impl LiveVolume {
@@ -88,6 +121,8 @@ impl LiveVolume {
             size: expected,
             vault,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            trackers: Mutex::new(Vec::new()),
+            tracking: AtomicUsize::new(0),
         })
     }
 
@@ -141,6 +176,41 @@ impl LiveVolume {
             .collect()
     }
 
+    /// Starts recording the blocks the host changes; recording stops when the tracker is
+    /// dropped.
+    pub fn track_changes(&self) -> Arc<ChangeTracker> {
+        let t = Arc::new(ChangeTracker::default());
+        let mut all = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&t));
+        self.tracking.store(all.len(), Ordering::Release);
+        t
+    }
+
+    /// Records a change of blocks first..end in every live tracker. Called with the
+    /// blocks' region locks held.
+    fn note_change(&self, first: u64, end: u64) {
+        if self.tracking.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut all = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| match w.upgrade() {
+            Some(t) => {
+                t.add(first, end);
+                true
+            }
+            None => false,
+        });
+        self.tracking.store(all.len(), Ordering::Release);
+    }
+
+    /// Runs `f` while holding the region locks of blocks first..end: no host write to
+    /// those blocks is between the primary and the write log meanwhile.
+    pub fn with_blocks_locked<T>(&self, first: u64, end: u64, f: impl FnOnce() -> T) -> T {
+        let _g = self.lock(first, end.max(first + 1));
+        f()
+    }
+
     /// Reads live data from the primary.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
@@ -186,6 +256,7 @@ impl LiveVolume {
                     .map_err(self.io("write"))?;
                 self.vault.write(first, &buf)?;
             }
+            self.note_change(first, last);
         }
         if fua {
             self.flush()?;
@@ -230,6 +301,7 @@ impl LiveVolume {
             } else {
                 self.vault.zero(inner_first, inner_end - inner_first)?;
             }
+            self.note_change(inner_first, inner_end);
         }
         if fua {
             self.flush()?;

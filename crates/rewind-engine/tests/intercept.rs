@@ -133,3 +133,22 @@ fn a_primary_of_another_size_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn change_trackers_see_exactly_the_blocks_changed_while_they_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = setup(tmp.path(), 64);
+    v.write(0, &[1u8; BS], false).unwrap();
+    let t = v.track_changes();
+    v.write(5 * BS as u64 + 100, &[2u8; 10], false).unwrap();
+    v.zero(10 * BS as u64, 3 * BS as u64, true, false, false).unwrap();
+    let early = v.track_changes();
+    v.write(40 * BS as u64, &[3u8; 2 * BS], false).unwrap();
+    drop(early);
+    let got: Vec<u64> = t.blocks().iter().collect();
+    assert_eq!(got, vec![5, 10, 11, 12, 40, 41]);
+    drop(t);
+    v.write(50 * BS as u64, &[4u8; BS], false).unwrap();
+    let late = v.track_changes();
+    assert!(late.blocks().is_empty());
+}
