@@ -219,6 +219,24 @@ impl LiveVolume {
             .map_err(self.io("read"))
     }
 
+    /// Reads live data from the primary only if it is in the page cache: `Ok(false)` (and
+    /// nothing read) when reading would wait for the disk.
+    pub fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        use std::os::fd::AsRawFd;
+        self.check(offset, buf.len() as u64)?;
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Ok(false);
+        };
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which outlives the call; the descriptor is ours.
+        let n = unsafe { libc::preadv2(self.primary.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        // A short read (part cached) or EAGAIN: let the blocking path read it all.
+        Ok(n >= 0 && n as usize == buf.len())
+    }
+
     /// Writes `data` at `offset` to the primary and the write log. With `fua`, the write
     /// is durable in both before this returns.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
@@ -334,6 +352,12 @@ impl LiveVolume {
             at += n as u64;
         }
         Ok(())
+    }
+
+    /// Hands the write log's buffered records to the OS (no fsync): called before writes
+    /// are acknowledged, so that a crash of this process loses no acknowledged write.
+    pub fn write_out(&self) -> Result<()> {
+        Ok(self.vault.write_out()?)
     }
 
     /// Makes every completed write durable in the primary and the write log. Concurrent

@@ -10,5 +10,6 @@ pub mod negotiate;
 pub mod proto;
 pub mod server;
 pub mod transmission;
+mod workers;
 
 pub use server::{serve_connection, Export, ExportError, Exports, ServerStats};

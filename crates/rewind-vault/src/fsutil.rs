@@ -165,3 +165,18 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
         && words.iter().all(|&w| w == 0)
         && suffix.iter().all(|&b| b == 0)
 }
+
+/// Starts writeback of a byte range of `file` without waiting for it (Linux
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`): a later fdatasync then has less to write.
+/// A hint only; it changes no durability promise and its errors are ignored.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    if let (Ok(o), Ok(l)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) {
+        // SAFETY: sync_file_range on a descriptor we own; it touches no memory of ours.
+        let _ =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), o, l, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+}

@@ -212,6 +212,18 @@ impl Export for RamDisk {
         buf.copy_from_slice(&s.data[offset as usize..offset as usize + buf.len()]);
         Ok(())
     }
+    /// Data in even 64 KiB slices is "at hand" (read on the leader without waiting);
+    /// the rest takes the blocking path, so tests exercise both.
+    fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> Result<bool, ExportError> {
+        let end = offset + buf.len() as u64;
+        if !(offset >> 16).is_multiple_of(2) || (end.saturating_sub(1) >> 16) != (offset >> 16) {
+            return Ok(false);
+        }
+        if *self.delay.lock().unwrap() > Duration::ZERO && offset.is_multiple_of(3) {
+            return Ok(false);
+        }
+        self.read(offset, buf).map(|()| true)
+    }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
         self.record(Call::Write {
             offset,

@@ -430,11 +430,17 @@ impl Vault {
             inner.scratch = scratch;
             last = r?;
         }
-        // Hand the records to the OS now (one write for the whole call): a crash of this
-        // process then loses nothing the primary already has; only a power cut can drop
-        // records no flush has covered.
-        inner.open.write_out()?;
         Ok(last)
+    }
+
+    /// Hands every record appended so far to the OS (one write, no fsync): a crash of this
+    /// process then loses none of them; only a power cut can drop records no flush has
+    /// covered. The server calls it before it acknowledges writes, so an acknowledged
+    /// write is never only in this process's memory. Appends buffer otherwise (up to
+    /// 1 MiB), so a burst of small writes costs one system call.
+    pub fn write_out(&self) -> Result<()> {
+        let mut inner = self.lock_writable()?;
+        inner.open.write_out()
     }
 
     /// Appends a zero record: the blocks read as zeroes from here on.
@@ -457,7 +463,6 @@ impl Vault {
             last = self.append_locked(&mut inner, kind, b, n, &[], 0, StoredAs::Raw, None)?;
             b += u64::from(n);
         }
-        inner.open.write_out()?;
         Ok(last)
     }
 

@@ -23,6 +23,9 @@ use crate::fsutil;
 pub(crate) const WRITE_OUT_BYTES: usize = 1 << 20;
 /// Payloads at least this large skip the buffer (one copy less).
 const DIRECT_PAYLOAD_BYTES: usize = 16 << 10;
+/// Once this much has been written since the last time, writeback of it is started (no
+/// wait), so that a flush or a seal finds little left to write.
+const WRITEBACK_BYTES: u64 = 8 << 20;
 
 #[derive(Debug)]
 pub(crate) struct OpenSegment {
@@ -31,6 +34,8 @@ pub(crate) struct OpenSegment {
     file: Arc<File>,
     /// Bytes in the file (header and whole records).
     pub written: u64,
+    /// Bytes whose writeback has been started.
+    kicked: u64,
     /// Encoded records not yet written to the file.
     buf: Vec<u8>,
     /// Every record in the segment, in seq order.
@@ -74,6 +79,7 @@ impl OpenSegment {
             path,
             file: Arc::new(file),
             written,
+            kicked: written,
             buf: Vec::with_capacity(
                 WRITE_OUT_BYTES + record::MAX_WRITE_PAYLOAD + record::HEADER_LEN,
             ),
@@ -189,6 +195,7 @@ impl OpenSegment {
             fsutil::write_all_vectored_at(&self.file, &[&header, stored], self.written)
                 .io("append to", &self.path)?;
             self.written += (header.len() + stored.len()) as u64;
+            self.start_writeback();
         } else {
             record::encode(&mut self.buf, r, stored, raw_len, stored_as);
         }
@@ -241,7 +248,18 @@ impl OpenSegment {
             .io("append to", &self.path)?;
         self.written += self.buf.len() as u64;
         self.buf.clear();
+        self.start_writeback();
         Ok(())
+    }
+
+    /// Starts writeback of what was written since the last start, once there is enough of
+    /// it. Only a hint: errors are left for the fdatasync of the flush or seal to report.
+    fn start_writeback(&mut self) {
+        if self.written - self.kicked < WRITEBACK_BYTES {
+            return;
+        }
+        fsutil::start_writeback(&self.file, self.kicked, self.written - self.kicked);
+        self.kicked = self.written;
     }
 
     /// Drops buffered records (a simulated crash, for tests).

@@ -1,0 +1,448 @@
+//! The transmission phase's threads: how requests are read, run and answered.
+//!
+//! A pool of workers shares the connection (leader/follower). The leader holds the
+//! request reader: it reads the next request and, when the request cannot make it wait on
+//! the disk (a write into the page cache, a read of cached data, a zero or trim, block
+//! status), runs it at once and reads on, with no thread hand-off at all. A request that
+//! may wait (FLUSH, FUA, a read of uncached data, a very large write) is run after the
+//! leader lets go of the reader, so that a follower takes over reading while it waits.
+//!
+//! Requests are read through one buffer: a client with many requests in flight has several
+//! of them read by one system call. Replies are queued and written out together: the
+//! leader writes everything queued before it would block reading the socket, and a worker
+//! that finishes while the leader is blocked writes its reply (and whatever else is
+//! queued) itself. So a burst of requests costs one read and one write, not one each.
+
+use std::io::{self, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::negotiate::Negotiation;
+use crate::proto::*;
+use crate::server::{ConnError, Export, ExportError, ServerStats};
+use crate::transmission::*;
+
+/// Worker threads per connection: requests that may wait on the disk at once.
+const WORKERS: usize = 16;
+/// Bytes of requests read from the socket at once.
+const READ_BUFFER: usize = 256 << 10;
+/// Writes up to this size run on the leader (they only copy into the page cache).
+const INLINE_WRITE: usize = 256 << 10;
+/// Reads up to this size are tried on the leader, without waiting for the disk.
+const INLINE_READ: usize = 256 << 10;
+/// Replies queued beyond this many bytes are written out at once, whoever is reading.
+const QUEUE_LIMIT: usize = 256 << 10;
+/// Replies at least this large are written straight from the worker's buffer when nothing
+/// else is queued, instead of being copied into the queue.
+const DIRECT_REPLY: usize = 64 << 10;
+
+struct Job {
+    req: Request,
+    cmd: Command,
+    payload: Vec<u8>,
+}
+
+impl Job {
+    /// Whether the job can run on the leader without waiting for the disk.
+    fn runs_inline(&self) -> bool {
+        match self.cmd {
+            Command::Write { fua } => !fua && self.payload.len() <= INLINE_WRITE,
+            Command::Trim { fua } | Command::WriteZeroes { fua, .. } => !fua,
+            Command::Read => false,
+            Command::BlockStatus { .. } | Command::Cache | Command::Disc => true,
+            Command::Flush => false,
+        }
+    }
+}
+
+/// Replies waiting to be written.
+#[derive(Default)]
+struct Queue {
+    bytes: Vec<u8>,
+    /// The buffer last written out, kept for reuse.
+    spare: Vec<u8>,
+    /// A worker is writing queued replies.
+    sending: bool,
+    /// The leader is blocked reading the socket: nobody will write replies for it.
+    reading: bool,
+    failed: bool,
+}
+
+/// The reply side of a connection: replies are queued, and whoever finds nobody sending
+/// becomes the sender and writes out everything queued until the queue is empty. No
+/// worker ever waits for another's reply to be written.
+pub(crate) struct Replies<'a, W> {
+    writer: &'a Mutex<W>,
+    export: &'a dyn Export,
+    queue: Mutex<Queue>,
+}
+
+impl<'a, W: Write> Replies<'a, W> {
+    pub(crate) fn new(writer: &'a Mutex<W>, export: &'a dyn Export) -> Replies<'a, W> {
+        Replies {
+            writer,
+            export,
+            queue: Mutex::new(Queue::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a reply. It is written now if the leader is blocked reading (or the queue
+    /// is long); otherwise the leader writes it before it next reads the socket.
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut q = self.lock();
+        if q.failed {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        let now = !q.sending && (q.reading || q.bytes.len() + bytes.len() >= QUEUE_LIMIT);
+        if !now {
+            q.bytes.extend_from_slice(bytes);
+            return Ok(());
+        }
+        if bytes.len() >= DIRECT_REPLY && q.bytes.is_empty() {
+            return self.drain(q, Some(bytes));
+        }
+        q.bytes.extend_from_slice(bytes);
+        self.drain(q, None)
+    }
+
+    /// Writes out the queue (and `first`, before it) unless someone else is at it.
+    fn drain<'q>(
+        &'q self,
+        mut q: MutexGuard<'q, Queue>,
+        mut first: Option<&[u8]>,
+    ) -> io::Result<()> {
+        if q.sending || (first.is_none() && q.bytes.is_empty()) {
+            return Ok(());
+        }
+        if q.failed {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        q.sending = true;
+        loop {
+            let mut out = match first {
+                Some(_) => Vec::new(),
+                None => {
+                    let spare = std::mem::take(&mut q.spare);
+                    std::mem::replace(&mut q.bytes, spare)
+                }
+            };
+            drop(q);
+            let res = self
+                .export
+                .before_replies()
+                .map_err(io::Error::other)
+                .and_then(|()| {
+                    let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let data = first.take().unwrap_or(out.as_slice());
+                    w.write_all(data).and_then(|()| w.flush())
+                });
+            out.clear();
+            q = self.lock();
+            if q.spare.capacity() < out.capacity() {
+                q.spare = out;
+            }
+            if let Err(e) = res {
+                q.failed = true;
+                q.sending = false;
+                q.bytes = Vec::new();
+                return Err(e);
+            }
+            if q.bytes.is_empty() {
+                q.sending = false;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes out what is queued; called before the leader may block reading.
+    fn flush_before_read(&self) -> io::Result<()> {
+        let mut q = self.lock();
+        q.reading = true;
+        self.drain(q, None)
+    }
+
+    fn done_reading(&self) {
+        self.lock().reading = false;
+    }
+
+    /// Writes out everything still queued (the connection is ending).
+    fn finish(&self) -> io::Result<()> {
+        let mut q = self.lock();
+        q.reading = true;
+        self.drain(q, None)
+    }
+}
+
+/// The socket's reading half, as the request buffer sees it: every time the buffer has to
+/// go to the socket (and may block there), queued replies are written out first.
+struct SocketReader<'a, 'b, R, W> {
+    inner: &'a mut R,
+    replies: &'a Replies<'b, W>,
+}
+
+impl<R: Read, W: Write> Read for SocketReader<'_, '_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.replies.flush_before_read()?;
+        let n = self.inner.read(buf);
+        self.replies.done_reading();
+        n
+    }
+}
+
+/// Serves requests until the client disconnects or the stream breaks.
+pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
+    reader: &mut R,
+    writer: &Mutex<W>,
+    export: &dyn Export,
+    neg: &Negotiation,
+    stats: &ServerStats,
+) -> Result<(), ConnError> {
+    let limits = Limits {
+        size: export.size(),
+        read_only: export.read_only(),
+        structured: neg.structured,
+        base_allocation: neg.base_allocation,
+    };
+    let replies = Replies::new(writer, export);
+    let reader = Mutex::new(BufReader::with_capacity(
+        READ_BUFFER,
+        SocketReader {
+            inner: reader,
+            replies: &replies,
+        },
+    ));
+    let done = AtomicBool::new(false);
+    let failure: Mutex<Option<ConnError>> = Mutex::new(None);
+    let fail = |e: ConnError| {
+        done.store(true, Ordering::Release);
+        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    };
+    let conn = Conn {
+        replies: &replies,
+        export,
+        structured: neg.structured,
+        stats,
+    };
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| loop {
+                // Lead: read and run requests until one may wait for the disk.
+                let job = {
+                    let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        if done.load(Ordering::Acquire) {
+                            return;
+                        }
+                        match next_request(&mut *r, &conn, &limits) {
+                            Ok(Some(job)) => {
+                                if job.runs_inline() {
+                                    conn.run_reporting(&job);
+                                    continue;
+                                }
+                                if conn.read_inline(&job) {
+                                    continue;
+                                }
+                                break job;
+                            }
+                            // The client disconnected: the others finish what they hold.
+                            Ok(None) => {
+                                done.store(true, Ordering::Release);
+                                return;
+                            }
+                            Err(e) => {
+                                fail(e);
+                                return;
+                            }
+                        }
+                    }
+                };
+                // Follow: a waiting request runs while another worker leads.
+                conn.run_reporting(&job);
+            });
+        }
+    });
+    if let Err(e) = replies.finish() {
+        tracing::debug!(error = %e, "could not send the last replies; the client has gone");
+    }
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// What running a request needs.
+struct Conn<'a, 'b, W> {
+    replies: &'a Replies<'b, W>,
+    export: &'a dyn Export,
+    structured: bool,
+    stats: &'a ServerStats,
+}
+
+/// Reads requests until one is to be run (refused ones are answered here). `None`: the
+/// client sent NBD_CMD_DISC or went away.
+fn next_request<R: Read, W: Write>(
+    reader: &mut R,
+    conn: &Conn<'_, '_, W>,
+    limits: &Limits,
+) -> Result<Option<Job>, ConnError> {
+    loop {
+        let mut h = [0u8; REQUEST_LEN];
+        match reader.read_exact(&mut h) {
+            Ok(()) => {}
+            // A client that goes away without NBD_CMD_DISC.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let req = parse_request(&h)?;
+        let mut payload = Vec::new();
+        if req.kind == CMD_WRITE {
+            if req.length > MAX_PAYLOAD {
+                // We cannot skip what we will not read: the stream is lost.
+                return Err(ConnError::TooLarge(req.length));
+            }
+            // Read straight into spare capacity: no zero-fill of up to 32 MiB first.
+            payload.reserve_exact(req.length as usize);
+            let got = reader
+                .by_ref()
+                .take(u64::from(req.length))
+                .read_to_end(&mut payload)?;
+            if got != req.length as usize {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        match validate(&req, limits) {
+            Ok(Command::Disc) => return Ok(None),
+            Ok(cmd) => return Ok(Some(Job { req, cmd, payload })),
+            Err(errno) => {
+                conn.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("request refused: {errno:?}");
+                conn.reply_error(req.cookie, errno, &msg)?;
+            }
+        }
+    }
+}
+
+impl<W: Write> Conn<'_, '_, W> {
+    fn reply_error(&self, cookie: u64, errno: Errno, msg: &str) -> io::Result<()> {
+        if self.structured {
+            self.replies.send(&structured_error(cookie, errno, msg))
+        } else {
+            self.replies.send(&simple_reply(cookie, errno as u32))
+        }
+    }
+
+    fn run_reporting(&self, job: &Job) {
+        if let Err(e) = self.run(job) {
+            tracing::debug!(error = %e, "could not send a reply; the client has gone");
+        }
+    }
+
+    fn read_header_len(&self) -> usize {
+        if self.structured {
+            OFFSET_DATA_LEN
+        } else {
+            SIMPLE_REPLY_LEN
+        }
+    }
+
+    /// Serves a READ on the leader if its data is at hand without waiting for the disk.
+    /// `false`: the read must run where it may wait.
+    fn read_inline(&self, job: &Job) -> bool {
+        let r = &job.req;
+        if job.cmd != Command::Read || r.length == 0 || r.length as usize > INLINE_READ {
+            return false;
+        }
+        let hdr = self.read_header_len();
+        let len = r.length as usize;
+        let mut buf = vec![0u8; hdr + len];
+        match self.export.read_nowait(r.offset, &mut buf[hdr..]) {
+            Ok(true) => {
+                if let Err(e) = self.reply_read(r, buf) {
+                    tracing::debug!(error = %e, "could not send a reply; the client has gone");
+                }
+                true
+            }
+            // Not cached, or an error that the blocking read will report.
+            Ok(false) | Err(_) => false,
+        }
+    }
+
+    fn reply_read(&self, r: &Request, mut buf: Vec<u8>) -> io::Result<()> {
+        let len = r.length as usize;
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_read
+            .fetch_add(len as u64, Ordering::Relaxed);
+        if self.structured {
+            offset_data_header(&mut buf, r.cookie, r.offset, len);
+        } else {
+            simple_reply_header(&mut buf, r.cookie, 0);
+        }
+        self.replies.send(&buf)
+    }
+
+    fn run(&self, job: &Job) -> io::Result<()> {
+        let (r, export, stats) = (&job.req, self.export, self.stats);
+        let result = match job.cmd {
+            Command::Read if self.structured && r.length == 0 => {
+                return self.replies.send(&none_reply(r.cookie));
+            }
+            Command::Read => {
+                let hdr = self.read_header_len();
+                let mut buf = vec![0u8; hdr + r.length as usize];
+                match export.read(r.offset, &mut buf[hdr..]) {
+                    Ok(()) => return self.reply_read(r, buf),
+                    Err(e) => Err(e),
+                }
+            }
+            Command::Write { fua } => export.write(r.offset, &job.payload, fua).inspect(|()| {
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bytes_written
+                    .fetch_add(u64::from(r.length), Ordering::Relaxed);
+            }),
+            Command::Flush => export.flush().inspect(|()| {
+                stats.flushes.fetch_add(1, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                stats
+                    .last_flush_ns
+                    .store(now.as_nanos() as u64, Ordering::Relaxed);
+            }),
+            Command::Trim { fua } => export.trim(r.offset, r.length, fua).inspect(|()| {
+                stats.trims.fetch_add(1, Ordering::Relaxed);
+            }),
+            Command::WriteZeroes { fua, no_hole } => export
+                .write_zeroes(r.offset, r.length, fua, no_hole)
+                .inspect(|()| {
+                    stats.zeroes.fetch_add(1, Ordering::Relaxed);
+                }),
+            Command::Cache => export.cache(r.offset, r.length),
+            Command::BlockStatus { req_one } => match export.block_status(r.offset, r.length) {
+                Ok(mut extents) => {
+                    fit_extents(&mut extents, r.length, req_one);
+                    if extents.is_empty() {
+                        Err(ExportError::Io("no extents".into()))
+                    } else {
+                        return self.replies.send(&block_status_reply(r.cookie, &extents));
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Command::Disc => Ok(()),
+        };
+        match result {
+            Ok(()) => self.replies.send(&simple_reply(r.cookie, 0)),
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(cookie = r.cookie, offset = r.offset, length = r.length, error = %e, "request failed");
+                self.reply_error(r.cookie, e.errno(), &e.to_string())
+            }
+        }
+    }
+}
