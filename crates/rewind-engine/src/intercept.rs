@@ -10,10 +10,12 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use rewind_vault::{Vault, VaultError};
+use rewind_vault::{Seq, Vault, VaultError};
+
+use crate::drl::{DirtyRegionLog, DrlError};
 use roaring::RoaringTreemap;
 
 /// Blocks per lock region.
@@ -26,6 +28,8 @@ const STRIPES: usize = 1024;
 pub enum InterceptError {
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    Drl(#[from] DrlError),
     #[error("{op} primary {path}: {source}")]
     Io {
         op: &'static str,
@@ -57,7 +61,18 @@ pub struct LiveVolume {
     trackers: Mutex<Vec<Weak<ChangeTracker>>>,
     /// `trackers.len()`, read without the lock on the write path.
     tracking: AtomicUsize,
+    drl: DirtyRegionLog,
+    /// Regions the dirty region log held when the volume was opened: an unclean stop
+    /// left them, and they may differ between primary and vault until repaired.
+    unclean: Vec<u64>,
+    /// Every write whose record seq is at most this is durable in primary and log.
+    flushed_seq: AtomicU64,
+    /// When the DRL was last given a chance to clear idle regions.
+    last_drl_pass: Mutex<std::time::Instant>,
 }
+
+/// How often idle regions of the dirty region log are cleared.
+const DRL_PASS: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The blocks the host changed (wrote, zeroed or trimmed) while this tracker was alive:
 /// verify's scan delta map and sync's host change delta map. A change is recorded while the
@@ -114,7 +129,18 @@ impl LiveVolume {
                 actual,
             });
         }
+        let (drl, unclean) = DirtyRegionLog::open(vault.dir(), expected, vault.block_size())?;
+        if !unclean.is_empty() {
+            tracing::warn!(
+                regions = unclean.len(),
+                "the dirty region log says the last stop was not clean: these regions may differ between primary and vault"
+            );
+        }
         Ok(LiveVolume {
+            drl,
+            unclean,
+            flushed_seq: AtomicU64::new(0),
+            last_drl_pass: Mutex::new(std::time::Instant::now()),
             primary: file,
             path: primary.to_path_buf(),
             block_size: u64::from(vault.block_size()),
@@ -244,42 +270,51 @@ impl LiveVolume {
             return Ok(());
         }
         self.check(offset, data.len() as u64)?;
-        let bs = self.block_size;
-        let end = offset + data.len() as u64;
-        let (first, last) = (offset / bs, end.div_ceil(bs));
-        {
-            let _g = self.lock(first, last);
-            if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
-                self.primary
-                    .write_all_at(data, offset)
-                    .map_err(self.io("write"))?;
-                self.vault.write(first, data)?;
-            } else {
-                let mut buf = vec![0u8; ((last - first) * bs) as usize];
-                let head = (offset - first * bs) as usize;
-                if head != 0 {
-                    self.primary
-                        .read_exact_at(&mut buf[..bs as usize], first * bs)
-                        .map_err(self.io("read"))?;
-                }
-                if !end.is_multiple_of(bs) && (last - 1 > first || head == 0) {
-                    let at = buf.len() - bs as usize;
-                    self.primary
-                        .read_exact_at(&mut buf[at..], (last - 1) * bs)
-                        .map_err(self.io("read"))?;
-                }
-                buf[head..head + data.len()].copy_from_slice(data);
-                self.primary
-                    .write_all_at(data, offset)
-                    .map_err(self.io("write"))?;
-                self.vault.write(first, &buf)?;
-            }
-            self.note_change(first, last);
-        }
+        let entered = self.drl.enter(offset, data.len() as u64)?;
+        let res = self.write_locked(offset, data);
+        // A failed write keeps its region dirty for good: primary and log may differ.
+        self.drl
+            .leave(entered, res.as_ref().map_or(u64::MAX, |s| s.0));
+        res?;
         if fua {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Writes the primary and appends the record, under the regions' locks.
+    fn write_locked(&self, offset: u64, data: &[u8]) -> Result<Seq> {
+        let bs = self.block_size;
+        let end = offset + data.len() as u64;
+        let (first, last) = (offset / bs, end.div_ceil(bs));
+        let _g = self.lock(first, last);
+        let seq = if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
+            self.primary
+                .write_all_at(data, offset)
+                .map_err(self.io("write"))?;
+            self.vault.write(first, data)?
+        } else {
+            let mut buf = vec![0u8; ((last - first) * bs) as usize];
+            let head = (offset - first * bs) as usize;
+            if head != 0 {
+                self.primary
+                    .read_exact_at(&mut buf[..bs as usize], first * bs)
+                    .map_err(self.io("read"))?;
+            }
+            if !end.is_multiple_of(bs) && (last - 1 > first || head == 0) {
+                let at = buf.len() - bs as usize;
+                self.primary
+                    .read_exact_at(&mut buf[at..], (last - 1) * bs)
+                    .map_err(self.io("read"))?;
+            }
+            buf[head..head + data.len()].copy_from_slice(data);
+            self.primary
+                .write_all_at(data, offset)
+                .map_err(self.io("write"))?;
+            self.vault.write(first, &buf)?
+        };
+        self.note_change(first, last);
+        Ok(seq)
     }
 
     /// Makes the range read as zeroes: `trim` discards (punches a hole), otherwise zeroes
@@ -310,21 +345,31 @@ impl LiveVolume {
                 false,
             )?;
         }
-        {
-            let _g = self.lock(inner_first, inner_end);
-            let (o, l) = (inner_first * bs, (inner_end - inner_first) * bs);
-            self.zero_primary(o, l, trim || !no_hole)?;
-            if trim {
-                self.vault.trim(inner_first, inner_end - inner_first)?;
-            } else {
-                self.vault.zero(inner_first, inner_end - inner_first)?;
-            }
-            self.note_change(inner_first, inner_end);
-        }
+        let (o, l) = (inner_first * bs, (inner_end - inner_first) * bs);
+        let entered = self.drl.enter(o, l)?;
+        let res = self.zero_locked(inner_first, inner_end, trim, no_hole);
+        self.drl
+            .leave(entered, res.as_ref().map_or(u64::MAX, |s| s.0));
+        res?;
         if fua {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Zeroes or trims whole blocks first..end in the primary and appends the record, under
+    /// the regions' locks.
+    fn zero_locked(&self, first: u64, end: u64, trim: bool, no_hole: bool) -> Result<Seq> {
+        let bs = self.block_size;
+        let _g = self.lock(first, end);
+        self.zero_primary(first * bs, (end - first) * bs, trim || !no_hole)?;
+        let seq = if trim {
+            self.vault.trim(first, end - first)?
+        } else {
+            self.vault.zero(first, end - first)?
+        };
+        self.note_change(first, end);
+        Ok(seq)
     }
 
     fn zero_primary(&self, offset: u64, len: u64, punch: bool) -> Result<()> {
@@ -363,6 +408,8 @@ impl LiveVolume {
     /// Makes every completed write durable in the primary and the write log. Concurrent
     /// callers share the write log's sync (group commit).
     pub fn flush(&self) -> Result<()> {
+        // Every write with a record up to here has written the primary already.
+        let covered = self.vault.newest_seq().0;
         // The two syncs are independent: run them at once so the device can overlap them.
         let primary = std::thread::scope(|s| {
             let primary = s.spawn(|| self.primary.sync_data());
@@ -373,7 +420,58 @@ impl LiveVolume {
             log.map(|_| primary)
         })?;
         primary.map_err(self.io("fdatasync"))?;
+        self.flushed_seq.fetch_max(covered, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Housekeeping, called now and then (the server does once a second): every few
+    /// seconds, clears the dirty region log's idle regions, flushing first if that lets
+    /// more of them go.
+    pub fn tick(&self) -> Result<()> {
+        {
+            let mut last = self.last_drl_pass.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < DRL_PASS {
+                return Ok(());
+            }
+            *last = std::time::Instant::now();
+        }
+        if self
+            .drl
+            .wants_flush(self.flushed_seq.load(Ordering::Acquire))
+        {
+            self.flush()?;
+        }
+        self.drl
+            .clear_idle(self.flushed_seq.load(Ordering::Acquire))?;
+        Ok(())
+    }
+
+    /// The dirty region log.
+    pub fn drl(&self) -> &DirtyRegionLog {
+        &self.drl
+    }
+
+    /// Regions an unclean stop left dirty (see [`LiveVolume::open`]); empty after a clean
+    /// stop. They stay dirty until [`LiveVolume::mark_repaired`].
+    pub fn unclean_regions(&self) -> &[u64] {
+        &self.unclean
+    }
+
+    /// Says that primary and vault agree everywhere (the unclean regions were repaired):
+    /// flushes, then clears the dirty region log. Call it only with no write in flight.
+    pub fn mark_repaired(&self) -> Result<()> {
+        self.flush()?;
+        self.drl.clear_all(false)?;
+        Ok(())
+    }
+
+    /// Stops cleanly: flushes primary and log, seals the open interval and records a clean
+    /// stop in the dirty region log. Call it when no write is in flight any more.
+    pub fn stop(&self) -> Result<Option<rewind_vault::IntervalInfo>> {
+        self.flush()?;
+        let sealed = self.vault.seal()?;
+        self.drl.clear_all(true)?;
+        Ok(sealed)
     }
 
     /// Allocation of the primary: runs of (length, is_hole) covering offset..offset+len.

@@ -1,11 +1,13 @@
 //! rewind's engine: the work done with a vault.
 //!
 //! - [`intercept`]: the live volume every host write passes through (primary + write log).
+//! - [`drl`]: the dirty region log: which regions an unclean stop may have left differing.
 //! - [`exports`]: the live volume and points in time as NBD exports.
 //! - [`restore`]: new images of past points.
 //!
 //! Later: verify/sync, retention, replication.
 
+pub mod drl;
 pub mod exports;
 pub mod intercept;
 pub mod restore;

@@ -10,6 +10,7 @@ pub mod base_sums;
 mod codec;
 pub mod compress;
 pub mod delta_map;
+pub mod drl;
 mod error;
 mod ids;
 pub mod manifest;

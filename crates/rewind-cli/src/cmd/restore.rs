@@ -134,6 +134,13 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
     );
     let primary = std::path::PathBuf::from(vault.info().primary);
     let volume = LiveVolume::open(&primary, vault.clone())?;
+    if !volume.unclean_regions().is_empty() {
+        anyhow::bail!(
+            "rewind serve did not stop cleanly: {} region(s) of {} may differ from the vault. Start `rewind serve` once (it repairs them first) or run `rewind sync`, then restore.",
+            volume.unclean_regions().len(),
+            primary.display()
+        );
+    }
     let (plan, view) = restore::plan_in_place(&volume, point).context("cannot plan the restore")?;
     let bs = u64::from(plan.block_size);
     let summary = json!({
@@ -160,14 +167,14 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
             output::bytes(plan.blocks * bs),
             plan.undo_snapshot
         );
+        volume.stop()?;
         return Ok(());
     }
     let report = restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json))
         .context("in-place restore failed")?;
-    drop(volume);
-    if let Ok(v) = std::sync::Arc::try_unwrap(vault) {
-        v.close()?;
-    }
+    volume
+        .stop()
+        .context("cannot flush and seal after the restore")?;
     if a.json {
         let mut s = summary;
         s["bytes_written"] = json!(report.bytes_written);

@@ -165,6 +165,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             if let Err(e) = vault.tick() {
                 tracing::error!(error = %e, "time-based seal failed");
             }
+            if let Err(e) = server.volume.tick() {
+                tracing::error!(error = %e, "dirty region log upkeep failed");
+            }
             server
                 .conns
                 .lock()
@@ -188,8 +191,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(s) = &socket {
         let _ = std::fs::remove_file(s);
     }
-    server.volume.flush().context("final flush")?;
-    let sealed = vault.seal().context("final seal")?;
+    let sealed = server.volume.stop().context("final flush and seal")?;
     let info = vault.info();
     eprintln!(
         "Stopped cleanly at seq {}{}.",

@@ -350,6 +350,11 @@ impl Vault {
         self.shared.blocks
     }
 
+    /// The seq of the newest record.
+    pub fn newest_seq(&self) -> Seq {
+        self.lock().open.last_seq()
+    }
+
     /// A summary of the vault.
     pub fn info(&self) -> VaultInfo {
         let inner = self.lock();

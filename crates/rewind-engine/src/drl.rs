@@ -1,0 +1,427 @@
+//! The dirty region log (DRL): which regions of the primary may hold writes that the vault
+//! does not have durably, kept on disk so that after an unclean stop only those regions
+//! need to be compared and repaired (like DRBD's activity log).
+//!
+//! The write path pays almost nothing: a write enters its region (one atomic add); only
+//! the first write to a clean region sets the region's bit on disk (write + fdatasync of
+//! the small DRL file, shared by writers that arrive meanwhile) before the primary is
+//! touched. Bits are cleared lazily by [`DirtyRegionLog::clear_idle`]: a region is clean
+//! again once no write is in flight there, a flush of primary and write log covered its
+//! last write, and it was not written for a whole pass. So a region the host keeps
+//! writing stays dirty and costs nothing more; after a crash the repair work is bounded
+//! by the regions written in the last pass or two.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use rewind_format::drl::DirtyRegions;
+
+/// The DRL file in the vault directory.
+pub const FILE_NAME: &str = "drl";
+/// Region size of a new DRL.
+pub const DEFAULT_REGION_SIZE: u32 = 16 << 20;
+
+/// Region state bit: the region's bit is set on disk. The bits below count the writes in
+/// flight in the region.
+const DIRTY: u64 = 1 << 63;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrlError {
+    #[error("{op} dirty region log {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("dirty region log {path} is corrupted: {source}")]
+    Corrupted {
+        path: PathBuf,
+        source: rewind_format::DecodeError,
+    },
+    #[error("dirty region log {path} is for a {found}-byte volume, not {expected} bytes")]
+    WrongVolume {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+}
+
+type Result<T> = std::result::Result<T, DrlError>;
+
+/// Regions `first..=last` a write is in; give it back with [`DirtyRegionLog::leave`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entered {
+    first: u64,
+    last: u64,
+}
+
+/// The dirty region log of a live volume.
+#[derive(Debug)]
+pub struct DirtyRegionLog {
+    path: PathBuf,
+    file: File,
+    region_size: u64,
+    volume_size: u64,
+    /// Per region: [`DIRTY`] and the writes in flight.
+    state: Vec<AtomicU64>,
+    /// Per region: the newest seq of a finished write there.
+    last_seq: Vec<AtomicU64>,
+    /// Per region: written since the last clearing pass.
+    touched: Vec<AtomicBool>,
+    /// Held while the file is written; the on-disk generation.
+    disk: Mutex<u64>,
+    /// Times the file was written, for status and tests.
+    writes: AtomicU64,
+}
+
+impl DirtyRegionLog {
+    /// Opens the DRL of the vault in `vault_dir`, or creates a clean one. Returns it and
+    /// the regions that were dirty on disk (an unclean stop left them): they stay dirty
+    /// until [`DirtyRegionLog::clear_all`] after they were repaired.
+    pub fn open(vault_dir: &Path, volume_size: u64, block_size: u32) -> Result<(Self, Vec<u64>)> {
+        let path = vault_dir.join(FILE_NAME);
+        let io = |op, source| DrlError::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        let existing =
+            match std::fs::read(&path) {
+                Ok(bytes) => Some(DirtyRegions::decode_file(&bytes).map_err(|source| {
+                    DrlError::Corrupted {
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io("read", e)),
+            };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io("open", e))?;
+        let disk = match existing {
+            Some(d) if d.volume_size != volume_size => {
+                return Err(DrlError::WrongVolume {
+                    path,
+                    found: d.volume_size,
+                    expected: volume_size,
+                })
+            }
+            Some(d) => d,
+            None => DirtyRegions::new(DEFAULT_REGION_SIZE.max(block_size), volume_size),
+        };
+        let n = disk.region_count() as usize;
+        let dirty: Vec<u64> = disk.dirty().collect();
+        let drl = DirtyRegionLog {
+            file,
+            region_size: u64::from(disk.region_size),
+            volume_size,
+            state: (0..n)
+                .map(|r| AtomicU64::new(if disk.is_dirty(r as u64) { DIRTY } else { 0 }))
+                .collect(),
+            last_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            disk: Mutex::new(disk.generation),
+            writes: AtomicU64::new(0),
+            path,
+        };
+        // Written now in any case: a new DRL must exist, and an old clean flag must go
+        // (this run may stop uncleanly).
+        {
+            let mut g = drl.lock();
+            drl.persist(&mut g, false)?;
+        }
+        Ok((drl, dirty))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, u64> {
+        self.disk.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes per region.
+    pub fn region_size(&self) -> u64 {
+        self.region_size
+    }
+
+    /// The region holding byte `offset`.
+    pub fn region_of(&self, offset: u64) -> u64 {
+        offset / self.region_size
+    }
+
+    /// Regions dirty now (in memory; on disk it is these or more).
+    pub fn dirty_regions(&self) -> Vec<u64> {
+        (0..self.state.len() as u64)
+            .filter(|r| self.state[*r as usize].load(Ordering::Acquire) & DIRTY != 0)
+            .collect()
+    }
+
+    /// Times the DRL file was written.
+    pub fn file_writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Enters the regions of bytes `offset..offset+len` (len > 0) before the primary is
+    /// written there: afterwards they are dirty on disk. Pair with [`Self::leave`].
+    pub fn enter(&self, offset: u64, len: u64) -> Result<Entered> {
+        let first = offset / self.region_size;
+        let last =
+            (offset + len.max(1) - 1).min(self.volume_size.saturating_sub(1)) / self.region_size;
+        let mut clean = false;
+        for r in first..=last {
+            let prev = self.state[r as usize].fetch_add(1, Ordering::AcqRel);
+            clean |= prev & DIRTY == 0;
+        }
+        let entered = Entered { first, last };
+        if clean {
+            if let Err(e) = self.mark(entered) {
+                self.leave(entered, 0);
+                return Err(e);
+            }
+        }
+        Ok(entered)
+    }
+
+    /// Sets the bits of regions that are not dirty yet, on disk first.
+    fn mark(&self, e: Entered) -> Result<()> {
+        let mut g = self.lock();
+        // Whoever held the lock before may have marked them (bits are only set once they
+        // are on disk, and only under this lock).
+        let missing: Vec<u64> = (e.first..=e.last)
+            .filter(|r| self.state[*r as usize].load(Ordering::Acquire) & DIRTY == 0)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.persist_with(&mut g, &missing)?;
+        for r in missing {
+            self.state[r as usize].fetch_or(DIRTY, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Leaves the regions after the write's record was appended with `seq` (0: nothing was
+    /// appended).
+    pub fn leave(&self, e: Entered, seq: u64) {
+        for r in e.first..=e.last {
+            let r = r as usize;
+            self.last_seq[r].fetch_max(seq, Ordering::AcqRel);
+            self.touched[r].store(true, Ordering::Release);
+            self.state[r].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether some dirty region would be cleared by a flush: not written since the last
+    /// pass, and its last write newer than `flushed_seq`.
+    pub fn wants_flush(&self, flushed_seq: u64) -> bool {
+        (0..self.state.len()).any(|r| {
+            self.state[r].load(Ordering::Acquire) & DIRTY != 0
+                && !self.touched[r].load(Ordering::Acquire)
+                && self.last_seq[r].load(Ordering::Acquire) > flushed_seq
+        })
+    }
+
+    /// One clearing pass: clears regions with no write in flight, not written since the
+    /// previous pass, whose last write a flush of primary and log covered (`flushed_seq`:
+    /// every write with a record seq up to it is durable in both). Returns how many.
+    pub fn clear_idle(&self, flushed_seq: u64) -> Result<usize> {
+        let mut g = self.lock();
+        let mut cleared = 0;
+        for r in 0..self.state.len() {
+            if self.touched[r].swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            if self.last_seq[r].load(Ordering::Acquire) > flushed_seq {
+                continue;
+            }
+            // Only when nothing is in flight; a writer that enters afterwards finds the
+            // region clean and marks it again (under this lock, after our write).
+            if self.state[r]
+                .compare_exchange(DIRTY, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                cleared += 1;
+            }
+        }
+        if cleared > 0 {
+            self.persist(&mut g, false)?;
+        }
+        Ok(cleared)
+    }
+
+    /// Clears every region (after a flush covered everything and nothing is in flight, or
+    /// after the dirty regions were repaired). `clean_stop`: written as a clean stop.
+    pub fn clear_all(&self, clean_stop: bool) -> Result<()> {
+        let mut g = self.lock();
+        for s in &self.state {
+            // Keep regions with writes in flight (there should be none).
+            let _ = s.compare_exchange(DIRTY, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+        for t in &self.touched {
+            t.store(false, Ordering::Release);
+        }
+        let clean = clean_stop && self.dirty_regions().is_empty();
+        self.persist(&mut g, clean)
+    }
+
+    fn persist(&self, g: &mut MutexGuard<'_, u64>, clean: bool) -> Result<()> {
+        self.write_file(g, &[], clean)
+    }
+
+    fn persist_with(&self, g: &mut MutexGuard<'_, u64>, extra: &[u64]) -> Result<()> {
+        self.write_file(g, extra, false)
+    }
+
+    /// Writes the bitmap (the dirty regions plus `extra`) to the slot of the next
+    /// generation and makes it durable.
+    fn write_file(&self, g: &mut MutexGuard<'_, u64>, extra: &[u64], clean: bool) -> Result<()> {
+        let mut d = DirtyRegions::new(self.region_size as u32, self.volume_size);
+        for (r, s) in self.state.iter().enumerate() {
+            if s.load(Ordering::Acquire) & DIRTY != 0 {
+                d.bitmap[r / 8] |= 1 << (r % 8);
+            }
+        }
+        for r in extra {
+            d.bitmap[(*r / 8) as usize] |= 1 << (*r % 8);
+        }
+        d.clean = clean && d.bitmap.iter().all(|b| *b == 0);
+        d.generation = **g + 1;
+        let io = |op, source| DrlError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        };
+        self.file
+            .write_all_at(&d.encode(), d.slot_offset())
+            .map_err(|e| io("write", e))?;
+        self.file.sync_data().map_err(|e| io("fdatasync", e))?;
+        **g = d.generation;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads the DRL of a vault without opening it for writing: the regions dirty on
+    /// disk, and whether the last stop was clean. `None`: the vault has no DRL.
+    pub fn peek(vault_dir: &Path) -> Result<Option<DirtyRegions>> {
+        let path = vault_dir.join(FILE_NAME);
+        match std::fs::read(&path) {
+            Ok(bytes) => DirtyRegions::decode_file(&bytes)
+                .map(Some)
+                .map_err(|source| DrlError::Corrupted { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(DrlError::Io {
+                op: "read",
+                path,
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn on_disk(dir: &Path) -> Vec<u64> {
+        DirtyRegionLog::peek(dir)
+            .unwrap()
+            .unwrap()
+            .dirty()
+            .collect()
+    }
+
+    #[test]
+    fn first_write_marks_on_disk_later_ones_cost_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (drl, dirty) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+        assert!(dirty.is_empty());
+        let writes = drl.file_writes();
+        let e = drl.enter(20 * MIB, 4096).unwrap();
+        assert_eq!(on_disk(tmp.path()), vec![1]);
+        assert_eq!(drl.file_writes(), writes + 1);
+        drl.leave(e, 5);
+        let e = drl.enter(20 * MIB + 8192, 4096).unwrap();
+        drl.leave(e, 6);
+        assert_eq!(drl.file_writes(), writes + 1);
+        // Spanning two regions.
+        let e = drl.enter(32 * MIB - 4096, 8192).unwrap();
+        drl.leave(e, 7);
+        assert_eq!(on_disk(tmp.path()), vec![1, 2]);
+    }
+
+    #[test]
+    fn regions_clear_only_when_idle_flushed_and_not_in_flight() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (drl, _) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+        let a = drl.enter(0, 4096).unwrap();
+        drl.leave(a, 10);
+        let b = drl.enter(16 * MIB, 4096).unwrap(); // stays in flight
+                                                    // Touched since the last pass: kept.
+        assert_eq!(drl.clear_idle(100).unwrap(), 0);
+        // Not flushed yet: kept.
+        assert!(drl.wants_flush(9));
+        assert_eq!(drl.clear_idle(9).unwrap(), 0);
+        assert_eq!(drl.clear_idle(10).unwrap(), 1);
+        assert_eq!(on_disk(tmp.path()), vec![1]);
+        drl.leave(b, 11);
+        assert_eq!(drl.clear_idle(11).unwrap(), 0, "touched by the leave");
+        assert_eq!(drl.clear_idle(11).unwrap(), 1);
+        assert!(on_disk(tmp.path()).is_empty());
+        // Written again after clearing: marked again.
+        let c = drl.enter(0, 4096).unwrap();
+        assert_eq!(on_disk(tmp.path()), vec![0]);
+        drl.leave(c, 12);
+    }
+
+    #[test]
+    fn an_unclean_stop_reports_the_dirty_regions_on_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (drl, _) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+            let e = drl.enter(50 * MIB, 4096).unwrap();
+            drl.leave(e, 1);
+            // dropped without clear_all: a crash
+        }
+        let (drl, dirty) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+        assert_eq!(dirty, vec![3]);
+        assert_eq!(drl.dirty_regions(), vec![3]);
+        drl.clear_all(true).unwrap();
+        let d = DirtyRegionLog::peek(tmp.path()).unwrap().unwrap();
+        assert!(d.clean && d.dirty().next().is_none());
+        let (_, dirty) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+        assert!(dirty.is_empty());
+    }
+
+    #[test]
+    fn concurrent_writers_never_proceed_before_their_region_is_on_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (drl, _) = DirtyRegionLog::open(tmp.path(), 256 * MIB, 4096).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let drl = &drl;
+                let dir = tmp.path();
+                s.spawn(move || {
+                    for i in 0..64u64 {
+                        let off = ((i * 7 + t * 3) % 16) * 16 * MIB;
+                        let e = drl.enter(off, 4096).unwrap();
+                        assert!(on_disk(dir).contains(&(off / (16 * MIB))));
+                        drl.leave(e, i + 1);
+                        if i % 16 == 0 {
+                            drl.clear_idle(0).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
