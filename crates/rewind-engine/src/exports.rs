@@ -51,9 +51,6 @@ impl Export for LiveExport {
     fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> Result<bool, ExportError> {
         self.volume.read_nowait(offset, buf).map_err(export_error)
     }
-    fn before_replies(&self) -> Result<(), ExportError> {
-        self.volume.write_out().map_err(export_error)
-    }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
         self.volume.write(offset, data, fua).map_err(export_error)
     }

@@ -399,12 +399,6 @@ impl LiveVolume {
         Ok(())
     }
 
-    /// Hands the write log's buffered records to the OS (no fsync): called before writes
-    /// are acknowledged, so that a crash of this process loses no acknowledged write.
-    pub fn write_out(&self) -> Result<()> {
-        Ok(self.vault.write_out()?)
-    }
-
     /// Makes every completed write durable in the primary and the write log. Concurrent
     /// callers share the write log's sync (group commit).
     pub fn flush(&self) -> Result<()> {
@@ -424,10 +418,12 @@ impl LiveVolume {
         Ok(())
     }
 
-    /// Housekeeping, called now and then (the server does once a second): every few
-    /// seconds, clears the dirty region log's idle regions, flushing first if that lets
-    /// more of them go.
+    /// Housekeeping, called now and then (the server does once a second): hands buffered
+    /// records to the disk, and every few seconds clears the dirty region log's idle
+    /// regions, flushing first if that lets more of them go.
     pub fn tick(&self) -> Result<()> {
+        // Records buffered for a second go to the disk even if the host never flushes.
+        self.vault.write_out()?;
         {
             let mut last = self.last_drl_pass.lock().unwrap_or_else(|p| p.into_inner());
             if last.elapsed() < DRL_PASS {

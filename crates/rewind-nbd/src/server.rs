@@ -58,12 +58,6 @@ pub trait Export: Send + Sync {
     fn read_nowait(&self, _offset: u64, _buf: &mut [u8]) -> Result<bool, ExportError> {
         Ok(false)
     }
-    /// Called before replies are written: whatever the replies acknowledge must by then be
-    /// where the export promises it is (e.g. handed to the OS). An error ends the
-    /// connection without those replies.
-    fn before_replies(&self) -> Result<(), ExportError> {
-        Ok(())
-    }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), ExportError>;

@@ -73,15 +73,13 @@ struct Queue {
 /// worker ever waits for another's reply to be written.
 pub(crate) struct Replies<'a, W> {
     writer: &'a Mutex<W>,
-    export: &'a dyn Export,
     queue: Mutex<Queue>,
 }
 
 impl<'a, W: Write> Replies<'a, W> {
-    pub(crate) fn new(writer: &'a Mutex<W>, export: &'a dyn Export) -> Replies<'a, W> {
+    pub(crate) fn new(writer: &'a Mutex<W>) -> Replies<'a, W> {
         Replies {
             writer,
-            export,
             queue: Mutex::new(Queue::default()),
         }
     }
@@ -131,15 +129,11 @@ impl<'a, W: Write> Replies<'a, W> {
                 }
             };
             drop(q);
-            let res = self
-                .export
-                .before_replies()
-                .map_err(io::Error::other)
-                .and_then(|()| {
-                    let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-                    let data = first.take().unwrap_or(out.as_slice());
-                    w.write_all(data).and_then(|()| w.flush())
-                });
+            let res = {
+                let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                let data = first.take().unwrap_or(out.as_slice());
+                w.write_all(data).and_then(|()| w.flush())
+            };
             out.clear();
             q = self.lock();
             if q.spare.capacity() < out.capacity() {
@@ -207,7 +201,7 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
         structured: neg.structured,
         base_allocation: neg.base_allocation,
     };
-    let replies = Replies::new(writer, export);
+    let replies = Replies::new(writer);
     let reader = Mutex::new(BufReader::with_capacity(
         READ_BUFFER,
         SocketReader {

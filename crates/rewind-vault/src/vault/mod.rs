@@ -22,9 +22,10 @@ use crate::lock::VaultLock;
 use crate::point::{format_time, now_ns, Point, ResolvedPoint};
 use crate::shared::Shared;
 use crate::view::PointView;
-use crate::write_log::open_segment::OpenSegment;
+use crate::write_log::open_segment::{OpenSegment, BUFFER_BYTES};
 use crate::write_log::reader::SegmentFiles;
 use crate::write_log::scan::{scan_sealed, ScannedMarker};
+use crate::write_log::writer::LogWriter;
 use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
 
@@ -99,6 +100,8 @@ struct Inner {
 pub struct Vault {
     dir: PathBuf,
     _lock: Option<VaultLock>,
+    /// Writes the write log in the background (writers only).
+    log_writer: Option<Arc<LogWriter>>,
     shared: Arc<Shared>,
     inner: Mutex<Inner>,
     synced: Condvar,
@@ -187,6 +190,7 @@ impl Vault {
             SegmentId(Seq(1)),
             opts.block_size,
             vault_id,
+            None,
         )?;
         let m = Manifest {
             generation: Generation(1),
@@ -263,12 +267,17 @@ impl Vault {
                 Err(_) => return Err(corrupted(&p, 0, Corruption::Missing)),
             }
         }
+        let log_writer = if repair {
+            Some(Arc::new(LogWriter::start(BUFFER_BYTES)?))
+        } else {
+            None
+        };
         let open = OpenSegment::recover(
             &log_dir,
             SegmentId(manifest.next_seq),
             bs,
             manifest.vault_id,
-            repair,
+            log_writer.as_ref(),
         )?;
         if repair {
             remove_leftovers(dir, &manifest);
@@ -292,6 +301,7 @@ impl Vault {
         let vault = Vault {
             dir: dir.to_path_buf(),
             _lock: lock,
+            log_writer,
             shared,
             inner: Mutex::new(Inner {
                 manifest,
@@ -438,11 +448,10 @@ impl Vault {
         Ok(last)
     }
 
-    /// Hands every record appended so far to the OS (one write, no fsync): a crash of this
-    /// process then loses none of them; only a power cut can drop records no flush has
-    /// covered. The server calls it before it acknowledges writes, so an acknowledged
-    /// write is never only in this process's memory. Appends buffer otherwise (up to
-    /// 1 MiB), so a burst of small writes costs one system call.
+    /// Hands every record appended so far to the disk (no fsync, no wait). Appends are
+    /// buffered (up to 1 MiB) and written in the background; [`Vault::flush`] makes them
+    /// durable. The server calls this once a second so that records do not stay in
+    /// memory when the host does not flush.
     pub fn write_out(&self) -> Result<()> {
         let mut inner = self.lock_writable()?;
         inner.open.write_out()
@@ -574,13 +583,16 @@ impl Vault {
             }
             inner.syncing = true;
             let wrote = inner.open.write_out();
+            let pending = inner.open.pending_write();
             let covered = inner.open.last_seq();
             let covered_bytes = inner.open.written;
             let segment = inner.open.id;
             let file = inner.open.file();
             let path = inner.open.path.clone();
             drop(inner);
-            let res = wrote.and_then(|()| file.sync_data().io("fdatasync", &path));
+            let res = wrote
+                .and_then(|()| pending.map_or(Ok(()), |(w, t)| w.wait(t)))
+                .and_then(|()| file.sync_data().io("fdatasync", &path));
             inner = self.lock();
             inner.syncing = false;
             match &res {
@@ -625,7 +637,7 @@ impl Vault {
         ) else {
             return Ok(None);
         };
-        inner.open.write_out()?;
+        inner.open.finish()?;
         if let Err(e) = inner
             .open
             .file()
@@ -682,6 +694,7 @@ impl Vault {
             SegmentId(last.seq.next()),
             self.shared.block_size,
             inner.manifest.vault_id,
+            self.log_writer.as_ref(),
         ) {
             Ok(seg) => {
                 inner.durable_bytes = seg.written;
@@ -731,6 +744,12 @@ impl Drop for Vault {
             if !inner.crashed {
                 if let Err(e) = inner.open.write_out() {
                     tracing::warn!(error = %e, "could not hand buffered records to the OS on drop");
+                }
+            }
+            // What the log writer holds must be in the file before the lock is let go.
+            if let Some((w, t)) = inner.open.pending_write() {
+                if let Err(e) = w.wait(t) {
+                    tracing::warn!(error = %e, "the write log's last append failed on drop");
                 }
             }
         }

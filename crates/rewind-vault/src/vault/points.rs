@@ -153,7 +153,7 @@ impl Vault {
             let mut inner = self.lock();
             if p != Seq::BASE && p >= inner.open.id.0 && self._lock.is_some() {
                 // Readers go through the file: hand it what is buffered.
-                inner.open.write_out()?;
+                inner.open.write_out_and_wait()?;
             }
             let maps = &inner.manifest.maps;
             if p == Seq::BASE {

@@ -4,9 +4,11 @@
 //! - [`scan`]: reading a segment's records back (recovery, replay, time look-ups).
 //! - [`reader`]: reading one record's data by location, verified.
 
+mod aligned;
 pub(crate) mod open_segment;
 pub(crate) mod reader;
 pub(crate) mod scan;
+pub(crate) mod writer;
 
 use rewind_format::record::RecordKind;
 use rewind_format::Seq;

@@ -1,6 +1,16 @@
 //! The open segment: the one being appended to. Records are encoded into a buffer that is
 //! written to the file when it grows past [`WRITE_OUT_BYTES`] or when a flush or a reader
 //! needs it; the present delta map and a record index are kept alongside.
+//!
+//! Where the file system allows it, the buffer is written with direct I/O (`O_DIRECT`):
+//! the log is written once and read rarely, so copying it through the page cache only
+//! costs CPU and memory (new page-cache pages are dear, and a growing log dirties new
+//! pages all the time). Direct writes must cover whole aligned blocks: the buffer then
+//! starts at the aligned offset below the end of what is written, carries the bytes of
+//! that last partial block, and each write sends them again with the new records after
+//! them and zeroes up to the next aligned offset. The zeroes past the last record are
+//! what a torn tail looks like, and recovery cuts them. Readers use a second, buffered
+//! handle (the kernel keeps the two coherent).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -14,13 +24,19 @@ use rewind_format::record::{self, NewRecord, RecordKind};
 use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
 use rewind_format::{names, SegmentId, Seq};
 
+use super::aligned::{AlignedBuf, DIRECT_ALIGN};
 use super::scan::{scan_tail, ScannedMarker};
+use super::writer::LogWriter;
 use super::RecordMeta;
 use crate::error::{corrupted, Corruption, IoContext, Result};
 use crate::fsutil;
 
 /// The append buffer is written to the file once it holds this much.
 pub(crate) const WRITE_OUT_BYTES: usize = 1 << 20;
+/// Bytes an append buffer holds: a full buffer, one more largest record, the carried
+/// partial block and the padding.
+pub(crate) const BUFFER_BYTES: usize =
+    WRITE_OUT_BYTES + record::MAX_WRITE_PAYLOAD + record::HEADER_LEN + 2 * DIRECT_ALIGN;
 /// Payloads at least this large skip the buffer (one copy less).
 const DIRECT_PAYLOAD_BYTES: usize = 16 << 10;
 /// Once this much has been written since the last time, writeback of it is started (no
@@ -28,16 +44,29 @@ const DIRECT_PAYLOAD_BYTES: usize = 16 << 10;
 const WRITEBACK_BYTES: u64 = 8 << 20;
 
 #[derive(Debug)]
+struct Direct {
+    file: Arc<File>,
+    writer: Arc<LogWriter>,
+    /// Ticket of the last buffer handed to the writer.
+    ticket: u64,
+}
+
+#[derive(Debug)]
 pub(crate) struct OpenSegment {
     pub id: SegmentId,
     pub path: PathBuf,
     file: Arc<File>,
+    /// Direct I/O, where the file system has it: the handle and the log writer.
+    direct: Option<Direct>,
     /// Bytes in the file (header and whole records).
     pub written: u64,
-    /// Bytes whose writeback has been started.
+    /// Bytes whose writeback has been started (buffered writes only).
     kicked: u64,
-    /// Encoded records not yet written to the file.
-    buf: Vec<u8>,
+    /// File offset of `buf[0]`: `written` for buffered writes; with direct I/O the aligned
+    /// offset at or below it (the buffer then starts with that partial block's bytes).
+    buf_start: u64,
+    /// Encoded records not yet written to the file (after the carried partial block).
+    buf: AlignedBuf,
     /// Every record in the segment, in seq order.
     pub records: Vec<RecordMeta>,
     /// The markers among them.
@@ -53,6 +82,7 @@ impl OpenSegment {
         id: SegmentId,
         block_size: u32,
         vault_id: [u8; 16],
+        writer: Option<&Arc<LogWriter>>,
     ) -> Result<OpenSegment> {
         let path = log_dir.join(names::segment(id));
         let file = OpenOptions::new()
@@ -70,7 +100,7 @@ impl OpenSegment {
         file.write_all_at(&header.encode(), 0).io("write", &path)?;
         file.sync_all().io("fsync", &path)?;
         fsutil::sync_dir(log_dir)?;
-        Ok(OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64))
+        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64).use_direct_io(writer)
     }
 
     fn new(id: SegmentId, path: PathBuf, file: File, written: u64) -> OpenSegment {
@@ -78,15 +108,54 @@ impl OpenSegment {
             id,
             path,
             file: Arc::new(file),
+            direct: None,
             written,
             kicked: written,
-            buf: Vec::with_capacity(
-                WRITE_OUT_BYTES + record::MAX_WRITE_PAYLOAD + record::HEADER_LEN,
-            ),
+            buf_start: written,
+            buf: AlignedBuf::new(BUFFER_BYTES),
             records: Vec::new(),
             markers: Vec::new(),
             present: BTreeMap::new(),
         }
+    }
+
+    /// Switches to direct I/O through `writer` if the file system supports it (and
+    /// `REWIND_DIRECT_LOG` is not `0`): loads the partial block below `written` into the
+    /// buffer.
+    fn use_direct_io(mut self, writer: Option<&Arc<LogWriter>>) -> Result<OpenSegment> {
+        let Some(writer) = writer else {
+            return Ok(self);
+        };
+        if std::env::var("REWIND_DIRECT_LOG").is_ok_and(|v| v == "0") {
+            return Ok(self);
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "no direct I/O for the write log; using the page cache");
+                return Ok(self);
+            }
+        };
+        let start = self.written / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+        let mut carried = vec![0u8; (self.written - start) as usize];
+        self.file
+            .read_exact_at(&mut carried, start)
+            .io("read", &self.path)?;
+        let mut buf = writer.take_buffer()?;
+        buf.extend_from_slice(&carried);
+        self.buf = buf;
+        self.buf_start = start;
+        self.direct = Some(Direct {
+            file: Arc::new(file),
+            writer: writer.clone(),
+            ticket: 0,
+        });
+        Ok(self)
     }
 
     /// Opens the open segment after a restart: scans it, rebuilds the present delta map,
@@ -98,14 +167,15 @@ impl OpenSegment {
         id: SegmentId,
         block_size: u32,
         vault_id: [u8; 16],
-        repair: bool,
+        writer: Option<&Arc<LogWriter>>,
     ) -> Result<OpenSegment> {
+        let repair = writer.is_some();
         let path = log_dir.join(names::segment(id));
         let len = match std::fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return if repair {
-                    OpenSegment::create(log_dir, id, block_size, vault_id)
+                    OpenSegment::create(log_dir, id, block_size, vault_id, writer)
                 } else {
                     Ok(OpenSegment::new(
                         id,
@@ -121,7 +191,7 @@ impl OpenSegment {
             let bytes = std::fs::read(&path).io("read", &path)?;
             if SegmentHeader::decode(&bytes).is_err() {
                 if repair {
-                    return OpenSegment::create(log_dir, id, block_size, vault_id);
+                    return OpenSegment::create(log_dir, id, block_size, vault_id, writer);
                 }
                 // A reader: the segment is being created (or its creation was torn); it
                 // holds no records yet, as when it is missing.
@@ -154,6 +224,9 @@ impl OpenSegment {
             File::open(&path).io("open", &path)?
         };
         let mut seg = OpenSegment::new(id, path, file, scan.valid_len);
+        if repair {
+            seg = seg.use_direct_io(writer)?;
+        }
         for r in &scan.records {
             seg.index(r);
         }
@@ -169,7 +242,7 @@ impl OpenSegment {
 
     /// Bytes the segment holds, buffered ones included.
     pub(crate) fn len(&self) -> u64 {
-        self.written + self.buf.len() as u64
+        self.buf_start + self.buf.len() as u64
     }
 
     pub(crate) fn file(&self) -> Arc<File> {
@@ -185,20 +258,41 @@ impl OpenSegment {
         stored_as: StoredAs,
         marker_name: Option<&str>,
     ) -> Result<()> {
-        let offset = self.len();
-        if stored.len() >= DIRECT_PAYLOAD_BYTES {
+        let mut header = Vec::with_capacity(record::HEADER_LEN);
+        record::encode_header(&mut header, r, stored, raw_len, stored_as);
+        if self.direct.is_none() && stored.len() >= DIRECT_PAYLOAD_BYTES {
             // Large payloads are not copied into the buffer: what is buffered goes out
             // first (order), then header and payload in one vectored write.
             self.write_out()?;
-            let mut header = Vec::with_capacity(record::HEADER_LEN);
-            record::encode_header(&mut header, r, stored, raw_len, stored_as);
+            let offset = self.len();
             fsutil::write_all_vectored_at(&self.file, &[&header, stored], self.written)
                 .io("append to", &self.path)?;
             self.written += (header.len() + stored.len()) as u64;
+            self.buf_start = self.written;
             self.start_writeback();
-        } else {
-            record::encode(&mut self.buf, r, stored, raw_len, stored_as);
+            return self.indexed(r, offset, stored.len(), marker_name);
         }
+        if header.len() + stored.len() > self.buf.room() {
+            self.write_out()?;
+        }
+        let offset = self.len();
+        self.buf.extend_from_slice(&header);
+        self.buf.extend_from_slice(stored);
+        self.indexed(r, offset, stored.len(), marker_name)?;
+        if self.len() - self.written >= WRITE_OUT_BYTES as u64 {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Indexes a record just appended at `offset`.
+    fn indexed(
+        &mut self,
+        r: &NewRecord,
+        offset: u64,
+        stored_len: usize,
+        marker_name: Option<&str>,
+    ) -> Result<()> {
         let meta = RecordMeta {
             seq: r.seq,
             timestamp_ns: r.timestamp_ns,
@@ -206,7 +300,7 @@ impl OpenSegment {
             first_block: r.first_block,
             block_count: r.block_count,
             offset,
-            len: (record::HEADER_LEN + stored.len()) as u32,
+            len: (record::HEADER_LEN + stored_len) as u32,
         };
         self.index(&meta);
         self.records.push(meta);
@@ -217,9 +311,6 @@ impl OpenSegment {
                 name: name.to_string(),
                 app_consistent: r.app_consistent,
             });
-        }
-        if self.buf.len() >= WRITE_OUT_BYTES {
-            self.write_out()?;
         }
         Ok(())
     }
@@ -238,18 +329,55 @@ impl OpenSegment {
         }
     }
 
-    /// Writes the buffer to the file (no fsync).
+    /// Hands the buffer to the file (no fsync): written at once, or with direct I/O handed
+    /// to the log writer (see [`OpenSegment::wait_written`]).
     pub(crate) fn write_out(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
+        let end = self.len();
+        if end == self.written {
             return Ok(());
         }
-        self.file
-            .write_all_at(&self.buf, self.written)
-            .io("append to", &self.path)?;
-        self.written += self.buf.len() as u64;
-        self.buf.clear();
-        self.start_writeback();
+        match &mut self.direct {
+            Some(d) => {
+                // The next buffer starts with the last partial block: its next write sends
+                // those bytes again, with more records after them.
+                let keep_from = end / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+                let mut next = d.writer.take_buffer()?;
+                next.extend_from_slice(
+                    &self.buf.as_slice()[(keep_from - self.buf_start) as usize..],
+                );
+                let full = std::mem::replace(&mut self.buf, next);
+                d.ticket =
+                    d.writer
+                        .submit(d.file.clone(), self.path.clone(), full, self.buf_start)?;
+                self.buf_start = keep_from;
+                self.written = end;
+            }
+            None => {
+                self.file
+                    .write_all_at(self.buf.as_slice(), self.written)
+                    .io("append to", &self.path)?;
+                self.written = end;
+                self.buf.truncate(0);
+                self.buf_start = end;
+                self.start_writeback();
+            }
+        }
         Ok(())
+    }
+
+    /// What to wait for before the bytes handed out so far are in the file: the log writer
+    /// and a ticket (`None`: they are).
+    pub(crate) fn pending_write(&self) -> Option<(Arc<LogWriter>, u64)> {
+        self.direct.as_ref().map(|d| (d.writer.clone(), d.ticket))
+    }
+
+    /// Hands the buffer out and waits until it is in the file (no fsync).
+    pub(crate) fn write_out_and_wait(&mut self) -> Result<()> {
+        self.write_out()?;
+        match self.pending_write() {
+            Some((w, t)) => w.wait(t),
+            None => Ok(()),
+        }
     }
 
     /// Starts writeback of what was written since the last start, once there is enough of
@@ -262,8 +390,30 @@ impl OpenSegment {
         self.kicked = self.written;
     }
 
+    /// Writes the buffer out and cuts the zero padding of direct writes: the file then
+    /// ends with its last record (sealing does this before the final fdatasync).
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        self.write_out_and_wait()?;
+        if self.direct.is_some() {
+            self.file
+                .set_len(self.written)
+                .io("truncate padding of", &self.path)?;
+        }
+        Ok(())
+    }
+
     /// Drops buffered records (a simulated crash, for tests).
     pub(crate) fn discard_buffer(&mut self) {
-        self.buf.clear();
+        self.buf.truncate((self.written - self.buf_start) as usize);
+    }
+}
+
+impl Drop for OpenSegment {
+    fn drop(&mut self) {
+        // The buffer came from the log writer's pool: give it back.
+        if let Some(d) = &self.direct {
+            let buf = std::mem::replace(&mut self.buf, AlignedBuf::new(DIRECT_ALIGN));
+            d.writer.give_back(buf);
+        }
     }
 }
