@@ -10,6 +10,10 @@
 //! last write, and it was not written for a whole pass. So a region the host keeps
 //! writing stays dirty and costs nothing more; after a crash the repair work is bounded
 //! by the regions written in the last pass or two.
+//!
+//! The DRL also holds the primary's checkpoint (every record up to it is durable in the
+//! primary) and the boot it was written in: after a crash of the machine, the records after
+//! the checkpoint must be brought back into the primary (see `LiveVolume::open`).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -52,6 +56,45 @@ pub enum DrlError {
 
 type Result<T> = std::result::Result<T, DrlError>;
 
+/// What an opened DRL says about the last stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastStop {
+    /// The last stop was clean.
+    pub clean: bool,
+    /// The DRL was last written in this boot of the machine (so the page cache survived
+    /// whatever happened to the process).
+    pub same_boot: bool,
+    /// Every record up to this seq is durable in the primary.
+    pub checkpoint_seq: u64,
+    /// Regions that may differ between primary and vault.
+    pub dirty: Vec<u64>,
+}
+
+/// This boot of the machine (Linux `boot_id`); zeroes when it cannot be read. Tests may
+/// pretend a reboot with `REWIND_BOOT_ID` (32 hex digits).
+pub fn boot_id() -> [u8; 16] {
+    let text = std::env::var("REWIND_BOOT_ID")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
+        .unwrap_or_default();
+    let hex: Vec<u8> = text
+        .bytes()
+        .filter(u8::is_ascii_hexdigit)
+        .map(|c| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        })
+        .collect();
+    let mut id = [0u8; 16];
+    if hex.len() == 32 {
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = hex[2 * i] << 4 | hex[2 * i + 1];
+        }
+    }
+    id
+}
+
 /// Regions `first..=last` a write is in; give it back with [`DirtyRegionLog::leave`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entered {
@@ -74,15 +117,18 @@ pub struct DirtyRegionLog {
     touched: Vec<AtomicBool>,
     /// Held while the file is written; the on-disk generation.
     disk: Mutex<u64>,
+    /// Every record up to this seq is durable in the primary.
+    checkpoint: AtomicU64,
+    boot_id: [u8; 16],
     /// Times the file was written, for status and tests.
     writes: AtomicU64,
 }
 
 impl DirtyRegionLog {
     /// Opens the DRL of the vault in `vault_dir`, or creates a clean one. Returns it and
-    /// the regions that were dirty on disk (an unclean stop left them): they stay dirty
-    /// until [`DirtyRegionLog::clear_all`] after they were repaired.
-    pub fn open(vault_dir: &Path, volume_size: u64, block_size: u32) -> Result<(Self, Vec<u64>)> {
+    /// what it says about the last stop: the regions dirty on disk stay dirty until
+    /// [`DirtyRegionLog::clear_all`] after they were repaired.
+    pub fn open(vault_dir: &Path, volume_size: u64, block_size: u32) -> Result<(Self, LastStop)> {
         let path = vault_dir.join(FILE_NAME);
         let io = |op, source| DrlError::Io {
             op,
@@ -119,8 +165,16 @@ impl DirtyRegionLog {
             None => DirtyRegions::new(DEFAULT_REGION_SIZE.max(block_size), volume_size),
         };
         let n = disk.region_count() as usize;
-        let dirty: Vec<u64> = disk.dirty().collect();
+        let boot_id = boot_id();
+        let last = LastStop {
+            clean: disk.clean,
+            same_boot: disk.boot_id == boot_id && boot_id != [0; 16],
+            checkpoint_seq: disk.checkpoint_seq,
+            dirty: disk.dirty().collect(),
+        };
         let drl = DirtyRegionLog {
+            checkpoint: AtomicU64::new(disk.checkpoint_seq),
+            boot_id,
             file,
             region_size: u64::from(disk.region_size),
             volume_size,
@@ -139,7 +193,23 @@ impl DirtyRegionLog {
             let mut g = drl.lock();
             drl.persist(&mut g, false)?;
         }
-        Ok((drl, dirty))
+        Ok((drl, last))
+    }
+
+    /// Every record up to this seq is durable in the primary.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Records that every record up to `seq` is durable in the primary (the caller synced
+    /// it), on disk.
+    pub fn set_checkpoint(&self, seq: u64) -> Result<()> {
+        let mut g = self.lock();
+        if seq <= self.checkpoint() {
+            return Ok(());
+        }
+        self.checkpoint.store(seq, Ordering::Release);
+        self.persist(&mut g, false)
     }
 
     fn lock(&self) -> MutexGuard<'_, u64> {
@@ -293,6 +363,8 @@ impl DirtyRegionLog {
         }
         d.clean = clean && d.bitmap.iter().all(|b| *b == 0);
         d.generation = **g + 1;
+        d.checkpoint_seq = self.checkpoint();
+        d.boot_id = self.boot_id;
         let io = |op, source| DrlError::Io {
             op,
             path: self.path.clone(),
@@ -343,8 +415,8 @@ mod tests {
     #[test]
     fn first_write_marks_on_disk_later_ones_cost_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let (drl, dirty) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
-        assert!(dirty.is_empty());
+        let (drl, last) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+        assert!(last.dirty.is_empty() && last.clean);
         let writes = drl.file_writes();
         let e = drl.enter(20 * MIB, 4096).unwrap();
         assert_eq!(on_disk(tmp.path()), vec![1]);
@@ -390,16 +462,19 @@ mod tests {
             let (drl, _) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
             let e = drl.enter(50 * MIB, 4096).unwrap();
             drl.leave(e, 1);
+            drl.set_checkpoint(1).unwrap();
             // dropped without clear_all: a crash
         }
-        let (drl, dirty) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
-        assert_eq!(dirty, vec![3]);
+        let (drl, last) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+        assert_eq!(last.dirty, vec![3]);
+        assert!(!last.clean);
+        assert_eq!(last.checkpoint_seq, 1);
         assert_eq!(drl.dirty_regions(), vec![3]);
         drl.clear_all(true).unwrap();
         let d = DirtyRegionLog::peek(tmp.path()).unwrap().unwrap();
         assert!(d.clean && d.dirty().next().is_none());
-        let (_, dirty) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
-        assert!(dirty.is_empty());
+        let (_, last) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
+        assert!(last.dirty.is_empty() && last.clean);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub enum InterceptError {
         expected: u64,
         actual: u64,
     },
+    #[error("an earlier flush failed ({0}); nothing written since can be made durable")]
+    FlushFailed(String),
     #[error("range {offset}+{len} is outside the {size}-byte volume")]
     OutOfRange { offset: u64, len: u64, size: u64 },
 }
@@ -69,10 +71,40 @@ pub struct LiveVolume {
     flushed_seq: AtomicU64,
     /// When the DRL was last given a chance to clear idle regions.
     last_drl_pass: Mutex<std::time::Instant>,
+    /// Flushes in progress and done (group commit).
+    flushes: Mutex<Flushes>,
+    /// When the primary was last synced for a checkpoint.
+    last_checkpoint: Mutex<std::time::Instant>,
+    flushed: std::sync::Condvar,
+}
+
+/// Whether `every` has passed since `last` (and if so, restarts the clock).
+fn due(last: &Mutex<std::time::Instant>, every: std::time::Duration) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if last.elapsed() < every {
+        return false;
+    }
+    *last = std::time::Instant::now();
+    true
+}
+
+/// Group commit of flushes: callers that arrive while a flush runs share the next one.
+#[derive(Debug, Default)]
+struct Flushes {
+    running: bool,
+    started: u64,
+    done: u64,
+    /// After a failed flush nothing more can be promised.
+    failed: Option<String>,
 }
 
 /// How often idle regions of the dirty region log are cleared.
 const DRL_PASS: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the primary is synced and the checkpoint moved (the records after it are
+/// what a crash of the machine makes rewind copy back into the primary).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Blocks copied at once by the redo after a machine crash.
+const REDO_CHUNK_BLOCKS: u64 = 256;
 
 /// The blocks the host changed (wrote, zeroed or trimmed) while this tracker was alive:
 /// verify's scan delta map and sync's host change delta map. A change is recorded while the
@@ -129,18 +161,14 @@ impl LiveVolume {
                 actual,
             });
         }
-        let (drl, unclean) = DirtyRegionLog::open(vault.dir(), expected, vault.block_size())?;
-        if !unclean.is_empty() {
-            tracing::warn!(
-                regions = unclean.len(),
-                "the dirty region log says the last stop was not clean: these regions may differ between primary and vault"
-            );
-        }
-        Ok(LiveVolume {
+        let (drl, last_stop) = DirtyRegionLog::open(vault.dir(), expected, vault.block_size())?;
+        let volume = LiveVolume {
             drl,
-            unclean,
+            unclean: last_stop.dirty.clone(),
             flushed_seq: AtomicU64::new(0),
             last_drl_pass: Mutex::new(std::time::Instant::now()),
+            flushes: Mutex::new(Flushes::default()),
+            flushed: std::sync::Condvar::new(),
             primary: file,
             path: primary.to_path_buf(),
             block_size: u64::from(vault.block_size()),
@@ -149,7 +177,50 @@ impl LiveVolume {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             trackers: Mutex::new(Vec::new()),
             tracking: AtomicUsize::new(0),
-        })
+            last_checkpoint: Mutex::new(std::time::Instant::now()),
+        };
+        if !last_stop.clean && !last_stop.same_boot {
+            volume.redo(Seq(last_stop.checkpoint_seq))?;
+        }
+        if !last_stop.dirty.is_empty() {
+            tracing::warn!(
+                regions = last_stop.dirty.len(),
+                "the dirty region log says the last stop was not clean: these regions may differ between primary and vault"
+            );
+        }
+        Ok(volume)
+    }
+
+    /// After a crash of the machine: the primary may have lost writes that only the write
+    /// log made durable (a flush syncs the log; the primary is synced by checkpoints).
+    /// Copies every block some record after the checkpoint changed from the vault's newest
+    /// point back into the primary, then syncs it.
+    fn redo(&self, checkpoint: Seq) -> Result<()> {
+        let runs = self.vault.changed_since(checkpoint)?;
+        let blocks: u64 = runs.iter().map(|r| r.1).sum();
+        tracing::warn!(
+            checkpoint = %checkpoint,
+            blocks,
+            "the machine stopped without a clean stop since the last checkpoint: bringing the primary up to date from the write log"
+        );
+        let view = self.vault.view(&rewind_vault::Point::Latest)?;
+        let bs = self.block_size;
+        let mut buf = vec![0u8; (REDO_CHUNK_BLOCKS * bs) as usize];
+        for (first, count) in runs {
+            let mut b = first;
+            while b < first + count {
+                let n = (first + count - b).min(REDO_CHUNK_BLOCKS);
+                let chunk = &mut buf[..(n * bs) as usize];
+                view.read_into(b, chunk)?;
+                self.primary
+                    .write_all_at(chunk, b * bs)
+                    .map_err(self.io("write"))?;
+                b += n;
+            }
+        }
+        self.primary.sync_data().map_err(self.io("fdatasync"))?;
+        self.drl.set_checkpoint(self.vault.newest_seq().0)?;
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {
@@ -399,23 +470,65 @@ impl LiveVolume {
         Ok(())
     }
 
-    /// Makes every completed write durable in the primary and the write log. Concurrent
-    /// callers share the write log's sync (group commit).
+    /// Makes every completed write durable: in the write log, from which the primary is
+    /// brought up to date after a crash of the machine. Concurrent callers share one
+    /// flush (group commit).
     pub fn flush(&self) -> Result<()> {
+        let mut g = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+        // A flush that starts after this call covers everything completed before it.
+        let need = g.started + 1;
+        loop {
+            if g.done >= need {
+                return match &g.failed {
+                    Some(e) => Err(InterceptError::FlushFailed(e.clone())),
+                    None => Ok(()),
+                };
+            }
+            if !g.running {
+                g.running = true;
+                g.started += 1;
+                let mine = g.started;
+                drop(g);
+                let res = self.flush_now();
+                g = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
+                g.running = false;
+                g.done = mine;
+                if let Err(e) = &res {
+                    g.failed.get_or_insert_with(|| e.to_string());
+                }
+                self.flushed.notify_all();
+                return res;
+            }
+            g = self.flushed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// One flush: the write log is made durable. The primary is not synced here: every
+    /// write is in the log, and after a crash of the machine the records after the last
+    /// checkpoint are copied back into the primary (see [`LiveVolume::checkpoint`]).
+    fn flush_now(&self) -> Result<()> {
+        let durable = self.vault.flush()?;
+        self.flushed_seq.fetch_max(durable.0, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Syncs the primary and records that every record so far is durable in it.
+    pub fn checkpoint(&self) -> Result<()> {
         // Every write with a record up to here has written the primary already.
         let covered = self.vault.newest_seq().0;
-        // The two syncs are independent: run them at once so the device can overlap them.
-        let primary = std::thread::scope(|s| {
-            let primary = s.spawn(|| self.primary.sync_data());
-            let log = self.vault.flush();
-            let primary = primary
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("fdatasync thread panicked")));
-            log.map(|_| primary)
-        })?;
-        primary.map_err(self.io("fdatasync"))?;
-        self.flushed_seq.fetch_max(covered, Ordering::AcqRel);
+        if covered <= self.drl.checkpoint() {
+            return Ok(());
+        }
+        self.primary.sync_data().map_err(self.io("fdatasync"))?;
+        self.drl.set_checkpoint(covered)?;
         Ok(())
+    }
+
+    /// The seq up to which writes are durable in both the log and the primary.
+    fn durable_everywhere(&self) -> u64 {
+        self.flushed_seq
+            .load(Ordering::Acquire)
+            .min(self.drl.checkpoint())
     }
 
     /// Housekeeping, called now and then (the server does once a second): hands buffered
@@ -424,21 +537,17 @@ impl LiveVolume {
     pub fn tick(&self) -> Result<()> {
         // Records buffered for a second go to the disk even if the host never flushes.
         self.vault.write_out()?;
-        {
-            let mut last = self.last_drl_pass.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() < DRL_PASS {
-                return Ok(());
-            }
-            *last = std::time::Instant::now();
+        if due(&self.last_checkpoint, CHECKPOINT_EVERY) {
+            self.checkpoint()?;
         }
-        if self
-            .drl
-            .wants_flush(self.flushed_seq.load(Ordering::Acquire))
-        {
+        if !due(&self.last_drl_pass, DRL_PASS) {
+            return Ok(());
+        }
+        if self.drl.wants_flush(self.durable_everywhere()) {
             self.flush()?;
+            self.checkpoint()?;
         }
-        self.drl
-            .clear_idle(self.flushed_seq.load(Ordering::Acquire))?;
+        self.drl.clear_idle(self.durable_everywhere())?;
         Ok(())
     }
 
@@ -457,14 +566,17 @@ impl LiveVolume {
     /// flushes, then clears the dirty region log. Call it only with no write in flight.
     pub fn mark_repaired(&self) -> Result<()> {
         self.flush()?;
+        self.checkpoint()?;
         self.drl.clear_all(false)?;
         Ok(())
     }
 
-    /// Stops cleanly: flushes primary and log, seals the open interval and records a clean
-    /// stop in the dirty region log. Call it when no write is in flight any more.
+    /// Stops cleanly: flushes the log, syncs the primary, seals the open interval and
+    /// records a clean stop in the dirty region log. Call it when no write is in flight
+    /// any more.
     pub fn stop(&self) -> Result<Option<rewind_vault::IntervalInfo>> {
         self.flush()?;
+        self.checkpoint()?;
         let sealed = self.vault.seal()?;
         self.drl.clear_all(true)?;
         Ok(sealed)

@@ -6,6 +6,11 @@
 //! flush covered every write to the region. After an unclean stop only the dirty regions
 //! need to be compared and repaired, not the whole volume.
 //!
+//! It also carries the primary's checkpoint: every record up to `checkpoint_seq` is
+//! durable in the primary too (a flush makes only the write log durable; the primary is
+//! synced in the background). After a crash of the machine (another `boot_id`) the
+//! records after the checkpoint are copied back into the primary before anything else.
+//!
 //! The file holds two copies ("slots") of the bitmap, each in its own 4 KiB-aligned part of
 //! the file; a write goes to the slot with the older generation, so a torn write leaves the
 //! other slot intact. The valid slot with the newer generation is the DRL.
@@ -20,9 +25,11 @@
 //! 12     4    region_size    bytes per region (a power of two, >= the block size)
 //! 16     8    volume_size    bytes
 //! 24     8    generation     incremented on every write of the DRL
-//! 32     8    region_count   ceil(volume_size / region_size)
-//! 40     n    bitmap         ceil(region_count / 8) bytes, bit i of byte j = region 8j+i
-//! 40+n   4    crc            crc32c over everything before
+//! 32     8    checkpoint_seq every record up to this seq is durable in the primary
+//! 40    16    boot_id        the machine's boot (Linux boot_id) when last written
+//! 56     8    region_count   ceil(volume_size / region_size)
+//! 64     n    bitmap         ceil(region_count / 8) bytes, bit i of byte j = region 8j+i
+//! 64+n   4    crc            crc32c over everything before
 //! ```
 
 use crate::codec::{
@@ -33,7 +40,7 @@ use crate::DecodeError;
 pub const MAGIC: &[u8; 8] = b"RWNDDRL1";
 pub const VERSION: u16 = 1;
 const WHAT: &str = "dirty region log";
-const HEADER_LEN: usize = 40;
+const HEADER_LEN: usize = 64;
 const FLAG_CLEAN: u16 = 1;
 /// Slots start on this alignment.
 const SLOT_ALIGN: usize = 4096;
@@ -44,6 +51,10 @@ pub struct DirtyRegions {
     pub region_size: u32,
     pub volume_size: u64,
     pub generation: u64,
+    /// Every record up to this seq is durable in the primary.
+    pub checkpoint_seq: u64,
+    /// The boot of the machine that wrote it.
+    pub boot_id: [u8; 16],
     /// Written by a clean stop.
     pub clean: bool,
     /// One bit per region.
@@ -58,6 +69,8 @@ impl DirtyRegions {
             region_size,
             volume_size,
             generation: 0,
+            checkpoint_seq: 0,
+            boot_id: [0; 16],
             clean: true,
             bitmap: vec![0; n.div_ceil(8) as usize],
         }
@@ -94,6 +107,8 @@ impl DirtyRegions {
         w.u32(self.region_size);
         w.u64(self.volume_size);
         w.u64(self.generation);
+        w.u64(self.checkpoint_seq);
+        w.bytes(&self.boot_id);
         w.u64(self.region_count());
         w.bytes(&self.bitmap);
         push_trailing_crc(&mut out);
@@ -116,16 +131,19 @@ impl DirtyRegions {
         }
         let volume_size = r.u64()?;
         let generation = r.u64()?;
+        let checkpoint_seq = r.u64()?;
+        let mut boot_id = [0u8; 16];
+        boot_id.copy_from_slice(r.take(16)?);
         let n = r.u64()?;
         if n != region_count(region_size, volume_size) || n == 0 {
-            return Err(DecodeError::invalid(32, WHAT, "region count"));
+            return Err(DecodeError::invalid(56, WHAT, "region count"));
         }
         let bitmap_len = usize::try_from(n.div_ceil(8))
-            .map_err(|_| DecodeError::invalid(32, WHAT, "region count"))?;
+            .map_err(|_| DecodeError::invalid(56, WHAT, "region count"))?;
         let end = HEADER_LEN
             .checked_add(bitmap_len)
             .and_then(|e| e.checked_add(4))
-            .ok_or(DecodeError::invalid(32, WHAT, "region count"))?;
+            .ok_or(DecodeError::invalid(56, WHAT, "region count"))?;
         if buf.len() < end {
             return Err(DecodeError::Truncated {
                 offset: buf.len() as u64,
@@ -147,6 +165,8 @@ impl DirtyRegions {
             region_size,
             volume_size,
             generation,
+            checkpoint_seq,
+            boot_id,
             clean,
             bitmap,
         })
@@ -203,6 +223,8 @@ mod tests {
         let mut d = DirtyRegions::new(1 << 20, 100 << 20);
         d.clean = false;
         d.generation = 7;
+        d.checkpoint_seq = 12345;
+        d.boot_id = *b"0123456789abcdef";
         d.bitmap[0] = 0b1000_0001;
         d.bitmap[12] = 0b0000_1000;
         d
@@ -240,14 +262,14 @@ mod tests {
         assert_eq!(DirtyRegions::decode_file(&file), Ok(newer.clone()));
         // The newer slot torn: the older one is used.
         let mut torn = file.clone();
-        torn[len + 45] ^= 0xff;
+        torn[len + 70] ^= 0xff;
         assert_eq!(DirtyRegions::decode_file(&torn), Ok(older.clone()));
         // The older slot torn: the newer one.
         let mut torn = file.clone();
         torn[20] ^= 0xff;
         assert_eq!(DirtyRegions::decode_file(&torn), Ok(newer));
         // Both torn: an error (the first slot's).
-        torn[len + 45] ^= 0xff;
+        torn[len + 70] ^= 0xff;
         assert!(DirtyRegions::decode_file(&torn).is_err());
     }
 

@@ -1,0 +1,148 @@
+//! Recovery after unclean stops: the dirty region log and the primary's checkpoint.
+//!
+//! A flush makes only the write log durable; the primary is synced by checkpoints. After a
+//! crash of the machine, the records after the checkpoint are copied back into the
+//! primary when the volume is opened again. A crash of the process alone (same boot)
+//! leaves the page cache, and so the primary, intact.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rewind_engine::drl::DirtyRegionLog;
+use rewind_engine::intercept::LiveVolume;
+use rewind_vault::{Compression, CreateOptions, NoProgress, Point, SealPolicy, Vault};
+
+const BS: usize = 4096;
+const BLOCKS: usize = 2048; // 8 MiB
+
+fn create(dir: &Path) {
+    let primary = dir.join("primary.img");
+    std::fs::write(&primary, vec![0u8; BLOCKS * BS]).unwrap();
+    let opts = CreateOptions {
+        primary,
+        vault: dir.join("vault"),
+        block_size: BS as u32,
+        compression: Compression::None,
+        seal: SealPolicy {
+            bytes: 1 << 20,
+            interval_ns: 0,
+            writes: 100,
+        },
+    };
+    Vault::create(&opts, &NoProgress).unwrap().close().unwrap();
+}
+
+fn open(dir: &Path) -> LiveVolume {
+    let vault = Arc::new(Vault::open(&dir.join("vault")).unwrap());
+    LiveVolume::open(&dir.join("primary.img"), vault).unwrap()
+}
+
+fn block(v: &LiveVolume, b: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; BS];
+    v.read(b * BS as u64, &mut buf).unwrap();
+    buf
+}
+
+/// The same boot id for the whole test binary unless a test sets another one; tests that
+/// change it run one after another.
+static BOOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_machine_crash_brings_flushed_writes_back_into_the_primary() {
+    let _g = BOOT.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::set_var("REWIND_BOOT_ID", "00000000000000000000000000000001");
+    let tmp = tempfile::tempdir().unwrap();
+    create(tmp.path());
+    {
+        let v = open(tmp.path());
+        // Checkpointed: durable in the primary.
+        v.write(0, &[1u8; BS], false).unwrap();
+        v.flush().unwrap();
+        v.checkpoint().unwrap();
+        // Flushed after the checkpoint: durable in the log only. Many writes, so that some
+        // intervals are sealed after the checkpoint too.
+        for i in 0..300u64 {
+            v.write(
+                (10 + i % 200) * BS as u64,
+                &[(i % 250) as u8 + 2; BS],
+                false,
+            )
+            .unwrap();
+        }
+        v.zero(700 * BS as u64, 3 * BS as u64, true, false, false)
+            .unwrap();
+        v.flush().unwrap();
+        assert!(v.drl().checkpoint() < v.vault().newest_seq().0);
+        // The machine dies: the process without a clean stop, and the primary's page
+        // cache with it. Pretend the primary's writes after the checkpoint never reached
+        // the disk.
+    }
+    let primary = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tmp.path().join("primary.img"))
+        .unwrap();
+    for b in 10..210u64 {
+        primary.write_all_at(&[0u8; BS], b * BS as u64).unwrap();
+    }
+    primary
+        .write_all_at(&[9u8; 3 * BS], 700 * BS as u64)
+        .unwrap();
+    drop(primary);
+    // Another boot: the records after the checkpoint are copied back.
+    std::env::set_var("REWIND_BOOT_ID", "00000000000000000000000000000002");
+    let v = open(tmp.path());
+    std::env::remove_var("REWIND_BOOT_ID");
+    let all = v.vault().read_at(&Point::Latest, 0, BLOCKS as u64).unwrap();
+    for b in 0..BLOCKS as u64 {
+        assert_eq!(
+            block(&v, b),
+            all[b as usize * BS..(b as usize + 1) * BS],
+            "block {b} after the redo"
+        );
+    }
+    assert_eq!(block(&v, 0), vec![1u8; BS]);
+    assert_eq!(block(&v, 701), vec![0u8; BS]);
+    assert_eq!(v.drl().checkpoint(), v.vault().newest_seq().0);
+    v.stop().unwrap();
+}
+
+#[test]
+fn a_process_crash_keeps_the_primary_and_reports_the_dirty_regions() {
+    let _g = BOOT.lock().unwrap_or_else(|p| p.into_inner());
+    std::env::set_var("REWIND_BOOT_ID", "00000000000000000000000000000003");
+    let tmp = tempfile::tempdir().unwrap();
+    create(tmp.path());
+    {
+        let v = open(tmp.path());
+        assert!(v.unclean_regions().is_empty());
+        v.write(5 * BS as u64, &[7u8; BS], false).unwrap();
+        // No flush, no stop: the process dies (the page cache survives).
+    }
+    let last = DirtyRegionLog::peek(&tmp.path().join("vault"))
+        .unwrap()
+        .unwrap();
+    assert!(!last.clean);
+    let v = open(tmp.path());
+    std::env::remove_var("REWIND_BOOT_ID");
+    assert_eq!(v.unclean_regions(), &[0]);
+    // Same boot: no redo; the primary holds the write.
+    assert_eq!(block(&v, 5), vec![7u8; BS]);
+    v.mark_repaired().unwrap();
+    v.stop().unwrap();
+    drop(v);
+    let v = open(tmp.path());
+    assert!(v.unclean_regions().is_empty());
+    let d = DirtyRegionLog::peek(&tmp.path().join("vault"))
+        .unwrap()
+        .unwrap();
+    assert!(!d.clean, "opened again: not a clean stop until stopped");
+    v.stop().unwrap();
+    assert!(
+        DirtyRegionLog::peek(&tmp.path().join("vault"))
+            .unwrap()
+            .unwrap()
+            .clean
+    );
+}
