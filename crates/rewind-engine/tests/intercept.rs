@@ -141,7 +141,8 @@ fn change_trackers_see_exactly_the_blocks_changed_while_they_live() {
     v.write(0, &[1u8; BS], false).unwrap();
     let t = v.track_changes();
     v.write(5 * BS as u64 + 100, &[2u8; 10], false).unwrap();
-    v.zero(10 * BS as u64, 3 * BS as u64, true, false, false).unwrap();
+    v.zero(10 * BS as u64, 3 * BS as u64, true, false, false)
+        .unwrap();
     let early = v.track_changes();
     v.write(40 * BS as u64, &[3u8; 2 * BS], false).unwrap();
     drop(early);
