@@ -305,7 +305,7 @@ enum Stop {
 
 fn apply(map: &mut BTreeMap<u64, Location>, r: &RecordMeta, segment: SegmentId) {
     let loc = match r.kind {
-        RecordKind::Write => Location::Data {
+        RecordKind::Write | RecordKind::FixUp => Location::Data {
             segment,
             offset: r.offset,
         },
