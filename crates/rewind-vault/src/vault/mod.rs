@@ -201,6 +201,7 @@ impl Vault {
             segments: Vec::new(),
             maps: Vec::new(),
             snapshots: Vec::new(),
+            suspects: Vec::new(),
         };
         manifest_store::commit(dir, &m)?;
         fsutil::sync_dir(dir)?;
