@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use rewind_format::delta_map::{DeltaMap, Location};
 use rewind_format::manifest::MapEntry;
+use rewind_format::Seq;
 
 use crate::error::{Result, VaultError};
 use crate::point::ResolvedPoint;
@@ -27,6 +28,8 @@ type LoadedChain = Arc<[Arc<DeltaMap>]>;
 #[derive(Debug, Clone)]
 pub struct PointView {
     point: ResolvedPoint,
+    /// First seq of the interval whose replay `partial` is (none when nothing was replayed).
+    holding: Option<Seq>,
     partial: Arc<BTreeMap<u64, Location>>,
     chain: Arc<[MapEntry]>,
     maps: Arc<Mutex<Option<LoadedChain>>>,
@@ -41,15 +44,27 @@ pub enum BlockSource {
     Record,
 }
 
+/// Which part of history a block of a view was last changed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Never changed since the base image.
+    Base,
+    /// Changed in the interval that starts at this seq (its delta map, or the replay of
+    /// the interval holding the point).
+    Interval(Seq),
+}
+
 impl PointView {
     pub(crate) fn new(
         point: ResolvedPoint,
+        holding: Option<Seq>,
         partial: BTreeMap<u64, Location>,
         chain: Vec<MapEntry>,
         shared: Arc<Shared>,
     ) -> PointView {
         PointView {
             point,
+            holding,
             partial: Arc::new(partial),
             chain: chain.into(),
             maps: Arc::new(Mutex::new(None)),
@@ -114,6 +129,19 @@ impl PointView {
                 Some(Location::Data { .. }) => BlockSource::Record,
             })
             .collect())
+    }
+
+    /// The interval `block` was last changed in, as of the point (or the base image).
+    pub fn origin(&self, block: u64) -> Result<Origin> {
+        self.check_range(block, 1)?;
+        if let (Some(from), true) = (self.holding, self.partial.contains_key(&block)) {
+            return Ok(Origin::Interval(from));
+        }
+        let maps = self.maps()?;
+        Ok(maps
+            .iter()
+            .find(|m| m.blocks.contains(block))
+            .map_or(Origin::Base, |m| Origin::Interval(m.interval.seq_from)))
     }
 
     fn check_range(&self, first_block: u64, count: u64) -> Result<()> {

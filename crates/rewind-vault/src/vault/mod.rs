@@ -1,8 +1,10 @@
 //! The vault: creating, opening, appending, flushing (group commit) and sealing.
 //! Listing lives in [`listing`], points and point-in-time views in [`points`].
 
+mod fixup;
 mod listing;
 mod points;
+mod suspect;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -27,6 +29,8 @@ use crate::write_log::reader::SegmentFiles;
 use crate::write_log::scan::{scan_sealed, ScannedMarker};
 use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
+
+pub use suspect::SuspectMark;
 
 /// What `rewind init` asks for.
 #[derive(Debug, Clone)]
