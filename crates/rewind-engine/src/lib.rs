@@ -3,9 +3,11 @@
 //! - [`intercept`]: the live volume every host write passes through (primary + write log).
 //! - [`exports`]: the live volume and points in time as NBD exports.
 //! - [`restore`]: new images of past points.
+//! - [`verify`]: verify and sync (scan-compare), fix-up records and suspect marking.
 //!
-//! Later: verify/sync, retention, replication.
+//! Later: retention, replication.
 
 pub mod exports;
 pub mod intercept;
 pub mod restore;
+pub mod verify;
