@@ -47,7 +47,10 @@ pub(super) fn run(
     )?;
     vault.mark_suspect(&marks, scan_seq)?;
     for m in &marks {
-        tracing::warn!(interval = ?m.interval.map(|(a, b)| (a.0, b.0)), blocks = m.blocks.len(), "marked suspect");
+        let from = m.interval.map_or("the base image".to_string(), |(a, b)| {
+            format!("interval {a}-{b}")
+        });
+        tracing::warn!(%from, blocks = m.blocks.len(), "marked suspect: the vault's copy of these blocks was wrong");
     }
     if verify.compare.is_empty() {
         return Ok(report(verify, marks, start));
