@@ -519,6 +519,81 @@ fn sync_while_a_writer_keeps_writing_reports_only_the_damage() {
     assert!(!fixups.is_empty());
 }
 
+/// Punches a hole in `path` (the blocks read as zeroes and take no space).
+fn punch(path: &Path, block: u64, count: u64) {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    // SAFETY: fallocate on a descriptor we own; it touches no memory of ours.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            (block * BS) as libc::off_t,
+            (count * BS) as libc::off_t,
+        )
+    };
+    assert_eq!(rc, 0, "punch hole: {}", std::io::Error::last_os_error());
+}
+
+/// Sparse volumes: where the primary and the base image both have holes, verify skips the
+/// reads; damage next to or inside the holes is still found, on either side.
+#[test]
+fn holes_are_skipped_but_damage_in_and_around_them_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = dir.path().join("primary.img");
+    let f = std::fs::File::create(&primary).unwrap();
+    f.set_len(4096 * BS).unwrap();
+    // Data in blocks 256..512 and 3000..3010 only: the rest is a hole in the primary and,
+    // after init, in the base image.
+    let mut rng = Rng(77);
+    for b in (256..512).chain(3000..3010) {
+        f.write_all_at(&rng.block(), b * BS).unwrap();
+    }
+    drop(f);
+    let vault_dir = dir.path().join("vault");
+    Vault::create(
+        &CreateOptions {
+            primary: primary.clone(),
+            vault: vault_dir.clone(),
+            block_size: BS as u32,
+            compression: Compression::None,
+            seal: SealPolicy::default(),
+        },
+        &NoProgress,
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    let run = || {
+        let vault = Arc::new(Vault::open_read_only(&vault_dir).unwrap());
+        let vol = OfflineVolume::open(&primary, vault).unwrap();
+        verify::verify(Target::Offline(&vol), &opts(), &NoProgress).unwrap()
+    };
+    let clean = run();
+    assert!(clean.is_clean());
+    assert!(
+        clean.bytes_sparse >= (4096 - 256 - 2 * 32) * BS,
+        "holes on both sides are not read ({} bytes sparse)",
+        clean.bytes_sparse
+    );
+    // A hole punched in the primary where the vault has data.
+    punch(&primary, 300, 1);
+    // Data written into the primary inside a hole.
+    let f = OpenOptions::new().write(true).open(&primary).unwrap();
+    f.write_all_at(&[7u8; 10], 2000 * BS + 5).unwrap();
+    // Data written into a hole of the base image (the vault side goes bad under a primary
+    // hole): the block no longer matches its zero checksum.
+    let base = OpenOptions::new()
+        .write(true)
+        .open(vault_dir.join("base/base.img"))
+        .unwrap();
+    base.write_all_at(&[9u8; 3], 3500 * BS + 100).unwrap();
+    let r = run();
+    assert_eq!(r.compare, set(&[300, 2000, 3500]));
+    assert_eq!(r.unreadable.keys().copied().collect::<Vec<_>>(), vec![3500]);
+    assert_eq!(r.bytes_scanned, 4096 * BS);
+}
+
 /// Sets the flag when dropped, also while unwinding.
 struct StopOnDrop(Arc<AtomicBool>);
 impl Drop for StopOnDrop {

@@ -131,6 +131,32 @@ impl PointView {
             .collect())
     }
 
+    /// Whether `count` blocks from `first_block` read as zeroes at the point, known without
+    /// reading data: each is zeroed or trimmed, or comes from a hole of the base image
+    /// whose checksums are those of zero blocks. `false` when reading would be needed.
+    pub fn reads_as_zero(&self, first_block: u64, count: u64) -> Result<bool> {
+        self.check_range(first_block, count)?;
+        let maps = self.maps()?;
+        let mut run: Option<(u64, u64)> = None;
+        for b in first_block..first_block + count {
+            match self.locate(&maps, b) {
+                Some(Location::Data { .. }) => return Ok(false),
+                Some(Location::Zero) => {}
+                None => match &mut run {
+                    Some((f, n)) if *f + *n == b => *n += 1,
+                    Some((f, n)) => {
+                        if !self.shared.base.reads_as_zero(*f, *n) {
+                            return Ok(false);
+                        }
+                        run = Some((b, 1));
+                    }
+                    None => run = Some((b, 1)),
+                },
+            }
+        }
+        Ok(run.is_none_or(|(f, n)| self.shared.base.reads_as_zero(f, n)))
+    }
+
     /// The interval `block` was last changed in, as of the point (or the base image).
     pub fn origin(&self, block: u64) -> Result<Origin> {
         self.check_range(block, 1)?;

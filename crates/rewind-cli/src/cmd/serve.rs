@@ -362,6 +362,7 @@ fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::Result<Value
             .as_u64()
             .unwrap_or(verify::DEFAULT_REGION_SIZE),
         threads: req["threads"].as_u64().unwrap_or(0) as usize,
+        chunk_bytes: req["chunk_bytes"].as_u64().unwrap_or(0),
         cancel: Some(cancel.clone()),
         ..VerifyOptions::default()
     };

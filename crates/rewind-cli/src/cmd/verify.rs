@@ -43,6 +43,9 @@ pub struct Args {
     /// Worker threads reading and comparing (0: one per CPU, at most 4)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Bytes each worker reads per step (for benchmarks; 0: the default)
+    #[arg(long, default_value = "0", value_parser = output::parse_size, hide = true)]
+    pub chunk_size: u64,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -50,7 +53,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = a.vault.path();
-    let req = json!({"op": "verify", "region_size": a.region_size, "threads": a.threads});
+    let req = json!({"op": "verify", "region_size": a.region_size, "threads": a.threads, "chunk_bytes": a.chunk_size});
     let report = match online(&dir, &req, a.primary.as_deref(), a.json)? {
         Some(r) => r,
         None => {
@@ -66,6 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let opts = VerifyOptions {
                 region_size: a.region_size,
                 threads: a.threads,
+                chunk_bytes: a.chunk_size,
                 ..VerifyOptions::default()
             };
             let r = verify::verify(Target::Offline(&vol), &opts, &Bar::new(a.json))
@@ -130,6 +134,7 @@ pub fn report_json(r: &VerifyReport, vault: &Path, primary: &Path, online: bool)
         "volume_size": r.volume_size,
         "regions_scanned": r.regions_scanned,
         "bytes_scanned": r.bytes_scanned,
+        "bytes_sparse": r.bytes_sparse,
         "seconds": secs,
         "bytes_per_second": if secs > 0.0 { r.bytes_scanned as f64 / secs } else { 0.0 },
         "clean": r.is_clean(),

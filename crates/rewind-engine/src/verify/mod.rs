@@ -126,6 +126,9 @@ pub struct VerifyReport {
     /// Regions read and compared.
     pub regions_scanned: u64,
     pub bytes_scanned: u64,
+    /// Of `bytes_scanned`, bytes known equal without reading: a hole in the primary and,
+    /// in the vault, zeroed blocks or a hole of the base image with zero checksums.
+    pub bytes_sparse: u64,
     /// The compare delta map: every block where the vault's copy differs from the primary
     /// (or cannot be read), with the host's changes during the scan subtracted.
     pub compare: RoaringTreemap,
@@ -286,6 +289,21 @@ impl Target<'_> {
         }
     }
 
+    /// The extent of the primary that starts at `offset`: its length (at most `limit`)
+    /// and whether it is a hole (reads as zeroes). Data when in doubt (block devices, file
+    /// systems that cannot say).
+    fn primary_extent(&self, offset: u64, limit: u64) -> (u64, bool) {
+        let limit = limit.min(self.size().saturating_sub(offset)).max(1);
+        match self {
+            Target::Live(v) => v
+                .allocation(offset, limit)
+                .first()
+                .copied()
+                .unwrap_or((limit, false)),
+            Target::Offline(v) => file_extent(&v.primary, offset, limit),
+        }
+    }
+
     /// Starts recording host changes (`None` offline: there is no host).
     fn track_changes(&self) -> Option<Arc<ChangeTracker>> {
         match self {
@@ -301,6 +319,33 @@ impl Target<'_> {
             Target::Offline(_) => f(),
         }
     }
+}
+
+/// The extent of `f` starting at `offset`: (length up to `limit`, is a hole).
+fn file_extent(f: &File, offset: u64, limit: u64) -> (u64, bool) {
+    use std::os::fd::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return (limit, false);
+    };
+    let fd = f.as_raw_fd();
+    // SAFETY: lseek on a descriptor we own; it touches no memory, and positional reads
+    // elsewhere do not depend on the file offset.
+    let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+    if data < 0 {
+        // ENXIO: no data after `offset` at all. Anything else: cannot say.
+        let hole = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+        return (limit, hole);
+    }
+    let data = data as u64;
+    if data > offset {
+        return ((data - offset).min(limit), true);
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
+    if hole <= off {
+        return (limit, false);
+    }
+    ((hole as u64 - offset).min(limit), false)
 }
 
 fn check_region_size(region_size: u64, block_size: u32) -> Result<()> {

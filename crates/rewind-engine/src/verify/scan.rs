@@ -19,31 +19,58 @@ use roaring::RoaringTreemap;
 use super::{Progress, Result, Target, VerifyError, VerifyOptions, VerifyReport};
 use crate::intercept::ChangeTracker;
 
-/// Bytes a worker reads per step unless told otherwise.
-const DEFAULT_CHUNK: u64 = 4 << 20;
+/// Bytes a worker reads per step unless told otherwise. Measured (BENCHMARKS.md): 1 MiB
+/// keeps both buffers of a worker in its core's cache; 4 MiB was a third slower.
+const DEFAULT_CHUNK: u64 = 1 << 20;
 /// Workers unless told otherwise: one per CPU, at most this many.
 const MAX_DEFAULT_THREADS: usize = 4;
+/// Most bytes of a primary hole handed out as one piece of work.
+const MAX_HOLE_SPAN: u64 = 64 << 20;
 
-/// The selection, handed out in chunks of whole regions.
-enum Work {
-    /// The whole volume: chunk `next` onwards.
-    Full { next: u64, size: u64, chunk: u64 },
+/// One piece of work: a byte range of whole regions.
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    /// Read and compare both sides.
+    Chunk(u64, u64),
+    /// The primary has a hole here: equal without reading if the vault side is known
+    /// zero too, else compared chunk by chunk.
+    Hole(u64, u64),
+}
+
+/// Where the selection stands.
+enum Cursor {
+    /// The whole volume, from `pos` on.
+    Full { pos: u64 },
     /// Byte runs `(offset, len)` of selected regions, each at most a chunk.
     Runs { runs: Vec<(u64, u64)>, next: usize },
 }
 
-impl Work {
-    fn new(opts: &VerifyOptions, size: u64, chunk: u64) -> Result<(Work, u64)> {
+/// The selection, handed out in order: chunks of whole regions where the primary has
+/// data, larger spans where it has holes. The primary's extents are looked up once per
+/// extent (SEEK_DATA/SEEK_HOLE), not once per chunk.
+struct Work<'a> {
+    target: Target<'a>,
+    cursor: Cursor,
+    size: u64,
+    chunk: u64,
+    region: u64,
+    /// The primary extent last looked up: [start, end), hole or not.
+    extent: Option<(u64, u64, bool)>,
+}
+
+impl<'a> Work<'a> {
+    fn new(target: Target<'a>, opts: &VerifyOptions, size: u64, chunk: u64) -> Result<(Self, u64)> {
         let r = opts.region_size;
+        let mut work = Work {
+            target,
+            cursor: Cursor::Full { pos: 0 },
+            size,
+            chunk,
+            region: r,
+            extent: None,
+        };
         let Some(only) = &opts.only_regions else {
-            return Ok((
-                Work::Full {
-                    next: 0,
-                    size,
-                    chunk,
-                },
-                size,
-            ));
+            return Ok((work, size));
         };
         let regions = size.div_ceil(r);
         if let Some(max) = only.max().filter(|&m| m >= regions) {
@@ -64,22 +91,54 @@ impl Work {
                 _ => runs.push((off, len)),
             }
         }
-        Ok((Work::Runs { runs, next: 0 }, total))
+        work.cursor = Cursor::Runs { runs, next: 0 };
+        Ok((work, total))
     }
 
-    fn next(&mut self) -> Option<(u64, u64)> {
-        match self {
-            Work::Full { next, size, chunk } => {
-                let off = next.checked_mul(*chunk).filter(|&o| o < *size)?;
-                *next += 1;
-                Some((off, (*chunk).min(*size - off)))
-            }
-            Work::Runs { runs, next } => {
-                let r = runs.get(*next).copied()?;
-                *next += 1;
-                Some(r)
+    /// The end of the primary extent holding `off`, and whether it is a hole.
+    fn extent_at(&mut self, off: u64) -> (u64, bool) {
+        if let Some((s, e, hole)) = self.extent {
+            if s <= off && off < e {
+                return (e, hole);
             }
         }
+        let (len, hole) = self.target.primary_extent(off, MAX_HOLE_SPAN);
+        self.extent = Some((off, off + len, hole));
+        (off + len, hole)
+    }
+
+    fn next(&mut self) -> Option<Item> {
+        let (off, len) = match &mut self.cursor {
+            Cursor::Full { pos } => {
+                let off = *pos;
+                if off >= self.size {
+                    return None;
+                }
+                (off, self.chunk.min(self.size - off))
+            }
+            Cursor::Runs { runs, next } => {
+                let r = runs.get(*next).copied()?;
+                *next += 1;
+                r
+            }
+        };
+        let (end, hole) = self.extent_at(off);
+        let item = if hole && end >= off + len {
+            // As much of the hole as whole regions allow (at least this piece).
+            let span = match self.cursor {
+                Cursor::Full { .. } => ((end - off) / self.region * self.region).max(len),
+                Cursor::Runs { .. } => len,
+            };
+            Item::Hole(off, span)
+        } else {
+            Item::Chunk(off, len)
+        };
+        if let Cursor::Full { pos } = &mut self.cursor {
+            *pos = match item {
+                Item::Chunk(o, l) | Item::Hole(o, l) => o + l,
+            };
+        }
+        Some(item)
     }
 }
 
@@ -90,6 +149,7 @@ struct Found {
     unreadable: BTreeMap<u64, String>,
     regions: u64,
     bytes: u64,
+    sparse: u64,
 }
 
 impl Found {
@@ -98,6 +158,7 @@ impl Found {
         self.unreadable.extend(o.unreadable);
         self.regions += o.regions;
         self.bytes += o.bytes;
+        self.sparse += o.sparse;
     }
 }
 
@@ -106,7 +167,7 @@ struct Ctx<'a> {
     view: &'a PointView,
     opts: &'a VerifyOptions,
     progress: &'a dyn Progress,
-    work: Mutex<Work>,
+    work: Mutex<Work<'a>>,
     block_size: u64,
     chunk: u64,
     stopped: AtomicBool,
@@ -132,7 +193,7 @@ pub(super) fn run(
     .div_ceil(r)
     .max(1)
         * r;
-    let (work, total) = Work::new(opts, size, chunk)?;
+    let (work, total) = Work::new(target, opts, size, chunk)?;
     // Load (and verify) the delta maps now: a damaged map is damage to the whole chain,
     // an error, not one discrepancy per block.
     view.sources(0, 1)?;
@@ -176,6 +237,7 @@ pub(super) fn run(
         volume_size: size,
         regions_scanned: found.regions,
         bytes_scanned: found.bytes,
+        bytes_sparse: found.sparse,
         compare: found.compare,
         unreadable: found.unreadable,
         scan_changed: scan_delta.len(),
@@ -195,19 +257,55 @@ fn worker(ctx: &Ctx<'_>) -> Result<Found> {
             break;
         }
         let next = ctx.work.lock().unwrap_or_else(|p| p.into_inner()).next();
-        let Some((off, len)) = next else { break };
-        let (p, v) = (&mut primary[..len as usize], &mut vault[..len as usize]);
-        ctx.target.read_primary(off, p)?;
-        match ctx.view.read_into(off / ctx.block_size, v) {
-            Ok(()) => compare(ctx, off, p, v, &mut found),
-            Err(VaultError::Corrupted { .. }) => salvage(ctx, off, p, v, &mut found)?,
-            Err(e) => return Err(e.into()),
-        }
-        found.regions += len.div_ceil(ctx.opts.region_size);
-        found.bytes += len;
-        ctx.progress.advance(len);
+        let (off, len) = match next {
+            None => break,
+            Some(Item::Chunk(off, len)) => (off, len),
+            Some(Item::Hole(off, len)) => {
+                // Sparse on both sides: equal without reading either.
+                if ctx
+                    .view
+                    .reads_as_zero(off / ctx.block_size, len / ctx.block_size)?
+                {
+                    found.regions += len.div_ceil(ctx.opts.region_size);
+                    found.bytes += len;
+                    found.sparse += len;
+                    ctx.progress.advance(len);
+                    continue;
+                }
+                let mut at = off;
+                while at < off + len {
+                    let n = ctx.chunk.min(off + len - at);
+                    chunk(ctx, at, n, &mut primary, &mut vault, &mut found)?;
+                    at += n;
+                }
+                continue;
+            }
+        };
+        chunk(ctx, off, len, &mut primary, &mut vault, &mut found)?;
     }
     Ok(found)
+}
+
+/// Reads a chunk of both sides and compares it.
+fn chunk(
+    ctx: &Ctx<'_>,
+    off: u64,
+    len: u64,
+    primary: &mut [u8],
+    vault: &mut [u8],
+    found: &mut Found,
+) -> Result<()> {
+    let (p, v) = (&mut primary[..len as usize], &mut vault[..len as usize]);
+    ctx.target.read_primary(off, p)?;
+    match ctx.view.read_into(off / ctx.block_size, v) {
+        Ok(()) => compare(ctx, off, p, v, found),
+        Err(VaultError::Corrupted { .. }) => salvage(ctx, off, p, v, found)?,
+        Err(e) => return Err(e.into()),
+    }
+    found.regions += len.div_ceil(ctx.opts.region_size);
+    found.bytes += len;
+    ctx.progress.advance(len);
+    Ok(())
 }
 
 /// Compares a chunk read whole on both sides, region by region.
