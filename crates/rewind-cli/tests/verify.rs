@@ -350,3 +350,66 @@ fn sync_refuses_another_primary_and_verify_compares_any_image() {
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("region size 1000"));
 }
+
+/// The restart repair's path: `rewind serve` killed with SIGKILL while fio writes, one
+/// block written to the primary whose log record was lost; then an offline sync on the
+/// unclean vault (which the writer's open recovers) repairs it, and the vault's newest
+/// point is the primary again.
+#[test]
+fn offline_sync_after_kill_9_repairs_the_unclean_vault() {
+    if !have(&["fio"]) || !fio_has_nbd() {
+        return;
+    }
+    let size = 32 * MIB;
+    let (vol, _) = Vol::new(size, Some(14));
+    let v = vol.v();
+    let mut server = vol.serve();
+    let fio = ChildGuard(
+        Command::new("fio")
+            .arg("--name=writer")
+            .arg("--ioengine=nbd")
+            .arg(format!("--uri={}", vol.uri("live")))
+            .args([
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=16",
+                "--size=32M",
+                "--time_based",
+                "--runtime=60",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let st: Value =
+            serde_json::from_str(&rewind_ok(&["status", "--vault", v, "--json"])).unwrap();
+        if st["writes"].as_u64().unwrap() > 2000 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "fio does not write: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+    drop(fio);
+    // A write that reached the primary but not the log.
+    damage_primary(&vol, &[77]);
+    let r = json_of(&rewind(&["verify", "--vault", v, "--json"]));
+    assert!(blocks_of(&r).contains(&77), "{r}");
+    let o = rewind(&["sync", "--vault", v, "--json"]);
+    assert!(o.status.success(), "sync on the unclean vault: {o:?}");
+    let s = json_of(&o);
+    assert!(s["fixup"]["blocks"].as_u64().unwrap() >= 1, "{s}");
+    let o = rewind(&["verify", "--vault", v]);
+    assert!(o.status.success(), "after the repair: {o:?}");
+    assert_same(
+        &vol.restore("now"),
+        &vol.read_primary(),
+        "newest point after the repair",
+    );
+}

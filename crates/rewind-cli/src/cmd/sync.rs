@@ -22,6 +22,12 @@ const LISTED: usize = 16;
 /// opened as its writer.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
+What it does: seals the open interval, verifies (see `rewind verify --help`), marks
+suspect the delta maps (or the base image) that gave the vault its wrong copy of each
+discrepant block, then copies those blocks from the primary into the vault as fix-up
+records, each while holding the blocks' region locks (a host write to the same blocks
+lands wholly before or after it), and seals the interval holding them, flagged fix-up.
+
 After a sync, `rewind verify` finds nothing and the newest point reads exactly the
 primary. Past points are never rewritten: the ones that read a suspect copy still do,
 and say so when read.

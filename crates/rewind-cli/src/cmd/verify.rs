@@ -22,6 +22,18 @@ const FIRST_FEW: usize = 8;
 /// sync` repairs what this finds.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
+What it does: reads the primary and the vault's newest point region by region (both
+sides in large reads, in parallel) and compares them. Every region that differs is
+listed (it does not stop at the first); inside it, the differing blocks are found. A
+vault block that fails its checksum counts as a difference: \"vault unreadable\".
+Where both sides are holes nothing is read. With `rewind serve` running, the server
+does the scan while hosts keep writing; blocks they write meanwhile are not compared
+(the write log has them). Nothing is changed: `rewind sync` repairs what this finds.
+
+Output: the point compared (seq, time), bytes and rate, then the discrepant regions as
+byte ranges and the first discrepant block offsets. --json adds every range, offset and
+unreadable block (up to 1000 each; the counts are exact).
+
 Exit codes: 0 the vault matches the primary; 1 discrepancies found (or the scan was
 stopped); 3 the vault's structure is corrupted (a manifest or delta map, not a block);
 other failures 1 with a message.
