@@ -84,7 +84,7 @@ pub fn warn_suspect_reads(at: &str, reads: &[SuspectEntry]) {
             first.join(", "),
             if s.blocks.len() > 8 { ", ..." } else { "" },
             format_time(s.marked_ns),
-            crate::cmd::sync::reasons(s.reasons).join(" and "),
+            crate::cmd::sync::reasons(s.reasons).join(" or "),
         );
     }
 }
@@ -288,7 +288,7 @@ fn reasons_text(s: &Value) -> String {
         .unwrap_or_default();
     format!(
         "(the vault's copy {}; marked {}, scan at seq {})",
-        words.join(" and "),
+        words.join(" or "),
         s["marked"].as_str().unwrap_or("?"),
         s["scan_seq"]
     )

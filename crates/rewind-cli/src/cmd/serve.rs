@@ -379,6 +379,14 @@ fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::Result<Value
     tracing::info!(op, region_size = opts.region_size, "control: starting");
     let report = if op == "sync" {
         let r = verify::sync(target, &opts, &progress)?;
+        for m in &r.suspect {
+            tracing::warn!(
+                from = %m.interval.map_or("the base image".to_string(), |(a, b)| format!("interval {a}-{b}")),
+                blocks = m.blocks.len(),
+                first_blocks = ?m.blocks.iter().take(16).collect::<Vec<_>>(),
+                "sync marked blocks suspect: the vault's copy of them was wrong"
+            );
+        }
         tracing::info!(
             discrepant = r.verify.compare.len(),
             copied = r.fixup_blocks,

@@ -204,7 +204,7 @@ fn print_human(j: &Value) {
                     .collect::<Vec<_>>()
                     .join(", "))
                 .unwrap_or_default(),
-            why.join(" and ")
+            why.join(" or ")
         );
     }
 }

@@ -355,7 +355,7 @@ fn salvage(ctx: &Ctx<'_>, off: u64, p: &[u8], v: &mut [u8], found: &mut Found) -
                     }
                 }
                 Err(e @ VaultError::Corrupted { .. }) => {
-                    tracing::warn!(block = b, error = %e, "vault block unreadable while verifying");
+                    tracing::info!(block = b, error = %e, "vault block unreadable while verifying");
                     found.compare.insert(b);
                     found.unreadable.insert(b, e.to_string());
                 }
