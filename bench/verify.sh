@@ -9,6 +9,8 @@
 #           of the primary and of the vault's base image (4 GiB for a 2 GiB volume)
 #   sparse  1 MiB extents of random data in 1/8 of the volume, holes elsewhere (both
 #           tools may skip holes)
+#   dense, 1 thread   the same with `rewind verify --threads 1` (qemu-img compare uses one
+#           thread for the comparison; rewind by default one worker per CPU, at most 4)
 #   log     the dense volume with its first quarter rewritten through `rewind serve`, so
 #           a quarter of the vault side comes from write log records, not the base image;
 #           qemu-img compare then reads a restored copy of the vault's newest point (the
@@ -116,25 +118,28 @@ median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(flo
 results=()
 run_scenario() {
   local name="$1" a="$2" b="$3" d="$4"
-  local q=() r=()
+  shift 4
+  local q=() r=() l0
+  l0=$(cut -d' ' -f1 /proc/loadavg)
   # One untimed run of each warms the page cache.
   time_cmd qemu-img compare -f raw -F raw "$a" "$b" >/dev/null
-  time_cmd "$R" verify --vault "$d/v" --primary "$d/p.img" >/dev/null
+  time_cmd "$R" verify --vault "$d/v" --primary "$d/p.img" "$@" >/dev/null
   for i in $(seq "$rounds"); do
     q+=("$(time_cmd qemu-img compare -f raw -F raw "$a" "$b")")
-    r+=("$(time_cmd "$R" verify --vault "$d/v" --primary "$d/p.img")")
+    r+=("$(time_cmd "$R" verify --vault "$d/v" --primary "$d/p.img" "$@")")
     echo "  $name round $i: qemu-img compare ${q[-1]} s, rewind verify ${r[-1]} s" >&2
   done
   local qm rm ratio
   qm=$(median "${q[@]}")
   rm=$(median "${r[@]}")
   ratio=$(python3 -c "print(f'{$qm / $rm:.2f}')")
-  results+=("| $name | ${q[*]} | ${r[*]} | $qm | $rm | $ratio |")
+  results+=("| $name | ${q[*]} | ${r[*]} | $qm | $rm | **$ratio** | $l0 / $(cut -d' ' -f1 /proc/loadavg) |")
 }
 
 echo "making $size images in $dir ..." >&2
 make_dense "$dir/dense"
 run_scenario dense "$dir/dense/p.img" "$dir/dense/v/base/base.img" "$dir/dense"
+run_scenario "dense, 1 thread" "$dir/dense/p.img" "$dir/dense/v/base/base.img" "$dir/dense" --threads 1
 make_sparse "$dir/sparse"
 run_scenario sparse "$dir/sparse/p.img" "$dir/sparse/v/base/base.img" "$dir/sparse"
 make_log "$dir/log"
@@ -148,6 +153,6 @@ echo "Date: $(date -u +%Y-%m-%dT%H:%MZ). Machine: $(nproc) cores ($cpu), $mem me
 echo "kernel $(uname -r), $(qemu-img --version | head -1). Source: git $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo ' (uncommitted changes)')."
 echo "Load average before the run: $load0. Command: bench/verify.sh --size $size --rounds $rounds"
 echo
-echo "| scenario ($size) | qemu-img compare, s | rewind verify, s | qemu-img median | rewind median | qemu / rewind |"
-echo "|---|---|---|---:|---:|---:|"
+echo "| scenario ($size) | qemu-img compare, s | rewind verify, s | qemu-img median | rewind median | qemu / rewind | load before / after |"
+echo "|---|---|---|---:|---:|---:|---:|"
 printf '%s\n' "${results[@]}"

@@ -665,6 +665,95 @@ impl Drop for StopOnDrop {
 }
 
 #[test]
+fn a_volume_that_ends_mid_region_is_scanned_to_its_last_block() {
+    // 18 blocks, regions of 4: the last region has 2 blocks.
+    let s = setup(18, 9);
+    s.corrupt_primary(&[0, 17]);
+    let r = offline_verify(&s);
+    assert_eq!(r.compare, set(&[0, 17]));
+    assert_eq!(r.regions_scanned, 5);
+    assert_eq!(r.bytes_scanned, 18 * BS);
+    assert_eq!(r.ranges(), vec![(0, REGION), (4 * REGION, 2 * BS)]);
+    let mut o = opts();
+    o.only_regions = Some(set(&[4]));
+    let vault = Arc::new(Vault::open(&s.vault_dir).unwrap());
+    let vol = OfflineVolume::open(&s.primary, vault.clone()).unwrap();
+    let rep = verify::sync(Target::Offline(&vol), &o, &NoProgress).unwrap();
+    assert_eq!(rep.verify.compare, set(&[17]), "only the last region");
+    assert_eq!(rep.verify.bytes_scanned, 2 * BS);
+    let now = vault.read_at(&Point::Latest, 16, 2).unwrap();
+    assert!(now[..] == s.read_primary()[(16 * BS) as usize..]);
+}
+
+/// Sets a cancel flag after `after` bytes of the phase named `phase`.
+struct CancelAfter {
+    phase: &'static str,
+    after: u64,
+    cancel: Arc<AtomicBool>,
+    in_phase: AtomicBool,
+    done: std::sync::atomic::AtomicU64,
+}
+impl rewind_vault::Progress for CancelAfter {
+    fn start(&self, what: &str, _total: u64) {
+        self.in_phase
+            .store(what.starts_with(self.phase), Ordering::Relaxed);
+    }
+    fn advance(&self, n: u64) {
+        if self.in_phase.load(Ordering::Relaxed)
+            && self.done.fetch_add(n, Ordering::Relaxed) + n >= self.after
+        {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn cancelled_scans_and_copies_stop_early_and_say_so() {
+    let s = setup(1024, 10);
+    let bad: Vec<u64> = (0..1024).step_by(2).collect();
+    s.corrupt_primary(&bad);
+    let vault = Arc::new(Vault::open(&s.vault_dir).unwrap());
+    let vol = OfflineVolume::open(&s.primary, vault.clone()).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let progress = |phase, after| CancelAfter {
+        phase,
+        after,
+        cancel: cancel.clone(),
+        in_phase: AtomicBool::new(false),
+        done: 0.into(),
+    };
+    let o = VerifyOptions {
+        cancel: Some(cancel.clone()),
+        threads: 1,
+        ..opts()
+    };
+    let r = verify::verify(Target::Offline(&vol), &o, &progress("scanning", 64 * BS)).unwrap();
+    assert!(r.cancelled && !r.is_clean());
+    assert!(r.bytes_scanned < 1024 * BS, "{}", r.bytes_scanned);
+    // A sync stopped while copying seals and flags what it copied.
+    cancel.store(false, Ordering::Relaxed);
+    let rep = verify::sync(Target::Offline(&vol), &o, &progress("copying", 8 * BS)).unwrap();
+    assert!(rep.verify.cancelled);
+    assert_eq!(rep.verify.compare.len(), 512);
+    assert!(
+        rep.fixup_blocks >= 8 && rep.fixup_blocks < 512,
+        "{}",
+        rep.fixup_blocks
+    );
+    assert_eq!(rep.fixup_intervals.len(), 1);
+    assert_eq!(vault.suspects().len(), 1, "marked before copying");
+    // The rest is found again, and the next sync finishes the work.
+    cancel.store(false, Ordering::Relaxed);
+    let again = verify::verify(Target::Offline(&vol), &opts(), &NoProgress).unwrap();
+    assert_eq!(again.compare.len(), 512 - rep.fixup_blocks);
+    let rep = verify::sync(Target::Offline(&vol), &opts(), &NoProgress).unwrap();
+    assert!(!rep.verify.cancelled);
+    assert!(verify::verify(Target::Offline(&vol), &opts(), &NoProgress)
+        .unwrap()
+        .is_clean());
+}
+
+#[test]
 fn bad_region_sizes_are_refused() {
     let s = setup(16, 6);
     let vault = Arc::new(Vault::open_read_only(&s.vault_dir).unwrap());

@@ -300,8 +300,16 @@ fn control_conn(server: &Server, s: UnixStream) {
         let Ok(line) = line else { return };
         let reply = match serde_json::from_str::<Value>(&line) {
             Ok(req) if matches!(req["op"].as_str(), Some("verify" | "sync")) => {
-                long_op(server, &req, &w)
-                    .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}))
+                // Counted until the reply is written: shutdown waits for it.
+                server.long_ops.fetch_add(1, Ordering::Relaxed);
+                let reply = long_op(server, &req, &w)
+                    .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}));
+                let sent = writeln!(w, "{reply}");
+                server.long_ops.fetch_sub(1, Ordering::Relaxed);
+                if sent.is_err() {
+                    return;
+                }
+                continue;
             }
             Ok(req) => handle_control(server, &req)
                 .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})),
@@ -338,14 +346,6 @@ fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::Result<Value
     let Ok(_one) = server.scanning.try_lock() else {
         bail!("a verify or sync is already running in this server; wait for it to finish");
     };
-    server.long_ops.fetch_add(1, Ordering::Relaxed);
-    struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
-    impl Drop for Done<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let _done = Done(&server.long_ops);
     let primary = server.volume.primary_path();
     if let Some(asked) = req["primary"].as_str() {
         let served = std::fs::canonicalize(primary).unwrap_or_else(|_| primary.to_path_buf());

@@ -97,7 +97,7 @@ pub(super) fn run(
         if ranges.is_empty() {
             return Ok(Vec::new());
         }
-        vault.flush()?;
+        // Sealing makes the records durable (fdatasync) before it commits the map.
         vault.seal_now()?;
         Ok(vault.flag_fix_ups(&ranges)?)
     })();
