@@ -348,6 +348,18 @@ fn file_extent(f: &File, offset: u64, limit: u64) -> (u64, bool) {
     ((hole as u64 - offset).min(limit), false)
 }
 
+/// Runs of consecutive blocks of a set: (first, count).
+fn runs(set: &RoaringTreemap) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for b in set.iter() {
+        match out.last_mut() {
+            Some((f, n)) if *f + *n == b => *n += 1,
+            _ => out.push((b, 1)),
+        }
+    }
+    out
+}
+
 fn check_region_size(region_size: u64, block_size: u32) -> Result<()> {
     let bs = u64::from(block_size);
     if region_size < bs || !region_size.is_multiple_of(bs) || region_size > MAX_REGION_SIZE {

@@ -227,6 +227,15 @@ pub(super) fn run(
         found.merge(r?);
     }
     let cancelled = ctx.stopped.load(Ordering::Relaxed);
+    if tracker.is_some() {
+        // A host write puts its data in the primary before it records its change (after
+        // its log append, still holding the blocks' locks): a block read in between
+        // differs from the vault but is not in the tracker yet. Taking the locks of the
+        // blocks found different waits for such writes to finish recording.
+        for (first, count) in super::runs(&found.compare) {
+            target.with_blocks_locked(first, first + count, || ());
+        }
+    }
     let scan_delta = tracker.map(|t| t.blocks()).unwrap_or_default();
     found.compare -= &scan_delta;
     found.unreadable.retain(|b, _| !scan_delta.contains(*b));

@@ -68,7 +68,7 @@ pub(super) fn run(
     let mut copied = 0u64;
     progress.start("copying discrepant blocks", verify.compare.len() * bs);
     let result = (|| -> Result<()> {
-        for (first, count) in runs(&verify.compare) {
+        for (first, count) in super::runs(&verify.compare) {
             let mut b = first;
             while b < first + count {
                 if opts.cancelled() {
@@ -134,16 +134,4 @@ fn report(
         fixup_intervals: Vec::new(),
         elapsed: start.elapsed(),
     }
-}
-
-/// Runs of consecutive blocks: (first, count).
-fn runs(set: &roaring::RoaringTreemap) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for b in set.iter() {
-        match out.last_mut() {
-            Some((f, n)) if *f + *n == b => *n += 1,
-            _ => out.push((b, 1)),
-        }
-    }
-    out
 }
