@@ -7,7 +7,10 @@
 //!   (the **scan delta map**, from [`LiveVolume::track_changes`]) are subtracted at the end:
 //!   their new data is in the write log anyway, and comparing them would race the host. A
 //!   vault block that cannot be read (checksum, missing file) is a discrepancy, named as
-//!   such, never an abort.
+//!   such, never an abort. The scan takes no locks while it reads (the view is fixed and
+//!   anything the host changes is subtracted); once it is done it takes the region locks
+//!   of the blocks it found different, which waits for host writes that had put their
+//!   data in the primary but not yet recorded their change.
 //! - [`sync`] seals the open interval (so the scan's point is the end of the delta map chain),
 //!   verifies, marks **suspect** the delta maps (or the base image) that gave the vault its
 //!   wrong copy of each discrepant block ([`suspect`]), then copies the discrepant blocks
