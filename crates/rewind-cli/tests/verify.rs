@@ -233,7 +233,7 @@ fn verify_and_sync_run_inside_the_server_while_fio_writes() {
     let size = 64 * MIB;
     let (vol, _) = Vol::new(size, Some(12));
     let v = vol.v();
-    let _server = vol.serve();
+    let server = vol.serve();
     // The damage is in the lower half; fio writes the upper half throughout.
     let bad = [1u64, 300, 301, 4000, 8191];
     damage_primary(&vol, &bad);
@@ -300,6 +300,18 @@ fn verify_and_sync_run_inside_the_server_while_fio_writes() {
     );
     let o = rewind(&["verify", "--vault", v, "--json"]);
     assert!(o.status.success(), "after fio: {o:?}");
+    // The base image is suspect for the damaged blocks: opening it as an export warns.
+    assert_eq!(s["suspect"][0]["base_image"], true, "{s}");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["info", "-f", "raw"])
+            .arg(vol.uri("@seq:0")),
+    );
+    let log = server.log_text();
+    let warned = log
+        .lines()
+        .any(|l| l.contains("reads blocks a sync marked suspect") && l.contains("\"@seq:0\""));
+    assert!(warned, "{log}");
     // The live volume and the newest point agree byte for byte.
     run_ok(
         Command::new("qemu-img")
