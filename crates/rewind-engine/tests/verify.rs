@@ -399,6 +399,21 @@ fn sync_repairs_the_live_point_keeps_history_and_marks_exactly_the_sources() {
     }
     assert!(s.read_primary() == want);
     assert!(vault.read_at(&Point::Latest, 0, 256).unwrap() == want);
+    // And every point of the fix-up interval: seq 8 repairs 10..=13 (one record), 9 block 30.
+    assert_eq!(rep.fixup_records, vec![(Seq(8), Seq(9))]);
+    assert_eq!(vault.info().newest_seq, Seq(9));
+    let mut at8 = s.model.clone();
+    for b in 10..=13u64 {
+        at8[(b * BS) as usize..((b + 1) * BS) as usize].copy_from_slice(&damage[&b]);
+    }
+    assert!(
+        vault.read_at(&Point::Seq(Seq(8)), 0, 256).unwrap() == at8,
+        "seq 8"
+    );
+    assert!(
+        vault.read_at(&Point::Seq(Seq(9)), 0, 256).unwrap() == want,
+        "seq 9"
+    );
     assert!(verify::verify(Target::Live(&v), &opts(), &NoProgress)
         .unwrap()
         .is_clean());
@@ -447,6 +462,147 @@ fn sync_repairs_the_live_point_keeps_history_and_marks_exactly_the_sources() {
             .count(),
         1
     );
+}
+
+/// Random histories (writes, zeroes, trims, snapshots, seals) checked against a reference
+/// model that keeps the volume after every seq and which blocks each record covered: after
+/// damaging random primary blocks and syncing, every earlier point still reads the model,
+/// the newest reads the primary, the suspect marks are exactly "the newest interval that
+/// covered each damaged block, else the base", and every point's suspect reads are exactly
+/// the damaged blocks it reads from a marked interval (or the base).
+/// Suspect blocks of one map (or the base image): (interval, blocks).
+type Marked = (Option<(Seq, Seq)>, Vec<u64>);
+
+#[test]
+fn random_histories_sync_against_a_reference_model() {
+    const BLOCKS: u64 = 64;
+    for seed in 1..=12u64 {
+        let mut s = setup(BLOCKS, seed * 31);
+        let v = s.live();
+        let mut rng = Rng(seed * 7 + 1);
+        // images[seq]: the volume after seq; covers[seq]: blocks record seq changed.
+        let mut images = vec![s.model.clone()];
+        // Seq 0 is the base image: it covers nothing.
+        let mut covers: Vec<std::ops::Range<u64>> = std::iter::once(0..0).collect();
+        for i in 0..60u64 {
+            let first = rng.below(BLOCKS);
+            let n = 1 + rng.below(8).min(BLOCKS - first - 1);
+            let (off, len) = (first * BS, n * BS);
+            let mut cover = first..first + n;
+            match rng.below(20) {
+                0..=13 => {
+                    let data: Vec<u8> = (0..n).flat_map(|_| rng.block()).collect();
+                    s.write(&v, first, &data);
+                }
+                14 | 15 => {
+                    v.zero(off, len, false, false, false).unwrap();
+                    s.model[off as usize..(off + len) as usize].fill(0);
+                }
+                16 | 17 => {
+                    v.zero(off, len, true, false, false).unwrap();
+                    s.model[off as usize..(off + len) as usize].fill(0);
+                }
+                18 => {
+                    v.vault().snapshot(&format!("s{i}"), false).unwrap();
+                    cover = 0..0;
+                }
+                _ => {
+                    v.vault().seal_now().unwrap();
+                    continue;
+                }
+            }
+            images.push(s.model.clone());
+            covers.push(cover);
+            assert_eq!(v.vault().info().newest_seq, Seq(images.len() as u64 - 1));
+        }
+        let history = images.len() as u64 - 1;
+        v.flush().unwrap();
+        let mut bad: Vec<u64> = (0..1 + rng.below(6)).map(|_| rng.below(BLOCKS)).collect();
+        bad.sort_unstable();
+        bad.dedup();
+        s.corrupt_primary(&bad);
+        let rep = verify::sync(Target::Live(&v), &opts(), &NoProgress).unwrap();
+        let what = format!("seed {seed}");
+        assert_eq!(rep.verify.compare, set(&bad), "{what}");
+        let vault = v.vault();
+        for seq in 0..=history {
+            let got = vault.read_at(&Point::Seq(Seq(seq)), 0, BLOCKS).unwrap();
+            assert!(got == images[seq as usize], "{what}: seq {seq}");
+        }
+        assert!(vault.read_at(&Point::Latest, 0, BLOCKS).unwrap() == s.read_primary());
+        // The fix-ups: one record per run of damaged blocks, in block order, right after
+        // the history (sync sealed it first; nothing else wrote).
+        let mut fix_runs: Vec<std::ops::Range<u64>> = Vec::new();
+        for &b in &bad {
+            match fix_runs.last_mut() {
+                Some(r) if r.end == b => r.end += 1,
+                _ => fix_runs.push(b..b + 1),
+            }
+        }
+        let n = fix_runs.len() as u64;
+        assert_eq!(
+            rep.fixup_records,
+            vec![(Seq(history + 1), Seq(history + n))],
+            "{what}"
+        );
+        covers.extend(fix_runs);
+        // The newest record at or before `p` covering `b`.
+        let writer = |b: u64, p: u64| (1..=p).rev().find(|&q| covers[q as usize].contains(&b));
+        let chain = vault.chain();
+        let interval_of = |q: u64| {
+            chain
+                .iter()
+                .find(|e| e.interval.seq_from.0 <= q && q <= e.interval.seq_to.0)
+                .map(|e| (e.interval.seq_from, e.interval.seq_to))
+                .unwrap()
+        };
+        let mut want: Vec<Marked> = Vec::new();
+        for &b in &bad {
+            let m = writer(b, history).map(interval_of);
+            match want.iter_mut().find(|(i, _)| *i == m) {
+                Some((_, bs)) => bs.push(b),
+                None => want.push((m, vec![b])),
+            }
+        }
+        // Marks come newest map first, the base last.
+        want.sort_by_key(|(i, _)| std::cmp::Reverse(i.map_or(0, |(f, _)| f.0)));
+        let got: Vec<Marked> = rep
+            .suspect
+            .iter()
+            .map(|m| (m.interval, m.blocks.iter().collect()))
+            .collect();
+        assert_eq!(got, want, "{what}: suspect marks");
+        for p in 0..=vault.info().newest_seq.0 {
+            let view = vault.view(&Point::Seq(Seq(p))).unwrap();
+            let mut expect: Vec<Marked> = Vec::new();
+            for (m, blocks) in &want {
+                let reads: Vec<u64> = blocks
+                    .iter()
+                    .copied()
+                    .filter(|&b| match (m, writer(b, p)) {
+                        (None, w) => w.is_none(),
+                        (Some((f, t)), Some(q)) => {
+                            // A point inside the interval counts it once it replayed a
+                            // record of the block (the suspect one or an earlier one).
+                            f.0 <= q && q <= t.0
+                        }
+                        (Some(_), None) => false,
+                    })
+                    .collect();
+                if !reads.is_empty() {
+                    expect.push((*m, reads));
+                }
+            }
+            let got: Vec<Marked> = vault
+                .suspect_reads(&view)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.interval, r.blocks.iter().collect()))
+                .collect();
+            // suspect_reads lists entries in manifest order, which is the marks' order.
+            assert_eq!(got, expect, "{what}: suspect reads at seq {p}");
+        }
+    }
 }
 
 /// Verify and sync while a writer keeps writing random blocks: those must never be
