@@ -18,6 +18,19 @@ pub mod exit {
     pub const CORRUPTED: u8 = 3;
     /// The vault is held by another writer.
     pub const BUSY: u8 = 4;
+
+    /// Ends the command with this exit code and no error message (the command already
+    /// said why, e.g. verify's report of discrepancies).
+    #[derive(Debug)]
+    pub struct Code(pub u8);
+
+    impl std::fmt::Display for Code {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "exit code {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Code {}
 }
 
 const AFTER_HELP: &str = "\
@@ -25,7 +38,8 @@ Points (--at, export names): a snapshot name; seq:N (seq:0 is the base image);
 an RFC 3339 time such as 2026-11-21T10:00:00Z; a relative age such as -15m, -2h, -3d;
 or now.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 vault corrupted, 4 vault busy (another writer).
+Exit codes: 0 ok, 1 failure (verify: discrepancies found), 2 usage, 3 vault corrupted,
+4 vault busy (another writer).
 
 Start with `rewind serve` (no arguments: a demo volume in ./rewind-data), or protect an
 image of your own with `rewind init --primary disk.img --vault disk.vault`.";
@@ -57,6 +71,10 @@ enum Command {
     Restore(cmd::restore::Args),
     /// Show what a running server is doing (writes, bytes, open interval, clients).
     Status(cmd::status::Args),
+    /// Compare the primary with the vault and list the regions where they differ.
+    Verify(cmd::verify::Args),
+    /// Repair the vault from the primary (fix-up records) and mark suspect past intervals.
+    Sync(cmd::sync::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,9 +93,15 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::run(a),
         Command::Restore(a) => cmd::restore::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Sync(a) => cmd::sync::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<exit::Code>().is_some() => ExitCode::from(
+            e.downcast_ref::<exit::Code>()
+                .map_or(exit::FAILURE, |c| c.0),
+        ),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e))
@@ -89,6 +113,7 @@ fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     use rewind_engine::intercept::InterceptError;
     use rewind_engine::restore::RestoreError;
+    use rewind_engine::verify::VerifyError;
     use rewind_vault::VaultError;
     let vault = e
         .chain()
@@ -105,6 +130,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             e.chain()
                 .find_map(|c| match c.downcast_ref::<InterceptError>() {
                     Some(InterceptError::Vault(v)) => Some(v),
+                    _ => None,
+                })
+        })
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| match c.downcast_ref::<VerifyError>() {
+                    Some(VerifyError::Vault(v)) => Some(v),
+                    Some(VerifyError::Intercept(InterceptError::Vault(v))) => Some(v),
                     _ => None,
                 })
         });

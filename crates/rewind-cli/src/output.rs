@@ -26,14 +26,32 @@ impl Bar {
         bar.enable_steady_tick(Duration::from_millis(200));
         Bar { bar }
     }
+
+    /// Shows a progress line a server sent over the control socket.
+    pub fn relay(&self, p: &serde_json::Value) {
+        use rewind_vault::Progress;
+        if let Some(what) = p["what"].as_str() {
+            self.start(what, p["total"].as_u64().unwrap_or(0));
+        }
+        if let Some(done) = p["done"].as_u64() {
+            self.bar.set_position(done);
+        }
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn clear(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 impl rewind_vault::Progress for Bar {
     fn start(&self, what: &str, total: u64) {
         let short = what.split_whitespace().next().unwrap_or(what);
+        self.bar.reset();
         self.bar.set_message(short.to_string());
         self.bar.set_length(total);
         self.bar.set_position(0);
+        self.bar.enable_steady_tick(Duration::from_millis(200));
     }
     fn advance(&self, n: u64) {
         self.bar.inc(n);

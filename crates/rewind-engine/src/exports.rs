@@ -185,6 +185,28 @@ impl Export for PointExport {
     }
 }
 
+/// Logs a warning when the point reads blocks a sync marked suspect.
+fn warn_suspect(vault: &rewind_vault::Vault, name: &str, view: &PointView) {
+    match vault.suspect_reads(view) {
+        Ok(reads) => {
+            for s in reads {
+                let first: Vec<u64> = s.blocks.iter().take(16).collect();
+                tracing::warn!(
+                    export = name,
+                    seq = %view.point().seq,
+                    from = %s.interval.map_or("the base image".to_string(), |(a, b)| format!("interval {a}-{b}")),
+                    blocks = s.blocks.len(),
+                    first_blocks = ?first,
+                    why = if s.reasons & rewind_vault::SUSPECT_UNREADABLE != 0 { "the vault's copy failed its checksum" } else { "the vault's copy differed from the primary" },
+                    marked = %format_time(s.marked_ns),
+                    "this point reads blocks a sync marked suspect; their data may not be what the host wrote"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(export = name, error = %e, "cannot check suspect blocks"),
+    }
+}
+
 /// The exports of one protected volume.
 #[derive(Debug)]
 pub struct VaultExports {
@@ -225,11 +247,11 @@ impl Exports for VaultExports {
         let point: Point = point
             .parse()
             .map_err(|e: VaultError| ExportError::Unknown(e.to_string()))?;
-        let view = self
-            .volume
-            .vault()
+        let vault = self.volume.vault();
+        let view = vault
             .view(&point)
             .map_err(|e| ExportError::Unknown(e.to_string()))?;
+        warn_suspect(vault, name, &view);
         Ok(Arc::new(PointExport::new(name.to_string(), view)))
     }
 }

@@ -4,10 +4,12 @@
 //! - [`drl`]: the dirty region log: which regions an unclean stop may have left differing.
 //! - [`exports`]: the live volume and points in time as NBD exports.
 //! - [`restore`]: new images of past points.
+//! - [`verify`]: verify and sync (scan-compare), fix-up records and suspect marking.
 //!
-//! Later: verify/sync, retention, replication.
+//! Later: retention, replication.
 
 pub mod drl;
 pub mod exports;
 pub mod intercept;
 pub mod restore;
+pub mod verify;

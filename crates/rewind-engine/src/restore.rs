@@ -13,7 +13,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rewind_vault::{BlockSource, Point, PointView, Progress, ResolvedPoint, Vault, VaultError};
+use rewind_vault::{
+    BlockSource, Point, PointView, Progress, ResolvedPoint, SuspectEntry, Vault, VaultError,
+};
 
 use crate::intercept::{InterceptError, LiveVolume};
 
@@ -63,6 +65,9 @@ pub struct RestorePlan {
     pub zeroed: u64,
     /// Delta maps consulted to answer the point.
     pub maps_consulted: usize,
+    /// Blocks the point reads from a delta map (or the base image) that a sync marked
+    /// suspect: the vault's copy of them there was found wrong.
+    pub suspect: Vec<SuspectEntry>,
 }
 
 /// What a restore did.
@@ -111,6 +116,7 @@ pub fn plan(
         from_log,
         zeroed,
         maps_consulted: view.maps_consulted(),
+        suspect: vault.suspect_reads(&view)?,
     };
     Ok((plan, view))
 }
@@ -169,6 +175,8 @@ pub struct InPlacePlan {
     pub block_size: u32,
     /// The snapshot taken of the current state before anything is copied.
     pub undo_snapshot: String,
+    /// Suspect blocks the point reads (see [`RestorePlan::suspect`]).
+    pub suspect: Vec<SuspectEntry>,
 }
 
 /// Plans bringing the primary back to `point`: only the blocks some record after the
@@ -185,6 +193,7 @@ pub fn plan_in_place(volume: &LiveVolume, point: &Point) -> Result<(InPlacePlan,
         block_size: view.block_size(),
         // Named after the state it keeps: the same name means nothing changed since.
         undo_snapshot: format!("undo-restore-at-seq-{}", vault.info().newest_seq),
+        suspect: vault.suspect_reads(&view)?,
     };
     Ok((plan, view))
 }

@@ -13,20 +13,40 @@
 //! segments: u32 n, n * { first_seq u64, last_seq u64, length u64, time_from i64, time_to i64 }
 //! maps:     u32 n, n * { seq_from u64, seq_to u64, time_from i64, time_to i64, flags u16,
 //!                        retention_class u8, blocks_changed u64 }
+//!                        flags: bit 0 merged, bit 1 fix-up, bit 2 suspect (delta_map::FLAG_*)
 //! snapshots: u32 n, n * { seq u64, time i64, flags u8, u16 len + UTF-8 name }
+//! suspects (version 2 on): u32 n, n * { seq_from u64, seq_to u64 (both 0: the base image),
+//!                        reasons u8, marked_ns i64, scan_seq u64,
+//!                        u32 len + portable roaring treemap of the suspect blocks }
 //! crc u32 over everything before
 //! ```
+//!
+//! Version history: 1 had no suspects list; it still decodes (with none). Version 2 added
+//! it. Delta map files are immutable, so whether an interval is suspect or a fix-up lives
+//! here, in its map entry's flags; the suspects list says which blocks and why, and is the
+//! only place the base image is marked suspect.
 
 use crate::codec::{
     check_magic, check_trailing_crc, check_version, push_trailing_crc, Reader, Writer,
 };
 use crate::compress::Compression;
 use crate::delta_map::Interval;
+use crate::delta_map::FLAG_SUSPECT;
 use crate::{DecodeError, Generation, SegmentId, Seq};
+use roaring::RoaringTreemap;
 
 pub const MAGIC: &[u8; 8] = b"RWNDMANI";
-pub const VERSION: u16 = 1;
+/// The version this build writes.
+pub const VERSION: u16 = 2;
+/// The oldest version this build still decodes.
+pub const OLDEST_VERSION: u16 = 1;
 const WHAT: &str = "manifest";
+
+/// A suspect entry's reason: the vault's copy of the blocks differed from the primary.
+pub const SUSPECT_DIFFERS: u8 = 1;
+/// A suspect entry's reason: the vault's copy of the blocks failed its checksum.
+pub const SUSPECT_UNREADABLE: u8 = 2;
+const KNOWN_REASONS: u8 = SUSPECT_DIFFERS | SUSPECT_UNREADABLE;
 
 /// When the open segment is sealed (besides on every marker). Zero turns a trigger off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +99,26 @@ pub struct SnapshotEntry {
     pub app_consistent: bool,
 }
 
+/// Blocks whose data in one delta map (or the base image) is not trustworthy: a sync found
+/// the vault's copy of them wrong when it compared the vault with the primary, and this
+/// map (or the base) was where that copy came from. Points that read these blocks from
+/// here are suspect for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuspectEntry {
+    /// The interval of the suspect delta map; `None`: the base image.
+    pub interval: Option<(Seq, Seq)>,
+    pub blocks: RoaringTreemap,
+    /// Why: [`SUSPECT_DIFFERS`] and/or [`SUSPECT_UNREADABLE`].
+    pub reasons: u8,
+    /// When the sync that marked them ran (the latest one, when several did).
+    pub marked_ns: i64,
+    /// The point that sync compared with the primary (the vault was wrong there).
+    pub scan_seq: Seq,
+}
+
+// RoaringTreemap's equality is an equivalence; it only lacks the marker trait.
+impl Eq for SuspectEntry {}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub generation: Generation,
@@ -93,9 +133,16 @@ pub struct Manifest {
     pub segments: Vec<SegmentEntry>,
     pub maps: Vec<MapEntry>,
     pub snapshots: Vec<SnapshotEntry>,
+    /// Suspect blocks, per delta map (flagged [`FLAG_SUSPECT`] in `maps`) or the base image.
+    pub suspects: Vec<SuspectEntry>,
 }
 
 impl Manifest {
+    /// The suspect entry of the base image, if the base is suspect.
+    pub fn base_suspect(&self) -> Option<&SuspectEntry> {
+        self.suspects.iter().find(|s| s.interval.is_none())
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.segments.len() * 40 + self.maps.len() * 48);
         let mut w = Writer(&mut out);
@@ -139,6 +186,20 @@ impl Manifest {
             w.u8(u8::from(s.app_consistent));
             w.short_bytes(s.name.as_bytes());
         }
+        w.u32(self.suspects.len() as u32);
+        for s in &self.suspects {
+            let (from, to) = s.interval.unwrap_or((Seq::BASE, Seq::BASE));
+            w.u64(from.0);
+            w.u64(to.0);
+            w.u8(s.reasons);
+            w.i64(s.marked_ns);
+            w.u64(s.scan_seq.0);
+            let mut set = Vec::with_capacity(s.blocks.serialized_size());
+            // Serializing into a Vec cannot fail.
+            let _ = s.blocks.serialize_into(&mut set);
+            w.u32(set.len() as u32);
+            w.bytes(&set);
+        }
         push_trailing_crc(&mut out);
         out
     }
@@ -148,7 +209,10 @@ impl Manifest {
         let body = check_trailing_crc(buf, WHAT)?;
         let mut r = Reader::new(body, WHAT);
         r.take(8)?;
-        check_version(r.u16()?, VERSION, WHAT)?;
+        let version = r.u16()?;
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            check_version(version, VERSION, WHAT)?;
+        }
         r.u16()?;
         let generation = Generation(r.u64()?);
         let mut vault_id = [0u8; 16];
@@ -217,6 +281,11 @@ impl Manifest {
                 app_consistent,
             });
         }
+        let suspects = if version >= 2 {
+            decode_suspects(&mut r)?
+        } else {
+            Vec::new()
+        };
         if r.pos() != body.len() {
             return Err(DecodeError::invalid(r.pos(), WHAT, "trailing bytes"));
         }
@@ -233,9 +302,57 @@ impl Manifest {
             segments,
             maps,
             snapshots,
+            suspects,
         };
         m.check_chain()?;
+        m.check_suspects()?;
         Ok(m)
+    }
+
+    /// Suspect entries and suspect flags must agree: one entry per flagged map and none
+    /// for another, at most one for the base, blocks inside the volume, known reasons.
+    fn check_suspects(&self) -> Result<(), DecodeError> {
+        let bad = |detail| Err(DecodeError::invalid(0, WHAT, detail));
+        let blocks = self.volume_size / u64::from(self.block_size);
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.suspects {
+            if !seen.insert(s.interval) {
+                return bad("two suspect entries for one delta map");
+            }
+            if s.blocks.is_empty() || s.blocks.max().is_some_and(|b| b >= blocks) {
+                return bad("suspect blocks empty or outside the volume");
+            }
+            if s.reasons == 0 || s.reasons & !KNOWN_REASONS != 0 {
+                return bad("unknown suspect reason");
+            }
+            if s.scan_seq >= self.next_seq {
+                return bad("suspect scan seq is after the newest sealed record");
+            }
+            if let Some((from, to)) = s.interval {
+                let flagged = self.maps.iter().any(|m| {
+                    m.interval.seq_from == from
+                        && m.interval.seq_to == to
+                        && m.flags & FLAG_SUSPECT != 0
+                });
+                if !flagged || to > s.scan_seq {
+                    return bad("suspect entry names no suspect delta map before its scan");
+                }
+            }
+        }
+        let flagged = self
+            .maps
+            .iter()
+            .filter(|m| m.flags & FLAG_SUSPECT != 0)
+            .count();
+        let entries = self
+            .suspects
+            .iter()
+            .filter(|s| s.interval.is_some())
+            .count();
+        if flagged != entries {
+            return bad("a suspect delta map has no suspect entry");
+        }
+        Ok(())
     }
 
     /// The segments and maps must tile seq 1..next_seq in order, without gaps.
@@ -278,6 +395,37 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+fn decode_suspects(r: &mut Reader<'_>) -> Result<Vec<SuspectEntry>, DecodeError> {
+    let n = count(r, 41)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = r.pos();
+        let from = Seq(r.u64()?);
+        let to = Seq(r.u64()?);
+        let interval = match (from, to) {
+            (Seq::BASE, Seq::BASE) => None,
+            (f, t) if f != Seq::BASE && f <= t => Some((f, t)),
+            _ => return Err(DecodeError::invalid(at, WHAT, "suspect interval bounds")),
+        };
+        let reasons = r.u8()?;
+        let marked_ns = r.i64()?;
+        let scan_seq = Seq(r.u64()?);
+        let len = r.u32()? as usize;
+        let set_at = r.pos();
+        let set = r.take(len)?;
+        let blocks = RoaringTreemap::deserialize_from(set)
+            .map_err(|_| DecodeError::invalid(set_at, WHAT, "suspect block set does not decode"))?;
+        out.push(SuspectEntry {
+            interval,
+            blocks,
+            reasons,
+            marked_ns,
+            scan_seq,
+        });
+    }
+    Ok(out)
 }
 
 fn count(r: &mut Reader<'_>, min_entry: usize) -> Result<usize, DecodeError> {
@@ -335,18 +483,92 @@ mod tests {
                 time_ns: 9,
                 app_consistent: true,
             }],
+            suspects: Vec::new(),
         }
+    }
+
+    /// The sample with its map and the base image marked suspect.
+    fn with_suspects() -> Manifest {
+        let mut m = sample();
+        m.maps[0].flags |= FLAG_SUSPECT;
+        m.suspects = vec![
+            SuspectEntry {
+                interval: Some((Seq(1), Seq(10))),
+                blocks: [3u64, 4, 70_000].into_iter().collect(),
+                reasons: SUSPECT_DIFFERS,
+                marked_ns: 11,
+                scan_seq: Seq(10),
+            },
+            SuspectEntry {
+                interval: None,
+                blocks: [5u64].into_iter().collect(),
+                reasons: SUSPECT_DIFFERS | SUSPECT_UNREADABLE,
+                marked_ns: 11,
+                scan_seq: Seq(10),
+            },
+        ];
+        m
     }
 
     #[test]
     fn round_trip() {
         let m = sample();
         assert_eq!(Manifest::decode(&m.encode()), Ok(m));
+        let m = with_suspects();
+        let back = Manifest::decode(&m.encode()).expect("decodes");
+        assert_eq!(back.base_suspect().map(|s| s.blocks.len()), Some(1));
+        assert_eq!(back, m);
+    }
+
+    /// Bytes a version 1 build wrote (`sample()` encoded by the code of commit 93891b5).
+    const GOLDEN_V1: &[u8] = include_bytes!("../tests/golden/manifest-v1.bin");
+
+    #[test]
+    fn version_1_still_decodes_and_is_rewritten_as_the_current_version() {
+        assert_eq!(u16::from_le_bytes([GOLDEN_V1[8], GOLDEN_V1[9]]), 1);
+        let m = Manifest::decode(GOLDEN_V1).expect("version 1 decodes");
+        assert_eq!(m, sample(), "a version 1 manifest has no suspects");
+        let again = m.encode();
+        assert_eq!(u16::from_le_bytes([again[8], again[9]]), VERSION);
+        assert_eq!(Manifest::decode(&again), Ok(m));
+        for i in 0..GOLDEN_V1.len() {
+            let mut bad = GOLDEN_V1.to_vec();
+            bad[i] ^= 0x80;
+            assert!(Manifest::decode(&bad).is_err(), "v1 flip at {i}");
+        }
+    }
+
+    #[test]
+    fn suspect_entries_must_agree_with_the_flags() {
+        let reseal = |m: &Manifest| Manifest::decode(&m.encode());
+        // An entry for a map that is not flagged suspect.
+        let mut m = with_suspects();
+        m.maps[0].flags = 0;
+        assert!(matches!(reseal(&m), Err(DecodeError::Invalid { .. })));
+        // A flagged map without an entry.
+        let mut m = with_suspects();
+        m.suspects.remove(0);
+        assert!(matches!(reseal(&m), Err(DecodeError::Invalid { .. })));
+        // Blocks outside the volume (1 GiB / 4 KiB = 262144 blocks).
+        let mut m = with_suspects();
+        m.suspects[1].blocks.insert(262_144);
+        assert!(matches!(reseal(&m), Err(DecodeError::Invalid { .. })));
+        // No reason, or an unknown one.
+        let mut m = with_suspects();
+        m.suspects[1].reasons = 0;
+        assert!(matches!(reseal(&m), Err(DecodeError::Invalid { .. })));
+        m.suspects[1].reasons = 8;
+        assert!(matches!(reseal(&m), Err(DecodeError::Invalid { .. })));
+        // Two entries for the base.
+        let mut m = with_suspects();
+        let b = m.suspects[1].clone();
+        m.suspects.push(b);
+        assert!(matches!(reseal(&m), Err(DecodeError::Invalid { .. })));
     }
 
     #[test]
     fn every_flipped_byte_and_every_cut_is_an_error() {
-        let buf = sample().encode();
+        let buf = with_suspects().encode();
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x80;
@@ -358,17 +580,24 @@ mod tests {
     }
 
     #[test]
-    fn older_version_asks_for_upgrade() {
+    fn unknown_versions_are_typed_errors() {
         let mut buf = sample().encode();
         buf[8] = 0;
         buf[9] = 0;
-        // Version 0 was never written: unknown. Version 2 is newer: unknown too.
+        // Version 0 was never written: unknown. Version 3 is newer: unknown too.
         let n = buf.len();
         let crc = crc32c::crc32c(&buf[..n - 4]);
         buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             Manifest::decode(&buf),
             Err(DecodeError::UnknownVersion { found: 0, .. })
+        ));
+        buf[8] = 3;
+        let crc = crc32c::crc32c(&buf[..n - 4]);
+        buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Manifest::decode(&buf),
+            Err(DecodeError::UnknownVersion { found: 3, .. })
         ));
     }
 }

@@ -6,7 +6,7 @@
 //! ```text
 //! offset size field
 //!  0     2    magic            0x5752 ("RW" little-endian)
-//!  2     1    kind             1 write, 2 zero, 3 trim, 4 marker
+//!  2     1    kind             1 write, 2 zero, 3 trim, 4 marker, 5 fix-up
 //!  3     1    flags            bit 0 lz4, bit 1 zstd (payload stored compressed);
 //!                              markers: bit 4 app-consistent
 //!  4     4    payload_len      bytes stored after the header
@@ -22,7 +22,9 @@
 //! ```
 //!
 //! Payloads: a write carries `block_count * block_size` bytes of data; zero and trim carry
-//! nothing; a marker carries its snapshot name (UTF-8).
+//! nothing; a marker carries its snapshot name (UTF-8). A fix-up is laid out like a write:
+//! data that `rewind sync` copied from the primary into the vault to repair a discrepancy,
+//! not data a host wrote; every reader treats it as a write.
 //!
 //! `durable_seq` lets recovery tell a torn tail (records that were never covered by a
 //! completed flush may be cut) from corruption (a bad record that a later, valid record
@@ -57,6 +59,9 @@ pub enum RecordKind {
     Trim,
     /// A named point the user asked to keep.
     Marker,
+    /// Data `rewind sync` copied from the primary to repair the vault (laid out like a
+    /// write; read like one).
+    FixUp,
 }
 
 impl RecordKind {
@@ -66,6 +71,7 @@ impl RecordKind {
             RecordKind::Zero => 2,
             RecordKind::Trim => 3,
             RecordKind::Marker => 4,
+            RecordKind::FixUp => 5,
         }
     }
     fn from_code(c: u8) -> Option<Self> {
@@ -74,6 +80,7 @@ impl RecordKind {
             2 => RecordKind::Zero,
             3 => RecordKind::Trim,
             4 => RecordKind::Marker,
+            5 => RecordKind::FixUp,
             _ => return None,
         })
     }
@@ -84,7 +91,13 @@ impl RecordKind {
             RecordKind::Zero => "zero",
             RecordKind::Trim => "trim",
             RecordKind::Marker => "marker",
+            RecordKind::FixUp => "fix-up",
         }
+    }
+
+    /// Whether the record carries block data (a write or a fix-up).
+    pub fn carries_data(self) -> bool {
+        matches!(self, RecordKind::Write | RecordKind::FixUp)
     }
 }
 
@@ -189,7 +202,7 @@ impl RecordHeader {
         }
         let compressed = h.stored_as() != StoredAs::Raw;
         match kind {
-            RecordKind::Write => {
+            RecordKind::Write | RecordKind::FixUp => {
                 let want = u64::from(h.block_count) * u64::from(block_size);
                 if h.block_count == 0 || want > MAX_WRITE_PAYLOAD.max(block_size as usize) as u64 {
                     return Err(DecodeError::invalid(
@@ -400,6 +413,36 @@ mod tests {
         assert!(matches!(
             decode(&buf, 512),
             Err(DecodeError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn fix_up_round_trips_like_a_write_and_damage_is_typed() {
+        let data: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+        let buf = sample(RecordKind::FixUp, &data, 2);
+        let (h, p) = decode(&buf, 512).expect("fix-up decodes");
+        assert_eq!(h.kind, RecordKind::FixUp);
+        assert!(h.kind.carries_data() && RecordKind::Write.carries_data());
+        assert!(!RecordKind::Zero.carries_data() && !RecordKind::Marker.carries_data());
+        assert_eq!((h.first_block, h.block_count), (42, 2));
+        assert_eq!(p, &data[..]);
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x5a;
+            assert!(decode(&bad, 512).is_err(), "flip at {i} went unnoticed");
+        }
+        // A fix-up must carry whole blocks, like a write.
+        let short = sample(RecordKind::FixUp, &data[..1000], 2);
+        assert!(matches!(
+            decode(&short, 512),
+            Err(DecodeError::Invalid { offset: 36, .. })
+        ));
+        // The next kind code is not known.
+        let mut unknown = buf.clone();
+        unknown[2] = 6;
+        assert!(matches!(
+            RecordHeader::decode(&unknown, 512),
+            Err(DecodeError::Invalid { offset: 2, .. })
         ));
     }
 

@@ -20,6 +20,8 @@ pub(crate) struct BaseImage {
     path: PathBuf,
     block_size: u32,
     sums: Vec<u32>,
+    /// The crc32c of an all-zero block.
+    zero_sum: u32,
 }
 
 impl BaseImage {
@@ -108,7 +110,22 @@ impl BaseImage {
             path,
             block_size,
             sums: sums.sums,
+            zero_sum: crc32c::crc32c(&vec![0u8; block_size as usize]),
         })
+    }
+
+    /// Whether blocks first..first+count read as zeroes, verified, without reading them:
+    /// the file has a hole there and every block's checksum is that of a zero block (a
+    /// hole reads as zeroes, so a read would pass its checksum). `false` when in doubt.
+    pub(crate) fn reads_as_zero(&self, first: u64, count: u64) -> bool {
+        let (Ok(a), Ok(b)) = (usize::try_from(first), usize::try_from(first + count)) else {
+            return false;
+        };
+        let bs = u64::from(self.block_size);
+        self.sums
+            .get(a..b)
+            .is_some_and(|s| s.iter().all(|&x| x == self.zero_sum))
+            && next_data(&self.file, first * bs, (first + count) * bs).is_none()
     }
 
     /// Reads `out.len() / block_size` blocks starting at `first`, verifying each.

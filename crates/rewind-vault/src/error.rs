@@ -78,6 +78,12 @@ pub enum VaultError {
     #[error("the vault was opened read-only")]
     ReadOnly,
 
+    #[error("seq {seq} is still in the open interval; seal it first")]
+    NotSealed { seq: Seq },
+
+    #[error("no sealed interval {from}-{to} in the delta map chain")]
+    UnknownInterval { from: Seq, to: Seq },
+
     #[error("an earlier write-log sync failed; the vault refuses writes until it is reopened")]
     Poisoned,
 }

@@ -28,10 +28,12 @@ mod write_log;
 pub use error::{Corruption, Result, VaultError};
 pub use point::{check_snapshot_name, format_time, now_ns, Point, ResolvedPoint};
 pub use rewind_format::compress::Compression;
-pub use rewind_format::manifest::{SealPolicy, SnapshotEntry};
+pub use rewind_format::manifest::{
+    MapEntry, SealPolicy, SnapshotEntry, SuspectEntry, SUSPECT_DIFFERS, SUSPECT_UNREADABLE,
+};
 pub use rewind_format::Seq;
-pub use vault::{CreateOptions, IntervalInfo, LogPosition, Vault, VaultInfo};
-pub use view::{BlockSource, PointView};
+pub use vault::{CreateOptions, IntervalInfo, LogPosition, SuspectMark, Vault, VaultInfo};
+pub use view::{BlockSource, Origin, PointView};
 
 /// Reports progress of long work (copying, restoring). Implementations draw bars; the
 /// library only counts.

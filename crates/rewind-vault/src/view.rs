@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use rewind_format::delta_map::{DeltaMap, Location};
 use rewind_format::manifest::MapEntry;
+use rewind_format::Seq;
 
 use crate::error::{Result, VaultError};
 use crate::point::ResolvedPoint;
@@ -27,6 +28,8 @@ type LoadedChain = Arc<[Arc<DeltaMap>]>;
 #[derive(Debug, Clone)]
 pub struct PointView {
     point: ResolvedPoint,
+    /// First seq of the interval whose replay `partial` is (none when nothing was replayed).
+    holding: Option<Seq>,
     partial: Arc<BTreeMap<u64, Location>>,
     chain: Arc<[MapEntry]>,
     maps: Arc<Mutex<Option<LoadedChain>>>,
@@ -41,15 +44,27 @@ pub enum BlockSource {
     Record,
 }
 
+/// Which part of history a block of a view was last changed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Never changed since the base image.
+    Base,
+    /// Changed in the interval that starts at this seq (its delta map, or the replay of
+    /// the interval holding the point).
+    Interval(Seq),
+}
+
 impl PointView {
     pub(crate) fn new(
         point: ResolvedPoint,
+        holding: Option<Seq>,
         partial: BTreeMap<u64, Location>,
         chain: Vec<MapEntry>,
         shared: Arc<Shared>,
     ) -> PointView {
         PointView {
             point,
+            holding,
             partial: Arc::new(partial),
             chain: chain.into(),
             maps: Arc::new(Mutex::new(None)),
@@ -114,6 +129,45 @@ impl PointView {
                 Some(Location::Data { .. }) => BlockSource::Record,
             })
             .collect())
+    }
+
+    /// Whether `count` blocks from `first_block` read as zeroes at the point, known without
+    /// reading data: each is zeroed or trimmed, or comes from a hole of the base image
+    /// whose checksums are those of zero blocks. `false` when reading would be needed.
+    pub fn reads_as_zero(&self, first_block: u64, count: u64) -> Result<bool> {
+        self.check_range(first_block, count)?;
+        let maps = self.maps()?;
+        let mut run: Option<(u64, u64)> = None;
+        for b in first_block..first_block + count {
+            match self.locate(&maps, b) {
+                Some(Location::Data { .. }) => return Ok(false),
+                Some(Location::Zero) => {}
+                None => match &mut run {
+                    Some((f, n)) if *f + *n == b => *n += 1,
+                    Some((f, n)) => {
+                        if !self.shared.base.reads_as_zero(*f, *n) {
+                            return Ok(false);
+                        }
+                        run = Some((b, 1));
+                    }
+                    None => run = Some((b, 1)),
+                },
+            }
+        }
+        Ok(run.is_none_or(|(f, n)| self.shared.base.reads_as_zero(f, n)))
+    }
+
+    /// The interval `block` was last changed in, as of the point (or the base image).
+    pub fn origin(&self, block: u64) -> Result<Origin> {
+        self.check_range(block, 1)?;
+        if let (Some(from), true) = (self.holding, self.partial.contains_key(&block)) {
+            return Ok(Origin::Interval(from));
+        }
+        let maps = self.maps()?;
+        Ok(maps
+            .iter()
+            .find(|m| m.blocks.contains(block))
+            .map_or(Origin::Base, |m| Origin::Interval(m.interval.seq_from)))
     }
 
     fn check_range(&self, first_block: u64, count: u64) -> Result<()> {

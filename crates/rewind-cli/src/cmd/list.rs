@@ -1,5 +1,6 @@
 use anyhow::Context;
-use rewind_vault::{format_time, Vault};
+use rewind_format::delta_map::{FLAG_FIXUP, FLAG_MERGED, FLAG_SUSPECT};
+use rewind_vault::{format_time, SuspectEntry, Vault};
 use serde_json::{json, Value};
 
 use super::VaultArg;
@@ -8,6 +9,14 @@ use crate::output;
 /// Show the vault's timeline: the base image, the snapshots, and every interval of the
 /// write log (sealed ones with their delta maps, and the open one).
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Interval flags (STATE column, \"flags\" in --json):
+  fix-up    holds fix-up records: blocks `rewind sync` copied from the primary to repair
+            the vault
+  SUSPECT   a sync found the vault's copy of some blocks this interval wrote wrong
+            (different from the primary, or failing its checksum); points that read
+            those blocks from here may be wrong, and `rewind restore` and @point
+            exports warn which blocks. The base image can be suspect too.")]
 pub struct Args {
     #[command(flatten)]
     pub vault: VaultArg,
@@ -16,10 +25,79 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Blocks listed per suspect entry.
+const LISTED: usize = 16;
+
+fn flag_words(flags: u16) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if flags & FLAG_MERGED != 0 {
+        v.push("merged");
+    }
+    if flags & FLAG_FIXUP != 0 {
+        v.push("fix-up");
+    }
+    if flags & FLAG_SUSPECT != 0 {
+        v.push("suspect");
+    }
+    v
+}
+
+fn suspect_json(s: Option<&SuspectEntry>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(s) => json!({
+            "blocks": s.blocks.len(),
+            "first_blocks": s.blocks.iter().take(LISTED).collect::<Vec<_>>(),
+            "reasons": crate::cmd::sync::reasons(s.reasons),
+            "marked": format_time(s.marked_ns),
+            "scan_seq": s.scan_seq.0,
+        }),
+    }
+}
+
+/// The suspect blocks a point reads (restore's `suspect` field).
+pub fn suspect_reads_json(reads: &[SuspectEntry]) -> Value {
+    json!(reads
+        .iter()
+        .map(|s| json!({
+            "from": s.interval.map(|(a, b)| json!({"seq_from": a.0, "seq_to": b.0})),
+            "base_image": s.interval.is_none(),
+            "blocks": s.blocks.len(),
+            "first_blocks": s.blocks.iter().take(LISTED).collect::<Vec<_>>(),
+            "reasons": crate::cmd::sync::reasons(s.reasons),
+            "marked": format_time(s.marked_ns),
+        }))
+        .collect::<Vec<_>>())
+}
+
+/// Warns on stderr that the point `at` reads suspect blocks: which, from where, why.
+pub fn warn_suspect_reads(at: &str, reads: &[SuspectEntry]) {
+    for s in reads {
+        let from = match s.interval {
+            Some((a, b)) => format!("interval seq {a}-{b}"),
+            None => "the base image".to_string(),
+        };
+        let first: Vec<String> = s.blocks.iter().take(8).map(|b| b.to_string()).collect();
+        eprintln!(
+            "warning: point {at} reads {} ({}{}) from {from}, which a sync on {} marked suspect: the vault's copy {}. They may not hold what the host wrote.",
+            plural(s.blocks.len(), "block"),
+            first.join(", "),
+            if s.blocks.len() > 8 { ", ..." } else { "" },
+            format_time(s.marked_ns),
+            crate::cmd::sync::reasons(s.reasons).join(" or "),
+        );
+    }
+}
+
 /// The vault's timeline as JSON (also served over the control socket).
 pub fn to_json(vault: &Vault) -> Value {
     let info = vault.info();
     let bs = u64::from(info.block_size);
+    let suspects = vault.suspects();
+    let suspect_of = |from: rewind_vault::Seq, to: rewind_vault::Seq| {
+        suspects.iter().find(|s| s.interval == Some((from, to)))
+    };
+    let base_suspect = suspects.iter().find(|s| s.interval.is_none());
     json!({
         "vault": {
             "dir": info.dir,
@@ -31,6 +109,12 @@ pub fn to_json(vault: &Vault) -> Value {
             "newest_seq": info.newest_seq.0,
             "generation": info.generation,
         },
+        "base": {
+            "seq": 0,
+            "time": format_time(info.created_ns),
+            "suspect": base_suspect.is_some(),
+            "suspect_blocks": suspect_json(base_suspect),
+        },
         "snapshots": vault.snapshots().iter().map(|s| json!({
             "name": s.name, "seq": s.seq.0, "time": format_time(s.time_ns), "app_consistent": s.app_consistent,
         })).collect::<Vec<_>>(),
@@ -41,6 +125,10 @@ pub fn to_json(vault: &Vault) -> Value {
             "blocks_changed": i.blocks_changed, "bytes_changed": i.blocks_changed * bs,
             "log_bytes": i.log_bytes,
             "state": if i.sealed { "sealed" } else { "open" },
+            "flags": flag_words(i.flags),
+            "fixup": i.flags & FLAG_FIXUP != 0,
+            "suspect": i.flags & FLAG_SUSPECT != 0,
+            "suspect_blocks": suspect_json(suspect_of(i.seq_from, i.seq_to)),
         })).collect::<Vec<_>>(),
     })
 }
@@ -74,7 +162,21 @@ fn print_human(j: &Value) {
         size / bs,
         bs
     );
-    println!("base     seq 0 at {}", v["created"].as_str().unwrap_or("?"));
+    let base = &j["base"];
+    let base_suspect = if base["suspect"] == json!(true) {
+        format!(
+            "  SUSPECT: {} blocks (first: {}) {}",
+            base["suspect_blocks"]["blocks"],
+            first_blocks(&base["suspect_blocks"]),
+            reasons_text(&base["suspect_blocks"])
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "base     seq 0 at {}{base_suspect}",
+        v["created"].as_str().unwrap_or("?")
+    );
     println!("newest   seq {}", v["newest_seq"]);
     println!();
     let snaps = j["snapshots"].as_array().cloned().unwrap_or_default();
@@ -116,7 +218,23 @@ fn print_human(j: &Value) {
         "  {:>23}  {:<30}  {:<30}  {:>9}  {:>10}  {:>10}  STATE",
         "SEQ", "FROM", "TO", "BLOCKS", "CHANGED", "LOG"
     );
+    let mut suspect_notes = Vec::new();
     for i in &intervals {
+        let mut state = i["state"].as_str().unwrap_or("?").to_string();
+        if i["fixup"] == json!(true) {
+            state.push_str(" fix-up");
+        }
+        if i["suspect"] == json!(true) {
+            let s = &i["suspect_blocks"];
+            state.push_str(&format!(" SUSPECT({})", s["blocks"]));
+            suspect_notes.push(format!(
+                "  {}-{}: blocks {} {}",
+                i["seq_from"],
+                i["seq_to"],
+                first_blocks(s),
+                reasons_text(s)
+            ));
+        }
         println!(
             "  {:>23}  {:<30}  {:<30}  {:>9}  {:>10}  {:>10}  {}",
             format!("{}-{}", i["seq_from"], i["seq_to"]),
@@ -125,7 +243,53 @@ fn print_human(j: &Value) {
             i["blocks_changed"].to_string(),
             output::bytes(i["bytes_changed"].as_u64().unwrap_or(0)),
             output::bytes(i["log_bytes"].as_u64().unwrap_or(0)),
-            i["state"].as_str().unwrap_or("?")
+            state
         );
     }
+    if !suspect_notes.is_empty() || base["suspect"] == json!(true) {
+        println!();
+        println!("SUSPECT (a sync found the vault's copy of these blocks wrong; points that read");
+        println!("them from there may be wrong; restore and @point exports warn):");
+        for n in suspect_notes {
+            println!("{n}");
+        }
+        if base["suspect"] == json!(true) {
+            println!(
+                "  base image: blocks {} {}",
+                first_blocks(&base["suspect_blocks"]),
+                reasons_text(&base["suspect_blocks"])
+            );
+        }
+    }
+}
+
+/// "1 block", "3 blocks".
+pub fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn first_blocks(s: &Value) -> String {
+    let listed: Vec<String> = s["first_blocks"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.to_string()).collect())
+        .unwrap_or_default();
+    let more = s["blocks"].as_u64().unwrap_or(0) > listed.len() as u64;
+    format!("{}{}", listed.join(", "), if more { ", ..." } else { "" })
+}
+
+fn reasons_text(s: &Value) -> String {
+    let words: Vec<&str> = s["reasons"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+        .unwrap_or_default();
+    format!(
+        "(the vault's copy {}; marked {}, scan at seq {})",
+        words.join(" or "),
+        s["marked"].as_str().unwrap_or("?"),
+        s["scan_seq"]
+    )
 }

@@ -6,6 +6,8 @@ pub mod restore;
 pub mod serve;
 pub mod snapshot;
 pub mod status;
+pub mod sync;
+pub mod verify;
 
 use std::path::PathBuf;
 

@@ -66,8 +66,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "blocks_from_log": plan.from_log,
         "blocks_zeroed": plan.zeroed,
         "delta_maps_consulted": plan.maps_consulted,
+        "suspect": crate::cmd::list::suspect_reads_json(&plan.suspect),
         "dry_run": a.dry_run,
     });
+    crate::cmd::list::warn_suspect_reads(&a.at, &plan.suspect);
     let bs = u64::from(plan.block_size);
     if a.dry_run {
         if a.json {
@@ -152,8 +154,10 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
         "blocks_changed_since": plan.blocks,
         "bytes_to_copy": plan.blocks * bs,
         "undo_snapshot": plan.undo_snapshot,
+        "suspect": crate::cmd::list::suspect_reads_json(&plan.suspect),
         "dry_run": a.dry_run,
     });
+    crate::cmd::list::warn_suspect_reads(&a.at, &plan.suspect);
     if a.dry_run {
         if a.json {
             return output::json(&summary);

@@ -22,6 +22,9 @@ pub const DEFAULT_VAULT: &str = "rewind-data/vault";
 pub const DEFAULT_PRIMARY: &str = "rewind-data/volume.img";
 pub const DEFAULT_SOCKET: &str = "rewind-data/nbd.sock";
 
+/// How long shutdown waits for a running verify or sync to stop.
+const LONG_OP_GRACE: Duration = Duration::from_secs(60);
+
 /// Serve the protected volume over NBD: every write is journaled into the vault before it
 /// is acknowledged, FLUSH and FUA make it durable, and any kept point can be opened
 /// read-only as export `@POINT`. With no arguments it protects a demo volume,
@@ -59,6 +62,12 @@ struct Server {
     started: Instant,
     listen: Vec<String>,
     conns: Mutex<Vec<(JoinHandle<()>, Arc<Closer>)>>,
+    /// Set by SIGINT/SIGTERM: running verify/sync requests stop early.
+    shutdown: Arc<AtomicBool>,
+    /// Held while a verify or sync runs (one at a time).
+    scanning: Mutex<()>,
+    /// Verify/sync requests running; shutdown waits for them to wind down.
+    long_ops: std::sync::atomic::AtomicUsize,
 }
 
 /// Ends a connection's reading side so that it drains and finishes.
@@ -133,6 +142,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         started: Instant::now(),
         listen,
         conns: Mutex::new(Vec::new()),
+        shutdown: shutdown.clone(),
+        scanning: Mutex::new(()),
+        long_ops: std::sync::atomic::AtomicUsize::new(0),
     });
     print_recipes(&primary, &vault_dir, tcp.as_ref(), socket.as_deref());
     let mut last_tick = Instant::now();
@@ -185,6 +197,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     for (h, _) in conns {
         let _ = h.join();
+    }
+    // A verify or sync in progress sees the shutdown flag and stops; a sync then seals
+    // and flags what it copied. Wait for that before the final seal.
+    let waited = Instant::now();
+    while server.long_ops.load(Ordering::Relaxed) > 0 && waited.elapsed() < LONG_OP_GRACE {
+        std::thread::sleep(Duration::from_millis(20));
     }
     drop(control);
     let _ = std::fs::remove_file(&control_path);
@@ -283,6 +301,18 @@ fn control_conn(server: &Server, s: UnixStream) {
     for line in BufReader::new(s).lines() {
         let Ok(line) = line else { return };
         let reply = match serde_json::from_str::<Value>(&line) {
+            Ok(req) if matches!(req["op"].as_str(), Some("verify" | "sync")) => {
+                // Counted until the reply is written: shutdown waits for it.
+                server.long_ops.fetch_add(1, Ordering::Relaxed);
+                let reply = long_op(server, &req, &w)
+                    .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}));
+                let sent = writeln!(w, "{reply}");
+                server.long_ops.fetch_sub(1, Ordering::Relaxed);
+                if sent.is_err() {
+                    return;
+                }
+                continue;
+            }
             Ok(req) => handle_control(server, &req)
                 .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})),
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
@@ -308,7 +338,110 @@ fn handle_control(server: &Server, req: &Value) -> anyhow::Result<Value> {
         }
         "status" => Ok(status(server)),
         "list" => Ok(json!({"ok": true, "list": crate::cmd::list::to_json(vault)})),
-        other => bail!("unknown control request {other:?} (snapshot, status, list)"),
+        other => bail!("unknown control request {other:?} (snapshot, status, list, verify, sync)"),
+    }
+}
+
+/// Runs a verify or sync request inside the server, streaming progress lines to `w`.
+fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::Result<Value> {
+    use rewind_engine::verify::{self, Target, VerifyOptions};
+    let Ok(_one) = server.scanning.try_lock() else {
+        bail!("a verify or sync is already running in this server; wait for it to finish");
+    };
+    let primary = server.volume.primary_path();
+    if let Some(asked) = req["primary"].as_str() {
+        let served = std::fs::canonicalize(primary).unwrap_or_else(|_| primary.to_path_buf());
+        if Path::new(asked) != served {
+            bail!(
+                "this server serves {}, not {asked}; stop it to compare another image",
+                served.display()
+            );
+        }
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let opts = VerifyOptions {
+        region_size: req["region_size"]
+            .as_u64()
+            .unwrap_or(verify::DEFAULT_REGION_SIZE),
+        threads: req["threads"].as_u64().unwrap_or(0) as usize,
+        chunk_bytes: req["chunk_bytes"].as_u64().unwrap_or(0),
+        cancel: Some(cancel.clone()),
+        ..VerifyOptions::default()
+    };
+    let progress = StreamProgress {
+        w: Mutex::new(w.try_clone()?),
+        done: std::sync::atomic::AtomicU64::new(0),
+        last: Mutex::new(Instant::now()),
+        cancel,
+        shutdown: server.shutdown.clone(),
+    };
+    let target = Target::Live(&server.volume);
+    let vault = server.volume.vault().info().dir;
+    let op = req["op"].as_str().unwrap_or("");
+    tracing::info!(op, region_size = opts.region_size, "control: starting");
+    let report = if op == "sync" {
+        let r = verify::sync(target, &opts, &progress)?;
+        for m in &r.suspect {
+            tracing::warn!(
+                from = %m.interval.map_or("the base image".to_string(), |(a, b)| format!("interval {a}-{b}")),
+                blocks = m.blocks.len(),
+                first_blocks = ?m.blocks.iter().take(16).collect::<Vec<_>>(),
+                "sync marked blocks suspect: the vault's copy of them was wrong"
+            );
+        }
+        tracing::info!(
+            discrepant = r.verify.compare.len(),
+            copied = r.fixup_blocks,
+            suspect = r.suspect.len(),
+            "control: sync done"
+        );
+        crate::cmd::sync::report_json_sync(&r, &vault, primary, true)
+    } else {
+        let r = verify::verify(target, &opts, &progress)?;
+        tracing::info!(discrepant = r.compare.len(), "control: verify done");
+        crate::cmd::verify::report_json(&r, &vault, primary, true)
+    };
+    Ok(json!({"ok": true, "report": report}))
+}
+
+/// Progress of a verify or sync, sent to the client as JSON lines (at most ten a second).
+/// A client that goes away, or a server shutdown, cancels the work.
+struct StreamProgress {
+    w: Mutex<UnixStream>,
+    done: std::sync::atomic::AtomicU64,
+    last: Mutex<Instant>,
+    cancel: Arc<AtomicBool>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl StreamProgress {
+    fn send(&self, v: &Value) {
+        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        if writeln!(w, "{v}").is_err() {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl rewind_vault::Progress for StreamProgress {
+    fn start(&self, what: &str, total: u64) {
+        self.done.store(0, Ordering::Relaxed);
+        self.send(&json!({"progress": {"what": what, "total": total}}));
+    }
+    fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        if self.shutdown.load(Ordering::Relaxed) {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() >= Duration::from_millis(100) {
+            *last = Instant::now();
+            drop(last);
+            self.send(&json!({"progress": {"done": done}}));
+        }
+    }
+    fn finish(&self) {
+        self.send(&json!({"progress": {"done": self.done.load(Ordering::Relaxed)}}));
     }
 }
 

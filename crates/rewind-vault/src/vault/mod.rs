@@ -1,8 +1,10 @@
 //! The vault: creating, opening, appending, flushing (group commit) and sealing.
 //! Listing lives in [`listing`], points and point-in-time views in [`points`].
 
+mod fixup;
 mod listing;
 mod points;
+mod suspect;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -28,6 +30,8 @@ use crate::write_log::scan::{scan_sealed, ScannedMarker};
 use crate::write_log::writer::LogWriter;
 use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
+
+pub use suspect::SuspectMark;
 
 /// What `rewind init` asks for.
 #[derive(Debug, Clone)]
@@ -205,6 +209,7 @@ impl Vault {
             segments: Vec::new(),
             maps: Vec::new(),
             snapshots: Vec::new(),
+            suspects: Vec::new(),
         };
         manifest_store::commit(dir, &m)?;
         fsutil::sync_dir(dir)?;

@@ -149,7 +149,7 @@ impl Vault {
     /// A view at an already resolved point.
     pub fn view_resolved(&self, rp: ResolvedPoint) -> Result<PointView> {
         let p = rp.seq;
-        let (partial, chain, replay) = {
+        let (holding_from, partial, chain, replay) = {
             let mut inner = self.lock();
             if p != Seq::BASE && p >= inner.open.id.0 && self._lock.is_some() {
                 // Readers go through the file: hand it what is buffered.
@@ -157,7 +157,7 @@ impl Vault {
             }
             let maps = &inner.manifest.maps;
             if p == Seq::BASE {
-                (BTreeMap::new(), Vec::new(), None)
+                (None, BTreeMap::new(), Vec::new(), None)
             } else if p >= inner.open.id.0 {
                 if p > inner.open.last_seq() {
                     return Err(VaultError::SeqAfterNewest {
@@ -172,7 +172,7 @@ impl Vault {
                     let id = inner.open.id;
                     replay(inner.open.records.iter().take_while(|r| r.seq <= p), id)
                 };
-                (partial, chain, None)
+                (Some(inner.open.id.0), partial, chain, None)
             } else {
                 let i = maps.partition_point(|e| e.interval.seq_to < p);
                 let Some(holding) = maps.get(i).copied() else {
@@ -184,6 +184,7 @@ impl Vault {
                 };
                 if holding.interval.seq_to == p {
                     (
+                        None,
                         BTreeMap::new(),
                         maps[..=i].iter().rev().copied().collect(),
                         None,
@@ -197,6 +198,7 @@ impl Vault {
                         .copied()
                         .collect();
                     (
+                        Some(holding.interval.seq_from),
                         BTreeMap::new(),
                         maps[..i].iter().rev().copied().collect(),
                         Some(segs),
@@ -221,7 +223,13 @@ impl Vault {
                 map
             }
         };
-        Ok(PointView::new(rp, partial, chain, self.shared.clone()))
+        Ok(PointView::new(
+            rp,
+            holding_from,
+            partial,
+            chain,
+            self.shared.clone(),
+        ))
     }
 
     /// Reads `count` blocks from `first_block` as they were at `point`.
@@ -305,7 +313,7 @@ enum Stop {
 
 fn apply(map: &mut BTreeMap<u64, Location>, r: &RecordMeta, segment: SegmentId) {
     let loc = match r.kind {
-        RecordKind::Write => Location::Data {
+        RecordKind::Write | RecordKind::FixUp => Location::Data {
             segment,
             offset: r.offset,
         },

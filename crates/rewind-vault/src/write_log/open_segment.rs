@@ -317,7 +317,7 @@ impl OpenSegment {
 
     fn index(&mut self, m: &RecordMeta) {
         let loc = match m.kind {
-            RecordKind::Write => Location::Data {
+            RecordKind::Write | RecordKind::FixUp => Location::Data {
                 segment: self.id,
                 offset: m.offset,
             },

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rewind_format::compress::{decompress, StoredAs};
-use rewind_format::record::{RecordHeader, RecordKind, HEADER_LEN};
+use rewind_format::record::{RecordHeader, HEADER_LEN};
 use rewind_format::{names, SegmentId};
 
 use crate::error::{corrupted, decode_err, Corruption, Result};
@@ -105,7 +105,7 @@ impl SegmentFiles {
         }
         let h = RecordHeader::decode(&out.raw[..HEADER_LEN], self.block_size)
             .map_err(|e| decode_err(&path, offset, e))?;
-        if h.kind != RecordKind::Write
+        if !h.kind.carries_data()
             || block < h.first_block
             || block >= h.first_block + u64::from(h.block_count)
         {

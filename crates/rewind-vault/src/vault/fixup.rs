@@ -1,0 +1,123 @@
+//! What `rewind sync` writes: fix-up records (data copied from the primary to repair the
+//! vault), the fix-up flag on the intervals that hold them, and the seal that fixes the
+//! point a scan compares with.
+
+use super::*;
+use rewind_format::delta_map::FLAG_FIXUP;
+
+impl Vault {
+    /// Seals the open interval (if it holds records) and returns the newest sealed seq:
+    /// every record up to it is in the delta map chain, none after it is. `Seq::BASE`
+    /// when nothing was ever recorded.
+    pub fn seal_now(&self) -> Result<Seq> {
+        let mut inner = self.lock_writable()?;
+        self.seal_locked(&mut inner)?;
+        Ok(Seq(inner.manifest.next_seq.0 - 1))
+    }
+
+    /// Appends fix-up records: `data` (whole blocks from `first_block`) that sync copied
+    /// from the primary. Like [`Vault::write`], at most 128 KiB of data per record, handed
+    /// to the OS at once, durable after [`Vault::flush`]. Returns the seqs of the first
+    /// and the last record appended (the records in between are all this call's).
+    pub fn fix_up(&self, first_block: u64, data: &[u8]) -> Result<(Seq, Seq)> {
+        let bs = self.shared.block_size as usize;
+        if data.is_empty() || !data.len().is_multiple_of(bs) {
+            return Err(VaultError::Unaligned {
+                len: data.len(),
+                block_size: self.shared.block_size,
+            });
+        }
+        self.check_range(first_block, (data.len() / bs) as u64)?;
+        let per_record = (MAX_WRITE_PAYLOAD / bs).max(1) * bs;
+        let mut inner = self.lock_writable()?;
+        let compression = inner.manifest.compression;
+        let first = inner.open.last_seq().next();
+        let mut last = first;
+        for (i, chunk) in data.chunks(per_record).enumerate() {
+            let fb = first_block + (i * per_record / bs) as u64;
+            let mut scratch = std::mem::take(&mut inner.scratch);
+            let stored_as = if compression.compress(chunk, &mut scratch) {
+                match compression {
+                    Compression::Lz4 => StoredAs::Lz4,
+                    _ => StoredAs::Zstd,
+                }
+            } else {
+                StoredAs::Raw
+            };
+            let stored = if stored_as == StoredAs::Raw {
+                chunk
+            } else {
+                &scratch[..]
+            };
+            let r = self.append_locked(
+                &mut inner,
+                RecordKind::FixUp,
+                fb,
+                (chunk.len() / bs) as u32,
+                stored,
+                chunk.len() as u32,
+                stored_as,
+                None,
+            );
+            inner.scratch = scratch;
+            last = r?;
+        }
+        inner.open.write_out()?;
+        Ok((first, last))
+    }
+
+    /// Flags every sealed interval that holds a record of `ranges` (inclusive seq ranges
+    /// of fix-up records, as [`Vault::fix_up`] returns them) as a fix-up interval, in one
+    /// manifest commit. Seal first: records still in the open interval cannot be flagged
+    /// and are refused. Returns the intervals flagged, oldest first.
+    pub fn flag_fix_ups(&self, ranges: &[(Seq, Seq)]) -> Result<Vec<IntervalInfo>> {
+        let mut inner = self.lock_writable()?;
+        let sealed_to = Seq(inner.manifest.next_seq.0 - 1);
+        if let Some(&(_, to)) = ranges.iter().find(|r| r.1 > sealed_to) {
+            return Err(VaultError::NotSealed { seq: to });
+        }
+        let mut m = inner.manifest.clone();
+        let mut changed = false;
+        for e in m.maps.iter_mut() {
+            let holds = ranges
+                .iter()
+                .any(|&(a, b)| a <= e.interval.seq_to && e.interval.seq_from <= b);
+            if holds && e.flags & FLAG_FIXUP == 0 {
+                e.flags |= FLAG_FIXUP;
+                changed = true;
+            }
+        }
+        if changed {
+            self.commit_locked(&mut inner, m)?;
+        }
+        let flagged: Vec<(Seq, Seq)> = inner
+            .manifest
+            .maps
+            .iter()
+            .filter(|e| {
+                ranges
+                    .iter()
+                    .any(|&(a, b)| a <= e.interval.seq_to && e.interval.seq_from <= b)
+            })
+            .map(|e| (e.interval.seq_from, e.interval.seq_to))
+            .collect();
+        drop(inner);
+        Ok(self
+            .intervals()
+            .into_iter()
+            .filter(|i| flagged.contains(&(i.seq_from, i.seq_to)))
+            .collect())
+    }
+
+    /// Commits `m` as the next generation of the manifest (outside a seal). A failed
+    /// commit poisons the vault, as a failed seal does: memory and disk may disagree.
+    pub(super) fn commit_locked(&self, inner: &mut Inner, mut m: Manifest) -> Result<()> {
+        m.generation = Generation(inner.manifest.generation.0 + 1);
+        if let Err(e) = manifest_store::commit(&self.dir, &m) {
+            inner.poisoned = true;
+            return Err(e);
+        }
+        inner.manifest = m;
+        Ok(())
+    }
+}
