@@ -397,6 +397,39 @@ impl DirtyRegionLog {
     }
 }
 
+/// What offline tools must know before they trust the primary of a vault: `Ok(None)` if
+/// the last `rewind serve` stopped cleanly (or the vault has no DRL); otherwise the DRL
+/// and whether it was written in this boot of the machine. After a crash in another boot
+/// the primary may lack flushed writes until `rewind serve` recovers it.
+pub fn unclean_stop(vault_dir: &Path) -> Result<Option<(DirtyRegions, bool)>> {
+    Ok(DirtyRegionLog::peek(vault_dir)?
+        .filter(|d| !d.clean)
+        .map(|d| {
+            let same_boot = d.boot_id == boot_id() && d.boot_id != [0; 16];
+            (d, same_boot)
+        }))
+}
+
+/// The regions of `region_size` bytes (verify's regions) that DRL regions `dirty` (of
+/// `drl_region_size` bytes) cover in a volume of `volume_size` bytes.
+pub fn covering_regions(
+    dirty: impl IntoIterator<Item = u64>,
+    drl_region_size: u64,
+    region_size: u64,
+    volume_size: u64,
+) -> roaring::RoaringTreemap {
+    let mut out = roaring::RoaringTreemap::new();
+    let region_size = region_size.max(1);
+    for r in dirty {
+        let start = r.saturating_mul(drl_region_size);
+        let end = (start.saturating_add(drl_region_size)).min(volume_size);
+        if start < end {
+            out.insert_range(start / region_size..end.div_ceil(region_size));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -410,6 +443,15 @@ mod tests {
             .unwrap()
             .dirty()
             .collect()
+    }
+
+    #[test]
+    fn dirty_regions_map_to_verify_regions() {
+        let got: Vec<u64> = covering_regions([0, 3], 16 * MIB, 64 << 10, 60 * MIB)
+            .iter()
+            .collect();
+        let want: Vec<u64> = (0..256).chain(768..960).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

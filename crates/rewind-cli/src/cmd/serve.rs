@@ -117,6 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     check_identity(&primary, &vault.info().primary, a.moved_primary)?;
     let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
+    repair_unclean(&volume)?;
     let tcp = if a.listen == "none" {
         None
     } else {
@@ -219,6 +220,46 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } else {
             ""
         }
+    );
+    Ok(())
+}
+
+/// After an unclean stop, before any client connects: compares the regions the dirty
+/// region log lists and copies what differs from the primary into the vault (fix-up
+/// records), then clears the log. Those differences are writes whose records were lost
+/// with the process (never flushed), not damage to history: nothing is marked suspect.
+fn repair_unclean(volume: &LiveVolume) -> anyhow::Result<()> {
+    use rewind_engine::verify::{self, Target, VerifyOptions};
+    let dirty = volume.unclean_regions();
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    let drl = volume.drl();
+    let bytes = (dirty.len() as u64 * drl.region_size()).min(volume.size());
+    eprintln!(
+        "The last stop was not clean: comparing the {} region(s) ({}) the dirty region log lists...",
+        dirty.len(),
+        output::bytes(bytes)
+    );
+    let opts = VerifyOptions {
+        only_regions: Some(rewind_engine::drl::covering_regions(
+            dirty.iter().copied(),
+            drl.region_size(),
+            verify::DEFAULT_REGION_SIZE,
+            volume.size(),
+        )),
+        mark_suspect: false,
+        ..VerifyOptions::default()
+    };
+    let r = verify::sync(Target::Live(volume), &opts, &Bar::new(false))
+        .context("repairing the dirty regions after an unclean stop")?;
+    volume
+        .mark_repaired()
+        .context("clearing the dirty region log")?;
+    eprintln!(
+        "Repaired: {} block(s) the primary had and the write log had lost copied into the vault as fix-ups ({:.2}s).",
+        r.fixup_blocks,
+        r.elapsed.as_secs_f64()
     );
     Ok(())
 }
@@ -368,6 +409,20 @@ fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::Result<Value
         cancel: Some(cancel.clone()),
         ..VerifyOptions::default()
     };
+    let opts = if req["dirty_only"].as_bool().unwrap_or(false) {
+        let drl = server.volume.drl();
+        VerifyOptions {
+            only_regions: Some(rewind_engine::drl::covering_regions(
+                drl.dirty_regions(),
+                drl.region_size(),
+                opts.region_size,
+                server.volume.size(),
+            )),
+            ..opts
+        }
+    } else {
+        opts
+    };
     let progress = StreamProgress {
         w: Mutex::new(w.try_clone()?),
         done: std::sync::atomic::AtomicU64::new(0),
@@ -474,6 +529,13 @@ fn status(server: &Server) -> Value {
         "newest_seq": info.newest_seq.0,
         "durable_seq": info.durable_seq.0,
         "open_interval": {"records": info.open_records, "bytes": info.open_bytes},
+        "dirty_region_log": {
+            "clean_stop": false,
+            "region_size": server.volume.drl().region_size(),
+            "dirty_regions": server.volume.drl().dirty_regions().len(),
+            "checkpoint_seq": server.volume.drl().checkpoint(),
+            "file_writes": server.volume.drl().file_writes(),
+        },
         "now": format_time(now_ns()),
     })
 }

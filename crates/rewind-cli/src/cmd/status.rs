@@ -24,7 +24,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let v = Vault::open_read_only(&dir)
                 .with_context(|| format!("cannot open vault {}", dir.display()))?;
             let info = v.info();
+            let drl = rewind_engine::drl::DirtyRegionLog::peek(&dir)
+                .context("cannot read the dirty region log")?;
             json!({
+                "dirty_region_log": drl.map(|d| json!({
+                    "clean_stop": d.clean,
+                    "region_size": d.region_size,
+                    "dirty_regions": d.dirty().count(),
+                    "checkpoint_seq": d.checkpoint_seq,
+                })),
                 "serving": false,
                 "vault": info.dir,
                 "primary": info.primary,
@@ -92,4 +100,21 @@ fn print_human(s: &Value) {
         s["open_interval"]["records"],
         output::bytes(s["open_interval"]["bytes"].as_u64().unwrap_or(0))
     );
+    let d = &s["dirty_region_log"];
+    if d.is_object() {
+        let dn = |k: &str| d[k].as_u64().unwrap_or(0);
+        let state = if s["serving"] == json!(true) {
+            "serving"
+        } else if d["clean_stop"] == json!(true) {
+            "stopped cleanly"
+        } else {
+            "NOT stopped cleanly: `rewind serve` repairs the dirty regions when it starts"
+        };
+        println!(
+            "dirty     {} region(s) of {} ({state}); primary synced up to seq {}",
+            dn("dirty_regions"),
+            output::bytes(dn("region_size")),
+            dn("checkpoint_seq")
+        );
+    }
 }

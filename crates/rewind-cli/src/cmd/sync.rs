@@ -56,6 +56,9 @@ pub struct Args {
     /// Worker threads reading and comparing (0: one per CPU, at most 4)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Scan and repair only the regions the dirty region log lists
+    #[arg(long)]
+    pub dirty_only: bool,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -63,7 +66,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = a.vault.path();
-    let req = json!({"op": "sync", "region_size": a.region_size, "threads": a.threads});
+    let req = json!({"op": "sync", "region_size": a.region_size, "threads": a.threads, "dirty_only": a.dirty_only});
     let report = match online(&dir, &req, a.primary.as_deref(), a.json)? {
         Some(r) => r,
         None => {
@@ -77,10 +80,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&recorded));
             check_primary(&primary, &recorded, a.moved_primary)?;
+            let only_regions =
+                crate::cmd::verify::offline_regions(&dir, a.dirty_only, a.region_size, true)?;
             let vol = OfflineVolume::open(&primary, vault.clone())?;
             let opts = VerifyOptions {
                 region_size: a.region_size,
                 threads: a.threads,
+                only_regions,
                 ..VerifyOptions::default()
             };
             let r = verify::sync(Target::Offline(&vol), &opts, &Bar::new(a.json))

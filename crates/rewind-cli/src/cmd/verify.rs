@@ -58,6 +58,10 @@ pub struct Args {
     /// Bytes each worker reads per step (for benchmarks; 0: the default)
     #[arg(long, default_value = "0", value_parser = output::parse_size, hide = true)]
     pub chunk_size: u64,
+    /// Scan only the regions the dirty region log lists: where an unclean stop may have
+    /// left primary and vault apart (seconds, not a full scan)
+    #[arg(long)]
+    pub dirty_only: bool,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -65,7 +69,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = a.vault.path();
-    let req = json!({"op": "verify", "region_size": a.region_size, "threads": a.threads, "chunk_bytes": a.chunk_size});
+    let req = json!({"op": "verify", "region_size": a.region_size, "threads": a.threads, "chunk_bytes": a.chunk_size, "dirty_only": a.dirty_only});
     let report = match online(&dir, &req, a.primary.as_deref(), a.json)? {
         Some(r) => r,
         None => {
@@ -77,11 +81,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .primary
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(vault.info().primary));
+            let only_regions = offline_regions(&dir, a.dirty_only, a.region_size, false)?;
             let vol = OfflineVolume::open(&primary, vault)?;
             let opts = VerifyOptions {
                 region_size: a.region_size,
                 threads: a.threads,
                 chunk_bytes: a.chunk_size,
+                only_regions,
                 ..VerifyOptions::default()
             };
             let r = verify::verify(Target::Offline(&vol), &opts, &Bar::new(a.json))
@@ -100,6 +106,43 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     exit_for(&report)
+}
+
+/// What an offline verify or sync may scan, after checking how the last `rewind serve`
+/// stopped: `None` for everything, or the regions the dirty region log lists. After a
+/// crash of the machine the primary may lack flushed writes until `rewind serve`
+/// recovers it: a sync (`writes`) is refused then, a verify warns.
+pub fn offline_regions(
+    dir: &Path,
+    dirty_only: bool,
+    region_size: u64,
+    writes: bool,
+) -> anyhow::Result<Option<roaring::RoaringTreemap>> {
+    use rewind_engine::drl;
+    let unclean = drl::unclean_stop(dir).context("cannot read the dirty region log")?;
+    if let Some((_, false)) = &unclean {
+        let msg = "the last `rewind serve` did not stop cleanly and the machine has restarted since: the primary may lack writes that only the write log holds. Start `rewind serve` once: it brings the primary up to date and repairs the dirty regions itself.";
+        if writes {
+            bail!("{msg}");
+        }
+        eprintln!("warning: {msg}");
+    }
+    if !dirty_only {
+        return Ok(None);
+    }
+    let Some(d) = drl::DirtyRegionLog::peek(dir).context("cannot read the dirty region log")?
+    else {
+        bail!(
+            "{} has no dirty region log yet (it is written by `rewind serve`); run without --dirty-only",
+            dir.display()
+        );
+    };
+    Ok(Some(drl::covering_regions(
+        d.dirty(),
+        u64::from(d.region_size),
+        region_size,
+        d.volume_size,
+    )))
 }
 
 /// Exit 1 (silently: the report said it) unless the report is clean.

@@ -96,6 +96,10 @@ pub struct VerifyOptions {
     pub chunk_bytes: u64,
     /// Set it to stop early; the report then says `cancelled`.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Whether sync marks the intervals that held the vault's wrong copies suspect. The
+    /// repair after an unclean stop does not: there the differences are writes whose
+    /// records were lost with the process (or the machine), not damage to history.
+    pub mark_suspect: bool,
 }
 
 impl Default for VerifyOptions {
@@ -106,6 +110,7 @@ impl Default for VerifyOptions {
             threads: 0,
             chunk_bytes: 0,
             cancel: None,
+            mark_suspect: true,
         }
     }
 }

@@ -36,15 +36,19 @@ pub(super) fn run(
         .rev()
         .filter(|e| e.interval.seq_to <= scan_seq)
         .collect();
-    let marks = suspect::walk_back(
-        &verify.compare,
-        &unreadable,
-        chain.iter().map(|e| {
-            vault
-                .delta_map(e)
-                .map(|m| ((e.interval.seq_from, e.interval.seq_to), m))
-        }),
-    )?;
+    let marks = if !opts.mark_suspect {
+        Vec::new()
+    } else {
+        suspect::walk_back(
+            &verify.compare,
+            &unreadable,
+            chain.iter().map(|e| {
+                vault
+                    .delta_map(e)
+                    .map(|m| ((e.interval.seq_from, e.interval.seq_to), m))
+            }),
+        )?
+    };
     vault.mark_suspect(&marks, scan_seq)?;
     for m in &marks {
         let from = m.interval.map_or("the base image".to_string(), |(a, b)| {
