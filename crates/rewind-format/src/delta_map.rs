@@ -7,7 +7,7 @@
 //! ```text
 //! offset size field
 //!  0     8    magic          "RWNDDMAP"
-//!  8     2    version        1
+//!  8     2    version        2 (1 still decodes)
 //! 10     2    flags          bit 0 merged, bit 1 fix-up, bit 2 suspect
 //! 12     4    block_size
 //! 16     8    seq_from
@@ -18,9 +18,16 @@
 //! 56     4    block_set_len  bytes of the serialized block set
 //! 60     1    retention_class
 //! 61     3    reserved       0
-//! 64    24*n  entries, sorted by block, unique:
+//! 64    32*n  entries, sorted by block, unique:
 //!               u64 block, u64 segment (first seq of the segment; 0 = zeroed),
-//!               u64 offset of the record in that segment
+//!               u64 offset, u32 crc, u32 kind:
+//!                 0 zeroed (segment, offset, crc 0)
+//!                 1 record: offset of the write record holding the block (crc 0);
+//!                   used for compressed records, whose blocks cannot be read alone
+//!                 2 block: offset of the block's own bytes in the segment (inside an
+//!                   uncompressed write record), crc = crc32c of those bytes, so one
+//!                   block is read and verified with one read of its size
+//!               (version 1: 24-byte entries u64 block, u64 segment, u64 record offset)
 //! ...   m     block set: the entries' blocks as a portable roaring treemap
 //! end-4 4     crc            crc32c over everything before
 //! ```
@@ -32,9 +39,16 @@ use crate::{DecodeError, SegmentId, Seq};
 use roaring::RoaringTreemap;
 
 pub const MAGIC: &[u8; 8] = b"RWNDDMAP";
-pub const VERSION: u16 = 1;
+/// The version this build writes.
+pub const VERSION: u16 = 2;
+/// The oldest version this build still decodes.
+pub const OLDEST_VERSION: u16 = 1;
 const HEADER_LEN: usize = 64;
-const ENTRY_LEN: usize = 24;
+const ENTRY_LEN: usize = 32;
+const ENTRY_LEN_V1: usize = 24;
+const KIND_ZERO: u32 = 0;
+const KIND_RECORD: u32 = 1;
+const KIND_BLOCK: u32 = 2;
 const WHAT: &str = "delta map";
 
 pub const FLAG_MERGED: u16 = 1;
@@ -46,8 +60,14 @@ pub const FLAG_SUSPECT: u16 = 4;
 pub enum Location {
     /// The block reads as zeroes (zeroed or trimmed).
     Zero,
-    /// In the write record at `offset` of segment `segment`.
+    /// In the write record at `offset` of segment `segment` (read and verified whole).
     Data { segment: SegmentId, offset: u64 },
+    /// The block's own bytes at `offset` of segment `segment`, whose crc32c is `crc`.
+    Block {
+        segment: SegmentId,
+        offset: u64,
+        crc: u32,
+    },
 }
 
 /// The interval a delta map covers.
@@ -119,16 +139,19 @@ impl DeltaMap {
         w.bytes(&[0; 3]);
         for (block, loc) in &self.entries {
             w.u64(*block);
-            match loc {
-                Location::Zero => {
-                    w.u64(0);
-                    w.u64(0);
-                }
-                Location::Data { segment, offset } => {
-                    w.u64(segment.0 .0);
-                    w.u64(*offset);
-                }
-            }
+            let (segment, offset, crc, kind) = match *loc {
+                Location::Zero => (0, 0, 0, KIND_ZERO),
+                Location::Data { segment, offset } => (segment.0 .0, offset, 0, KIND_RECORD),
+                Location::Block {
+                    segment,
+                    offset,
+                    crc,
+                } => (segment.0 .0, offset, crc, KIND_BLOCK),
+            };
+            w.u64(segment);
+            w.u64(offset);
+            w.u32(crc);
+            w.u32(kind);
         }
         w.bytes(&set);
         push_trailing_crc(&mut out);
@@ -140,7 +163,15 @@ impl DeltaMap {
         let body = check_trailing_crc(buf, WHAT)?;
         let mut r = Reader::new(body, WHAT);
         r.take(8)?;
-        check_version(r.u16()?, VERSION, WHAT)?;
+        let version = r.u16()?;
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            check_version(version, VERSION, WHAT)?;
+        }
+        let entry_len = if version == 1 {
+            ENTRY_LEN_V1
+        } else {
+            ENTRY_LEN
+        };
         let flags = r.u16()?;
         let block_size = r.u32()?;
         if !crate::valid_block_size(block_size) {
@@ -161,20 +192,25 @@ impl DeltaMap {
         r.take(3)?;
         let entries_len = usize::try_from(count)
             .ok()
-            .and_then(|c| c.checked_mul(ENTRY_LEN))
+            .and_then(|c| c.checked_mul(entry_len))
             .filter(|&n| n <= body.len())
             .ok_or(DecodeError::invalid(
                 48,
                 WHAT,
                 "entry count larger than the file",
             ))?;
-        let mut entries = Vec::with_capacity(entries_len / ENTRY_LEN);
+        let mut entries = Vec::with_capacity(entries_len / entry_len);
         let mut prev: Option<u64> = None;
         for _ in 0..count {
             let at = r.pos();
             let block = r.u64()?;
             let seg = r.u64()?;
             let offset = r.u64()?;
+            let (crc, kind) = if version == 1 {
+                (0, if seg == 0 { KIND_ZERO } else { KIND_RECORD })
+            } else {
+                (r.u32()?, r.u32()?)
+            };
             if prev.is_some_and(|p| p >= block) {
                 return Err(DecodeError::invalid(
                     at,
@@ -183,13 +219,16 @@ impl DeltaMap {
                 ));
             }
             prev = Some(block);
-            let loc = if seg == 0 {
-                Location::Zero
-            } else {
-                Location::Data {
-                    segment: SegmentId(Seq(seg)),
+            let segment = SegmentId(Seq(seg));
+            let loc = match kind {
+                KIND_ZERO if seg == 0 && offset == 0 && crc == 0 => Location::Zero,
+                KIND_RECORD if seg != 0 && crc == 0 => Location::Data { segment, offset },
+                KIND_BLOCK if seg != 0 => Location::Block {
+                    segment,
                     offset,
-                }
+                    crc,
+                },
+                _ => return Err(DecodeError::invalid(at + 8, WHAT, "entry location")),
             };
             entries.push((block, loc));
         }
@@ -233,6 +272,14 @@ mod tests {
             ),
             (4, Location::Zero),
             (
+                7,
+                Location::Block {
+                    segment: SegmentId(Seq(5)),
+                    offset: 4096 + 56,
+                    crc: 0xdead_beef,
+                },
+            ),
+            (
                 1 << 40,
                 Location::Data {
                     segment: SegmentId(Seq(1)),
@@ -273,6 +320,46 @@ mod tests {
         for n in 0..buf.len() {
             assert!(DeltaMap::decode(&buf[..n]).is_err(), "cut at {n}");
         }
+    }
+
+    /// Bytes the version 1 encoder wrote for `sample()` without its block entry (the
+    /// code of commit a2e04b6).
+    const GOLDEN_V1: &[u8] = include_bytes!("../tests/golden/delta-map-v1.bin");
+
+    #[test]
+    fn version_1_still_decodes() {
+        let mut want = sample();
+        want.entries.retain(|(b, _)| *b != 7);
+        want.blocks.remove(7);
+        let m = DeltaMap::decode(GOLDEN_V1).expect("version 1 decodes");
+        assert_eq!(m, want);
+        let again = m.encode();
+        assert_eq!(u16::from_le_bytes([again[8], again[9]]), VERSION);
+        assert_eq!(DeltaMap::decode(&again), Ok(want));
+    }
+
+    #[test]
+    fn unknown_versions_and_locations_are_typed_errors() {
+        let m = sample();
+        let mut buf = m.encode();
+        buf[8] = 3;
+        let n = buf.len();
+        let crc = crc32c::crc32c(&buf[..n - 4]);
+        buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            DeltaMap::decode(&buf),
+            Err(DecodeError::UnknownVersion { found: 3, .. })
+        ));
+        // A zeroed entry that names a segment.
+        let mut buf = m.encode();
+        let entry = HEADER_LEN + ENTRY_LEN; // block 4, zeroed
+        buf[entry + 8] = 1;
+        let crc = crc32c::crc32c(&buf[..n - 4]);
+        buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            DeltaMap::decode(&buf),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl PointView {
             .map(|b| match self.locate(&maps, b) {
                 None => BlockSource::Base,
                 Some(Location::Zero) => BlockSource::Zero,
-                Some(Location::Data { .. }) => BlockSource::Record,
+                Some(Location::Data { .. } | Location::Block { .. }) => BlockSource::Record,
             })
             .collect())
     }
@@ -140,7 +140,7 @@ impl PointView {
         let mut run: Option<(u64, u64)> = None;
         for b in first_block..first_block + count {
             match self.locate(&maps, b) {
-                Some(Location::Data { .. }) => return Ok(false),
+                Some(Location::Data { .. } | Location::Block { .. }) => return Ok(false),
                 Some(Location::Zero) => {}
                 None => match &mut run {
                     Some((f, n)) if *f + *n == b => *n += 1,
@@ -211,6 +211,7 @@ impl PointView {
             .map(|b| self.locate(&maps, b))
             .collect();
         let mut rec = DecodedRecord::default();
+        let mut crcs = Vec::new();
         let mut i = 0usize;
         while i < locs.len() {
             let b = first_block + i as u64;
@@ -233,6 +234,34 @@ impl PointView {
                     let at = (b - rec.first_block) as usize * bs;
                     out[i * bs..(i + 1) * bs].copy_from_slice(&rec.data[at..at + bs]);
                     i += 1;
+                }
+                Some(Location::Block {
+                    segment,
+                    offset,
+                    crc,
+                }) => {
+                    // A run of blocks stored one after the other: one read.
+                    crcs.clear();
+                    crcs.push(crc);
+                    while let Some(Some(Location::Block {
+                        segment: s,
+                        offset: o,
+                        crc: c,
+                    })) = locs.get(i + crcs.len())
+                    {
+                        if *s != segment || *o != offset + (crcs.len() * bs) as u64 {
+                            break;
+                        }
+                        crcs.push(*c);
+                    }
+                    let n = crcs.len();
+                    self.shared.segments.read_blocks(
+                        segment,
+                        offset,
+                        &crcs,
+                        &mut out[i * bs..(i + n) * bs],
+                    )?;
+                    i += n;
                 }
             }
         }

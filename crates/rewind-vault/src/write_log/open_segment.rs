@@ -54,6 +54,7 @@ struct Direct {
 #[derive(Debug)]
 pub(crate) struct OpenSegment {
     pub id: SegmentId,
+    block_size: u32,
     pub path: PathBuf,
     file: Arc<File>,
     /// Direct I/O, where the file system has it: the handle and the log writer.
@@ -100,12 +101,13 @@ impl OpenSegment {
         file.write_all_at(&header.encode(), 0).io("write", &path)?;
         file.sync_all().io("fsync", &path)?;
         fsutil::sync_dir(log_dir)?;
-        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64).use_direct_io(writer)
+        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size).use_direct_io(writer)
     }
 
-    fn new(id: SegmentId, path: PathBuf, file: File, written: u64) -> OpenSegment {
+    fn new(id: SegmentId, path: PathBuf, file: File, written: u64, block_size: u32) -> OpenSegment {
         OpenSegment {
             id,
+            block_size,
             path,
             file: Arc::new(file),
             direct: None,
@@ -182,6 +184,7 @@ impl OpenSegment {
                         path,
                         File::open("/dev/null").io("open", Path::new("/dev/null"))?,
                         SEG_HEADER_LEN as u64,
+                        block_size,
                     ))
                 };
             }
@@ -196,7 +199,13 @@ impl OpenSegment {
                 // A reader: the segment is being created (or its creation was torn); it
                 // holds no records yet, as when it is missing.
                 let file = File::open(&path).io("open", &path)?;
-                return Ok(OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64));
+                return Ok(OpenSegment::new(
+                    id,
+                    path,
+                    file,
+                    SEG_HEADER_LEN as u64,
+                    block_size,
+                ));
             }
         }
         let scan = scan_tail(&path, id.0, block_size)?;
@@ -223,12 +232,13 @@ impl OpenSegment {
         } else {
             File::open(&path).io("open", &path)?
         };
-        let mut seg = OpenSegment::new(id, path, file, scan.valid_len);
+        let mut seg = OpenSegment::new(id, path, file, scan.valid_len, block_size);
         if repair {
             seg = seg.use_direct_io(writer)?;
         }
-        for r in &scan.records {
-            seg.index(r);
+        for (r, raw) in scan.records.iter().zip(&scan.raw_payloads) {
+            let data = raw.map(|(at, len)| &scan.bytes[at..at + len]);
+            seg.index(r, data);
         }
         seg.records = scan.records;
         seg.markers = scan.markers;
@@ -270,7 +280,8 @@ impl OpenSegment {
             self.written += (header.len() + stored.len()) as u64;
             self.buf_start = self.written;
             self.start_writeback();
-            return self.indexed(r, offset, stored.len(), marker_name);
+            let raw = (stored_as == StoredAs::Raw).then_some(stored);
+            return self.indexed(r, offset, stored.len(), raw, marker_name);
         }
         if header.len() + stored.len() > self.buf.room() {
             self.write_out()?;
@@ -278,7 +289,8 @@ impl OpenSegment {
         let offset = self.len();
         self.buf.extend_from_slice(&header);
         self.buf.extend_from_slice(stored);
-        self.indexed(r, offset, stored.len(), marker_name)?;
+        let raw = (stored_as == StoredAs::Raw).then_some(stored);
+        self.indexed(r, offset, stored.len(), raw, marker_name)?;
         if self.len() - self.written >= WRITE_OUT_BYTES as u64 {
             self.write_out()?;
         }
@@ -291,6 +303,7 @@ impl OpenSegment {
         r: &NewRecord,
         offset: u64,
         stored_len: usize,
+        raw: Option<&[u8]>,
         marker_name: Option<&str>,
     ) -> Result<()> {
         let meta = RecordMeta {
@@ -302,7 +315,7 @@ impl OpenSegment {
             offset,
             len: (record::HEADER_LEN + stored_len) as u32,
         };
-        self.index(&meta);
+        self.index(&meta, raw);
         self.records.push(meta);
         if let Some(name) = marker_name {
             self.markers.push(ScannedMarker {
@@ -315,8 +328,12 @@ impl OpenSegment {
         Ok(())
     }
 
-    fn index(&mut self, m: &RecordMeta) {
-        let loc = match m.kind {
+    /// Puts a record's blocks into the present delta map. `raw`: the record's payload
+    /// when it is stored uncompressed: each block then gets a location of its own (its
+    /// bytes and their crc), so that a point read of one block reads just that block.
+    fn index(&mut self, m: &RecordMeta, raw: Option<&[u8]>) {
+        let bs = self.block_size as usize;
+        let whole = match m.kind {
             RecordKind::Write | RecordKind::FixUp => Location::Data {
                 segment: self.id,
                 offset: m.offset,
@@ -324,8 +341,24 @@ impl OpenSegment {
             RecordKind::Zero | RecordKind::Trim => Location::Zero,
             RecordKind::Marker => return,
         };
-        for b in m.first_block..m.first_block + u64::from(m.block_count) {
-            self.present.insert(b, loc);
+        let blocks = m.first_block..m.first_block + u64::from(m.block_count);
+        match raw {
+            Some(data) if whole != Location::Zero && data.len() == blocks.clone().count() * bs => {
+                let data_at = m.offset + record::HEADER_LEN as u64;
+                for (i, (b, block)) in blocks.zip(data.chunks_exact(bs)).enumerate() {
+                    let loc = Location::Block {
+                        segment: self.id,
+                        offset: data_at + (i * bs) as u64,
+                        crc: crc32c::crc32c(block),
+                    };
+                    self.present.insert(b, loc);
+                }
+            }
+            _ => {
+                for b in blocks {
+                    self.present.insert(b, whole);
+                }
+            }
         }
     }
 

@@ -141,6 +141,39 @@ impl SegmentFiles {
     }
 }
 
+impl SegmentFiles {
+    /// Reads whole blocks' own bytes: `out` (a multiple of the block size) from `offset`
+    /// of `segment`, and checks each block against its crc in `crcs`.
+    pub(crate) fn read_blocks(
+        &self,
+        segment: SegmentId,
+        offset: u64,
+        crcs: &[u32],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let (file, path) = self.file(segment)?;
+        read_exact_at(&file, out, offset, &path)?;
+        let bs = self.block_size as usize;
+        for (i, (block, &stored)) in out.chunks_exact(bs).zip(crcs).enumerate() {
+            let computed = crc32c::crc32c(block);
+            if computed != stored {
+                let at = offset + (i * bs) as u64;
+                return Err(corrupted(
+                    &path,
+                    at,
+                    Corruption::Decode(rewind_format::DecodeError::Checksum {
+                        offset: at,
+                        what: "block of a write record",
+                        stored,
+                        computed,
+                    }),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn read_exact_at(f: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
     f.read_exact_at(buf, offset).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => {

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use rewind_format::compress::StoredAs;
 use rewind_format::record::{self, RecordHeader, RecordKind, HEADER_LEN};
 use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
 use rewind_format::{DecodeError, Seq};
@@ -50,6 +51,10 @@ pub(crate) struct TailScan {
     /// Bytes that hold the header and valid records; anything after is a torn tail.
     pub valid_len: u64,
     pub file_len: u64,
+    /// The segment's bytes as read.
+    pub bytes: Vec<u8>,
+    /// Per record: where its payload lies in `bytes` when it is uncompressed data.
+    pub raw_payloads: Vec<Option<(usize, usize)>>,
 }
 
 /// Reads and verifies the whole open segment. `first_seq` is the seq its first record must
@@ -66,12 +71,15 @@ pub(crate) fn scan_tail(path: &Path, first_seq: Seq, block_size: u32) -> Result<
     }
     let mut records = Vec::new();
     let mut markers = Vec::new();
+    let mut raw_payloads = Vec::new();
     let mut pos = SEG_HEADER_LEN;
     let mut expect = first_seq;
     while pos < bytes.len() {
         match record::decode(&bytes[pos..], block_size) {
             Ok((h, payload)) if h.seq == expect => {
                 push(&mut records, &mut markers, &h, payload, pos as u64);
+                let raw = h.kind.carries_data() && h.stored_as() == StoredAs::Raw;
+                raw_payloads.push(raw.then_some((pos + HEADER_LEN, payload.len())));
                 pos += h.total_len() as usize;
                 expect = expect.next();
             }
@@ -108,6 +116,8 @@ pub(crate) fn scan_tail(path: &Path, first_seq: Seq, block_size: u32) -> Result<
         markers,
         valid_len: pos as u64,
         file_len: bytes.len() as u64,
+        bytes,
+        raw_payloads,
     })
 }
 
