@@ -435,6 +435,13 @@ class Bench:
                        ["--rw=randwrite", "--bs=4k", "--iodepth=32", f"--io_size={nbytes}"],
                        out, time_based=False)
         rr["changed_bytes"] = res["bytes_written"] if res else None
+        # What the dirty region log cost the write path over the whole run.
+        st = subprocess.run([self.rewind, "status", "--vault", self.vault, "--json"],
+                            capture_output=True, text=True)
+        try:
+            self.res["drl"] = json.loads(st.stdout).get("dirty_region_log")
+        except ValueError:
+            self.note(f"rewind status gave no JSON: {st.stderr.strip()}")
         t0 = time.monotonic()
         status = self.stop("rewind")
         rr["serve_stop_s"] = time.monotonic() - t0
@@ -742,6 +749,19 @@ class Bench:
                  f"{extra}; both times include a `sync` after the command. "
                  f"rewind serve took {rr.get('serve_stop_s', 0):.1f} s to stop on SIGINT.")
         L.append("")
+
+        drl = self.res.get("drl")
+        if drl:
+            write_s = sum((j or {}).get("wall_s") or 0
+                          for runs in self.res["workloads"].values()
+                          for j in runs.get("rewind", []))
+            share = f" ({100 * drl['mark_wait_seconds'] / write_s:.2f}% of rewind's fio job time)" \
+                if write_s else ""
+            L.append(f"Dirty region log over the whole run ({human_bytes(drl['region_size'])} "
+                     f"regions): {drl['file_writes']} writes of the DRL file; writes waited "
+                     f"{drl['mark_wait_seconds'] * 1000:.1f} ms in all for their region to be "
+                     f"marked on disk{share}.")
+            L.append("")
 
         pre = self.res.get("prefill") or {}
         if pre:

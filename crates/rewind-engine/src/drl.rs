@@ -122,6 +122,8 @@ pub struct DirtyRegionLog {
     boot_id: [u8; 16],
     /// Times the file was written, for status and tests.
     writes: AtomicU64,
+    /// Time writers spent waiting for their region to be marked on disk (ns).
+    mark_wait_ns: AtomicU64,
 }
 
 impl DirtyRegionLog {
@@ -185,6 +187,7 @@ impl DirtyRegionLog {
             touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
             disk: Mutex::new(disk.generation),
             writes: AtomicU64::new(0),
+            mark_wait_ns: AtomicU64::new(0),
             path,
         };
         // Written now in any case: a new DRL must exist, and an old clean flag must go
@@ -238,6 +241,12 @@ impl DirtyRegionLog {
         self.writes.load(Ordering::Relaxed)
     }
 
+    /// Total time writes waited for their region to be marked on disk: what the DRL
+    /// costs the write path.
+    pub fn mark_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.mark_wait_ns.load(Ordering::Relaxed))
+    }
+
     /// Enters the regions of bytes `offset..offset+len` (len > 0) before the primary is
     /// written there: afterwards they are dirty on disk. Pair with [`Self::leave`].
     pub fn enter(&self, offset: u64, len: u64) -> Result<Entered> {
@@ -251,7 +260,11 @@ impl DirtyRegionLog {
         }
         let entered = Entered { first, last };
         if clean {
-            if let Err(e) = self.mark(entered) {
+            let started = std::time::Instant::now();
+            let marked = self.mark(entered);
+            self.mark_wait_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if let Err(e) = marked {
                 self.leave(entered, 0);
                 return Err(e);
             }

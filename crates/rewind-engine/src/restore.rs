@@ -21,6 +21,8 @@ use crate::intercept::{InterceptError, LiveVolume};
 
 /// Blocks read per step.
 const CHUNK_BLOCKS: u64 = 256;
+/// Threads that copy blocks back in an in-place restore (reads in flight at once).
+const RESTORE_WORKERS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -37,6 +39,8 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Intercept(#[from] InterceptError),
+    #[error("a restore worker thread panicked")]
+    WorkerPanicked,
 }
 
 type Result<T> = std::result::Result<T, RestoreError>;
@@ -220,21 +224,50 @@ pub fn execute_in_place(
         vault.snapshot(&plan.undo_snapshot, false)?;
     }
     let bs = u64::from(plan.block_size);
-    let mut buf = vec![0u8; (CHUNK_BLOCKS * bs) as usize];
     progress.start("restoring in place", plan.blocks * bs);
-    let mut written = 0;
-    for &(first, count) in &plan.runs {
-        let mut b = first;
-        while b < first + count {
-            let n = (first + count - b).min(CHUNK_BLOCKS);
-            let chunk = &mut buf[..(n * bs) as usize];
-            view.read_into(b, chunk)?;
-            volume.write(b * bs, chunk, false)?;
-            written += n * bs;
-            progress.advance(n * bs);
-            b += n;
-        }
+    // Pieces of at most CHUNK_BLOCKS, copied by several workers at once: the changed
+    // blocks are scattered through the write log, so reading them one after another
+    // would wait for the disk once per block.
+    let pieces: Vec<(u64, u64)> = plan
+        .runs
+        .iter()
+        .flat_map(|&(first, count)| {
+            (first..first + count)
+                .step_by(CHUNK_BLOCKS as usize)
+                .map(move |b| (b, (first + count - b).min(CHUNK_BLOCKS)))
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let written = std::sync::atomic::AtomicU64::new(0);
+    let workers = RESTORE_WORKERS.min(pieces.len()).max(1);
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let mut buf = vec![0u8; (CHUNK_BLOCKS * bs) as usize];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(b, n)) = pieces.get(i) else {
+                            return Ok(());
+                        };
+                        let chunk = &mut buf[..(n * bs) as usize];
+                        view.read_into(b, chunk)?;
+                        volume.write(b * bs, chunk, false)?;
+                        written.fetch_add(n * bs, std::sync::atomic::Ordering::Relaxed);
+                        progress.advance(n * bs);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(RestoreError::WorkerPanicked)))
+            .collect()
+    });
+    for r in results {
+        r?;
     }
+    let written = written.into_inner();
     volume.flush()?;
     progress.finish();
     Ok(RestoreReport {

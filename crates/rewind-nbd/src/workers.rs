@@ -23,7 +23,7 @@ use crate::server::{ConnError, Export, ExportError, ServerStats};
 use crate::transmission::*;
 
 /// Worker threads per connection: requests that may wait on the disk at once.
-const WORKERS: usize = 16;
+const WORKERS: usize = 32;
 /// Bytes of requests read from the socket at once.
 const READ_BUFFER: usize = 256 << 10;
 /// Writes up to this size run on the leader (they only copy into the page cache).

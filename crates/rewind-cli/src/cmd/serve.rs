@@ -535,6 +535,7 @@ fn status(server: &Server) -> Value {
             "dirty_regions": server.volume.drl().dirty_regions().len(),
             "checkpoint_seq": server.volume.drl().checkpoint(),
             "file_writes": server.volume.drl().file_writes(),
+            "mark_wait_seconds": server.volume.drl().mark_wait().as_secs_f64(),
         },
         "now": format_time(now_ns()),
     })

@@ -636,6 +636,7 @@ impl Vault {
     }
 
     fn seal_locked(&self, inner: &mut Inner) -> Result<Option<IntervalInfo>> {
+        let started = std::time::Instant::now();
         let (Some(first), Some(last)) = (
             inner.open.records.first().copied(),
             inner.open.records.last().copied(),
@@ -710,7 +711,7 @@ impl Vault {
                 return Err(e);
             }
         }
-        tracing::debug!(from = %interval.seq_from, to = %interval.seq_to, blocks = map_entry.blocks_changed, "sealed interval");
+        tracing::debug!(from = %interval.seq_from, to = %interval.seq_to, blocks = map_entry.blocks_changed, micros = started.elapsed().as_micros() as u64, "sealed interval");
         Ok(Some(IntervalInfo {
             seq_from: interval.seq_from,
             seq_to: interval.seq_to,
