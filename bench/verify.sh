@@ -11,6 +11,11 @@
 #           tools may skip holes)
 #   dense, 1 thread   the same with `rewind verify --threads 1` (qemu-img compare uses one
 #           thread for the comparison; rewind by default one worker per CPU, at most 4)
+#   dirty   the dense volume with 1 MiB written through `rewind serve` into each of 2 of its
+#           16 MiB regions (flushed), then the server killed (-9): its dirty region log lists
+#           those 2 regions. `rewind verify --dirty-only` reads only them; the row after it
+#           is the full verify of the same files, for the ratio. qemu-img compare reads a
+#           restored copy of the newest point.
 #   log     the dense volume with its first quarter rewritten through `rewind serve`, so
 #           a quarter of the vault side comes from write log records, not the base image;
 #           qemu-img compare then reads a restored copy of the vault's newest point (the
@@ -28,7 +33,7 @@ dir="$ROOT/target/bench-verify"
 keep=0
 build=1
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -60,7 +65,7 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 server=
 cleanup() {
   if [[ -n "$server" ]]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  if [[ $keep -eq 0 ]]; then rm -rf "$dir/dense" "$dir/sparse" "$dir/log"; fi
+  if [[ $keep -eq 0 ]]; then rm -rf "$dir/dense" "$dir/sparse" "$dir/log" "$dir/dirty"; fi
 }
 trap cleanup EXIT
 
@@ -98,6 +103,19 @@ make_log() {
   qemu-io -f raw "nbd+unix:///live?socket=$1/nbd.sock" \
     -c "write -P 0x5a 0 $((bytes / 4))" -c flush >/dev/null
   kill -TERM "$server"; wait "$server" || true; server=
+  "$R" restore --vault "$1/v" --at now --to "$1/restored.img" >/dev/null
+}
+
+# make_dirty DIR: dense, then two 1 MiB writes far apart through rewind serve, flushed, and
+# the server killed: the DRL keeps their two regions dirty.
+make_dirty() {
+  make_dense "$1"
+  "$R" serve --primary "$1/p.img" --vault "$1/v" --socket "$1/nbd.sock" --listen none >"$1/serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 200); do [[ -S "$1/v/control.sock" ]] && break; sleep 0.05; done
+  qemu-io -f raw "nbd+unix:///live?socket=$1/nbd.sock" \
+    -c "write -P 0x5b $((100 << 20)) 1M" -c "write -P 0x5c $((bytes / 2)) 1M" -c flush >/dev/null
+  kill -KILL "$server"; wait "$server" 2>/dev/null || true; server=
   "$R" restore --vault "$1/v" --at now --to "$1/restored.img" >/dev/null
 }
 
@@ -144,6 +162,9 @@ make_sparse "$dir/sparse"
 run_scenario sparse "$dir/sparse/p.img" "$dir/sparse/v/base/base.img" "$dir/sparse"
 make_log "$dir/log"
 run_scenario log "$dir/log/p.img" "$dir/log/restored.img" "$dir/log"
+make_dirty "$dir/dirty"
+run_scenario "dirty-only (2 dirty regions of 16 MiB)" "$dir/dirty/p.img" "$dir/dirty/restored.img" "$dir/dirty" --dirty-only
+run_scenario "same files, full verify" "$dir/dirty/p.img" "$dir/dirty/restored.img" "$dir/dirty"
 
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 mem=$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')
