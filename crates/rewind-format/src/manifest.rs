@@ -62,7 +62,7 @@ pub struct SealPolicy {
 impl Default for SealPolicy {
     fn default() -> Self {
         SealPolicy {
-            bytes: 64 << 20,
+            bytes: 256 << 20,
             interval_ns: 600_000_000_000,
             writes: 65_536,
         }
@@ -461,7 +461,12 @@ mod tests {
             block_size: 4096,
             volume_size: 1 << 30,
             compression: Compression::Zstd { level: 3 },
-            seal: SealPolicy::default(),
+            // Spelled out: the golden version-1 bytes carry the default of that time.
+            seal: SealPolicy {
+                bytes: 64 << 20,
+                interval_ns: 600_000_000_000,
+                writes: 65_536,
+            },
             next_seq: Seq(11),
             primary: "/var/lib/vm/disk.img".into(),
             segments: vec![SegmentEntry {

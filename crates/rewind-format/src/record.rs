@@ -305,6 +305,27 @@ pub fn encode_header(
     raw_len: u32,
     stored_as: StoredAs,
 ) {
+    encode_header_with_payload_crc(
+        out,
+        r,
+        stored.len() as u32,
+        crc32c::crc32c(stored),
+        raw_len,
+        stored_as,
+    );
+}
+
+/// Like [`encode_header`], for a payload of `stored_len` bytes whose crc32c the caller has
+/// already computed (e.g. from the crcs of its blocks, see [`crate::crc::concat_equal`]):
+/// the payload is not read again.
+pub fn encode_header_with_payload_crc(
+    out: &mut Vec<u8>,
+    r: &NewRecord,
+    stored_len: u32,
+    payload_crc: u32,
+    raw_len: u32,
+    stored_as: StoredAs,
+) {
     let start = out.len();
     let mut flags = match stored_as {
         StoredAs::Raw => 0,
@@ -317,7 +338,7 @@ pub fn encode_header(
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.push(r.kind.code());
     out.push(flags);
-    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    out.extend_from_slice(&stored_len.to_le_bytes());
     out.extend_from_slice(&r.seq.0.to_le_bytes());
     out.extend_from_slice(&r.timestamp_ns.to_le_bytes());
     out.extend_from_slice(&r.first_block.to_le_bytes());
@@ -325,7 +346,11 @@ pub fn encode_header(
     out.extend_from_slice(&raw_len.to_le_bytes());
     out.extend_from_slice(&r.durable_seq.0.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    let crc = record_crc(&out[start..start + 52], stored);
+    let crc = crate::crc::concat(
+        crc32c::crc32c(&out[start..start + 52]),
+        payload_crc,
+        u64::from(stored_len),
+    );
     out.extend_from_slice(&crc.to_le_bytes());
 }
 

@@ -27,7 +27,7 @@ const WORKERS: usize = 32;
 /// Bytes of requests read from the socket at once.
 const READ_BUFFER: usize = 256 << 10;
 /// Writes up to this size run on the leader (they only copy into the page cache).
-const INLINE_WRITE: usize = 256 << 10;
+const INLINE_WRITE: usize = 4 << 20;
 /// Reads up to this size are tried on the leader, without waiting for the disk.
 const INLINE_READ: usize = 256 << 10;
 /// Replies queued beyond this many bytes are written out at once, whoever is reading.
@@ -35,6 +35,11 @@ const QUEUE_LIMIT: usize = 256 << 10;
 /// Replies at least this large are written straight from the worker's buffer when nothing
 /// else is queued, instead of being copied into the queue.
 const DIRECT_REPLY: usize = 64 << 10;
+/// WRITE payload buffers kept for reuse per connection: how many, the bytes they may hold
+/// in all, and the largest one kept.
+const POOL_BUFFERS: usize = WORKERS + 8;
+const POOL_BYTES: usize = 48 << 20;
+const POOL_MAX_BUFFER: usize = 4 << 20;
 
 struct Job {
     req: Request,
@@ -51,6 +56,62 @@ impl Job {
             Command::Read => false,
             Command::BlockStatus { .. } | Command::Cache | Command::Disc => true,
             Command::Flush => false,
+        }
+    }
+}
+
+/// WRITE payload buffers of a connection, reused: a payload is read straight from the
+/// socket into memory that is already initialized, so no request pays for zero-filling
+/// (or faulting in) its buffer, and large payloads bypass the request buffer (one copy).
+#[derive(Default)]
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+fn pooled_bytes(free: &[Vec<u8>]) -> usize {
+    free.iter().map(Vec::capacity).sum()
+}
+
+impl BufferPool {
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            // The smallest that fits: small writes do not take the large buffers.
+            free.iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i)
+                .map(|i| free.swap_remove(i))
+        };
+        match reused {
+            Some(mut b) => {
+                // Every pooled buffer is initialized up to its capacity.
+                b.truncate(len);
+                b.resize(len, 0);
+                b
+            }
+            None => vec![0u8; len],
+        }
+    }
+
+    /// Gives a buffer back for reuse.
+    fn give(&self, mut b: Vec<u8>) {
+        if b.capacity() == 0 || b.capacity() > POOL_MAX_BUFFER {
+            return;
+        }
+        {
+            let free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            if free.len() >= POOL_BUFFERS || pooled_bytes(&free) + b.capacity() > POOL_BYTES {
+                return;
+            }
+        }
+        // Initialize the whole capacity once, so that `take` never zero-fills again.
+        b.resize(b.capacity(), 0);
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOL_BUFFERS && pooled_bytes(&free) + b.capacity() <= POOL_BYTES {
+            free.push(b);
         }
     }
 }
@@ -215,11 +276,13 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
         done.store(true, Ordering::Release);
         *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     };
+    let pool = BufferPool::default();
     let conn = Conn {
         replies: &replies,
         export,
         structured: neg.structured,
         stats,
+        pool: &pool,
     };
     std::thread::scope(|s| {
         for _ in 0..WORKERS {
@@ -234,7 +297,7 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
                         match next_request(&mut *r, &conn, &limits) {
                             Ok(Some(job)) => {
                                 if job.runs_inline() {
-                                    conn.run_reporting(&job);
+                                    conn.run_reporting(job);
                                     continue;
                                 }
                                 if conn.read_inline(&job) {
@@ -255,7 +318,7 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
                     }
                 };
                 // Follow: a waiting request runs while another worker leads.
-                conn.run_reporting(&job);
+                conn.run_reporting(job);
             });
         }
     });
@@ -274,6 +337,7 @@ struct Conn<'a, 'b, W> {
     export: &'a dyn Export,
     structured: bool,
     stats: &'a ServerStats,
+    pool: &'a BufferPool,
 }
 
 /// Reads requests until one is to be run (refused ones are answered here). `None`: the
@@ -298,20 +362,22 @@ fn next_request<R: Read, W: Write>(
                 // We cannot skip what we will not read: the stream is lost.
                 return Err(ConnError::TooLarge(req.length));
             }
-            // Read straight into spare capacity: no zero-fill of up to 32 MiB first.
-            payload.reserve_exact(req.length as usize);
-            let got = reader
-                .by_ref()
-                .take(u64::from(req.length))
-                .read_to_end(&mut payload)?;
-            if got != req.length as usize {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            payload = conn.pool.take(req.length as usize);
+            // A payload at least as large as the request buffer is read past it, straight
+            // from the socket, once the buffered part is copied out.
+            match reader.read_exact(&mut payload) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         match validate(&req, limits) {
             Ok(Command::Disc) => return Ok(None),
             Ok(cmd) => return Ok(Some(Job { req, cmd, payload })),
             Err(errno) => {
+                conn.pool.give(payload);
                 conn.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("request refused: {errno:?}");
                 conn.reply_error(req.cookie, errno, &msg)?;
@@ -329,10 +395,11 @@ impl<W: Write> Conn<'_, '_, W> {
         }
     }
 
-    fn run_reporting(&self, job: &Job) {
-        if let Err(e) = self.run(job) {
+    fn run_reporting(&self, job: Job) {
+        if let Err(e) = self.run(&job) {
             tracing::debug!(error = %e, "could not send a reply; the client has gone");
         }
+        self.pool.give(job.payload);
     }
 
     fn read_header_len(&self) -> usize {

@@ -28,8 +28,9 @@ pub struct Args {
     /// zstd level (with --compression zstd)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i8).range(-7..=22))]
     pub zstd_level: i8,
-    /// Seal the open interval when its segment reaches this size (0: never)
-    #[arg(long, default_value = "64M", value_parser = output::parse_size, value_name = "SIZE")]
+    /// Seal the open interval when its segment reaches this size (0: never). Each seal
+    /// costs a few fsyncs while writes wait; larger segments seal less often
+    #[arg(long, default_value = "256M", value_parser = output::parse_size, value_name = "SIZE")]
     pub seal_size: u64,
     /// Seal the open interval when it is this old (0: never)
     #[arg(long, default_value = "10m", value_parser = output::parse_duration_ns, value_name = "DURATION")]

@@ -22,7 +22,7 @@ use rewind_format::compress::StoredAs;
 use rewind_format::delta_map::Location;
 use rewind_format::record::{self, NewRecord, RecordKind};
 use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
-use rewind_format::{names, SegmentId, Seq};
+use rewind_format::{crc, names, SegmentId, Seq};
 
 use super::aligned::{AlignedBuf, DIRECT_ALIGN};
 use super::scan::{scan_tail, ScannedMarker};
@@ -74,6 +74,8 @@ pub(crate) struct OpenSegment {
     pub markers: Vec<ScannedMarker>,
     /// The present delta map: block -> newest location in this interval.
     pub present: BTreeMap<u64, Location>,
+    /// Scratch for the block crcs of the record being appended.
+    crcs: Vec<u32>,
 }
 
 impl OpenSegment {
@@ -118,6 +120,7 @@ impl OpenSegment {
             records: Vec::new(),
             markers: Vec::new(),
             present: BTreeMap::new(),
+            crcs: Vec::new(),
         }
     }
 
@@ -269,28 +272,76 @@ impl OpenSegment {
         marker_name: Option<&str>,
     ) -> Result<()> {
         let mut header = Vec::with_capacity(record::HEADER_LEN);
-        record::encode_header(&mut header, r, stored, raw_len, stored_as);
+        // Uncompressed data: the crc of each block (for the delta map) is computed once and
+        // the record's crc derived from them, so the payload is read once, not twice.
+        let mut crcs = std::mem::take(&mut self.crcs);
+        crcs.clear();
+        let per_block = self.block_crcs(r.kind, r.block_count, stored, stored_as, &mut crcs);
+        if per_block {
+            let payload_crc = crc::concat_equal(&crcs, u64::from(self.block_size));
+            record::encode_header_with_payload_crc(
+                &mut header,
+                r,
+                stored.len() as u32,
+                payload_crc,
+                raw_len,
+                stored_as,
+            );
+        } else {
+            record::encode_header(&mut header, r, stored, raw_len, stored_as);
+        }
+        let crcs_ref = per_block.then_some(crcs.as_slice());
+        let res = self.append_encoded(r, &header, stored, crcs_ref, marker_name);
+        self.crcs = crcs;
+        res
+    }
+
+    /// Fills `crcs` with the crc32c of each block of `stored` when the record's blocks get a
+    /// location each (uncompressed write and fix-up data). Returns whether it did.
+    fn block_crcs(
+        &self,
+        kind: RecordKind,
+        block_count: u32,
+        stored: &[u8],
+        stored_as: StoredAs,
+        crcs: &mut Vec<u32>,
+    ) -> bool {
+        let bs = self.block_size as usize;
+        let data = matches!(kind, RecordKind::Write | RecordKind::FixUp);
+        if !data || stored_as != StoredAs::Raw || stored.len() != block_count as usize * bs {
+            return false;
+        }
+        crcs.extend(stored.chunks_exact(bs).map(crc32c::crc32c));
+        true
+    }
+
+    fn append_encoded(
+        &mut self,
+        r: &NewRecord,
+        header: &[u8],
+        stored: &[u8],
+        crcs: Option<&[u32]>,
+        marker_name: Option<&str>,
+    ) -> Result<()> {
         if self.direct.is_none() && stored.len() >= DIRECT_PAYLOAD_BYTES {
             // Large payloads are not copied into the buffer: what is buffered goes out
             // first (order), then header and payload in one vectored write.
             self.write_out()?;
             let offset = self.len();
-            fsutil::write_all_vectored_at(&self.file, &[&header, stored], self.written)
+            fsutil::write_all_vectored_at(&self.file, &[header, stored], self.written)
                 .io("append to", &self.path)?;
             self.written += (header.len() + stored.len()) as u64;
             self.buf_start = self.written;
             self.start_writeback();
-            let raw = (stored_as == StoredAs::Raw).then_some(stored);
-            return self.indexed(r, offset, stored.len(), raw, marker_name);
+            return self.indexed(r, offset, stored.len(), crcs, marker_name);
         }
         if header.len() + stored.len() > self.buf.room() {
             self.write_out()?;
         }
         let offset = self.len();
-        self.buf.extend_from_slice(&header);
+        self.buf.extend_from_slice(header);
         self.buf.extend_from_slice(stored);
-        let raw = (stored_as == StoredAs::Raw).then_some(stored);
-        self.indexed(r, offset, stored.len(), raw, marker_name)?;
+        self.indexed(r, offset, stored.len(), crcs, marker_name)?;
         if self.len() - self.written >= WRITE_OUT_BYTES as u64 {
             self.write_out()?;
         }
@@ -303,7 +354,7 @@ impl OpenSegment {
         r: &NewRecord,
         offset: u64,
         stored_len: usize,
-        raw: Option<&[u8]>,
+        crcs: Option<&[u32]>,
         marker_name: Option<&str>,
     ) -> Result<()> {
         let meta = RecordMeta {
@@ -315,7 +366,7 @@ impl OpenSegment {
             offset,
             len: (record::HEADER_LEN + stored_len) as u32,
         };
-        self.index(&meta, raw);
+        self.index_blocks(&meta, crcs);
         self.records.push(meta);
         if let Some(name) = marker_name {
             self.markers.push(ScannedMarker {
@@ -333,6 +384,16 @@ impl OpenSegment {
     /// bytes and their crc), so that a point read of one block reads just that block.
     fn index(&mut self, m: &RecordMeta, raw: Option<&[u8]>) {
         let bs = self.block_size as usize;
+        let crcs: Option<Vec<u32>> = raw
+            .filter(|d| d.len() == m.block_count as usize * bs)
+            .map(|d| d.chunks_exact(bs).map(crc32c::crc32c).collect());
+        self.index_blocks(m, crcs.as_deref());
+    }
+
+    /// Puts a record's blocks into the present delta map; `crcs`, when given, holds one
+    /// crc per block of an uncompressed payload (see [`OpenSegment::index`]).
+    fn index_blocks(&mut self, m: &RecordMeta, crcs: Option<&[u32]>) {
+        let bs = self.block_size as usize;
         let whole = match m.kind {
             RecordKind::Write | RecordKind::FixUp => Location::Data {
                 segment: self.id,
@@ -342,14 +403,14 @@ impl OpenSegment {
             RecordKind::Marker => return,
         };
         let blocks = m.first_block..m.first_block + u64::from(m.block_count);
-        match raw {
-            Some(data) if whole != Location::Zero && data.len() == blocks.clone().count() * bs => {
+        match crcs {
+            Some(crcs) if whole != Location::Zero && crcs.len() == m.block_count as usize => {
                 let data_at = m.offset + record::HEADER_LEN as u64;
-                for (i, (b, block)) in blocks.zip(data.chunks_exact(bs)).enumerate() {
+                for (i, (b, crc)) in blocks.zip(crcs).enumerate() {
                     let loc = Location::Block {
                         segment: self.id,
                         offset: data_at + (i * bs) as u64,
-                        crc: crc32c::crc32c(block),
+                        crc: *crc,
                     };
                     self.present.insert(b, loc);
                 }
