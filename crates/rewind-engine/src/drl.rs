@@ -41,7 +41,7 @@ pub enum DrlError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("dirty region log {path} is corrupted: {source}")]
+    #[error("dirty region log {path} is corrupted: {source}; it says which regions of the primary may differ from the vault, so without it the whole volume must be compared: move it away, run `rewind sync` on the vault (a full compare and repair), then serve again")]
     Corrupted {
         path: PathBuf,
         source: rewind_format::DecodeError,
@@ -119,6 +119,10 @@ pub struct DirtyRegionLog {
     disk: Mutex<u64>,
     /// Every record up to this seq is durable in the primary.
     checkpoint: AtomicU64,
+    /// The boot written into the file. After a crash of the machine it stays the old boot
+    /// until [`DirtyRegionLog::adopt_boot`]: until the primary is brought up to date, a
+    /// restart must still see that the machine crashed.
+    written_boot_id: Mutex<[u8; 16]>,
     boot_id: [u8; 16],
     /// Times the file was written, for status and tests.
     writes: AtomicU64,
@@ -139,6 +143,10 @@ impl DirtyRegionLog {
         };
         let existing =
             match std::fs::read(&path) {
+                // Nothing but zeroes: the very first write of the file was torn (the two slots
+                // alternate, so a later torn write always leaves one valid). Nothing was
+                // served with it: the server writes it before it serves.
+                Ok(bytes) if bytes.iter().all(|b| *b == 0) => None,
                 Ok(bytes) => Some(DirtyRegions::decode_file(&bytes).map_err(|source| {
                     DrlError::Corrupted {
                         path: path.clone(),
@@ -174,8 +182,13 @@ impl DirtyRegionLog {
             checkpoint_seq: disk.checkpoint_seq,
             dirty: disk.dirty().collect(),
         };
+        // A machine crash not yet recovered from keeps its boot in the file (see
+        // `written_boot_id`); otherwise this boot is written at once.
+        let pending_redo = !last.clean && !last.same_boot;
+        let written_boot_id = if pending_redo { disk.boot_id } else { boot_id };
         let drl = DirtyRegionLog {
             checkpoint: AtomicU64::new(disk.checkpoint_seq),
+            written_boot_id: Mutex::new(written_boot_id),
             boot_id,
             file,
             region_size: u64::from(disk.region_size),
@@ -202,6 +215,18 @@ impl DirtyRegionLog {
     /// Every record up to this seq is durable in the primary.
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Records this boot of the machine in the file, with checkpoint `seq`: called once
+    /// the primary was brought up to date after a crash of the machine (and synced).
+    pub fn adopt_boot(&self, seq: u64) -> Result<()> {
+        let mut g = self.lock();
+        *self
+            .written_boot_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = self.boot_id;
+        self.checkpoint.store(seq, Ordering::Release);
+        self.persist(&mut g, false)
     }
 
     /// Records that every record up to `seq` is durable in the primary (the caller synced
@@ -328,10 +353,18 @@ impl DirtyRegionLog {
             // region clean and marks it again (under this lock, after our write).
             if self.state[r]
                 .compare_exchange(DIRTY, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+                .is_err()
             {
-                cleared += 1;
+                continue;
             }
+            // A whole write may have entered and left since `touched` was read: it left
+            // `touched` set before it left the region, so seeing it now means its record
+            // may not be flushed. Keep the region dirty (it is still dirty on disk).
+            if self.touched[r].load(Ordering::Acquire) {
+                self.state[r].fetch_or(DIRTY, Ordering::AcqRel);
+                continue;
+            }
+            cleared += 1;
         }
         if cleared > 0 {
             self.persist(&mut g, false)?;
@@ -377,7 +410,10 @@ impl DirtyRegionLog {
         d.clean = clean && d.bitmap.iter().all(|b| *b == 0);
         d.generation = **g + 1;
         d.checkpoint_seq = self.checkpoint();
-        d.boot_id = self.boot_id;
+        d.boot_id = *self
+            .written_boot_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let io = |op, source| DrlError::Io {
             op,
             path: self.path.clone(),

@@ -102,7 +102,7 @@ struct Flushes {
 const DRL_PASS: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often the primary is synced and the checkpoint moved (the records after it are
 /// what a crash of the machine makes rewind copy back into the primary).
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// Blocks copied at once by the redo after a machine crash.
 const REDO_CHUNK_BLOCKS: u64 = 256;
 
@@ -181,6 +181,10 @@ impl LiveVolume {
         };
         if !last_stop.clean && !last_stop.same_boot {
             volume.redo(Seq(last_stop.checkpoint_seq))?;
+        } else if volume.drl.checkpoint() > volume.vault.newest_seq().0 {
+            // Only a damaged log ends before the checkpoint; the checkpoint must not stay
+            // ahead of it, or the primary would never be synced again.
+            volume.drl.adopt_boot(volume.vault.newest_seq().0)?;
         }
         if !last_stop.dirty.is_empty() {
             tracing::warn!(
@@ -196,6 +200,20 @@ impl LiveVolume {
     /// Copies every block some record after the checkpoint changed from the vault's newest
     /// point back into the primary, then syncs it.
     fn redo(&self, checkpoint: Seq) -> Result<()> {
+        let newest = self.vault.newest_seq();
+        if checkpoint > newest {
+            // The log ends before the checkpoint (a checkpoint is only taken after a flush,
+            // so only damage does this): the primary is ahead of the log, and the dirty
+            // region log's regions are what to compare.
+            tracing::warn!(
+                checkpoint = %checkpoint,
+                newest = %newest,
+                "the primary's checkpoint is after the end of the write log; nothing to bring back from the log"
+            );
+            self.primary.sync_data().map_err(self.io("fdatasync"))?;
+            self.drl.adopt_boot(newest.0)?;
+            return Ok(());
+        }
         let runs = self.vault.changed_since(checkpoint)?;
         let blocks: u64 = runs.iter().map(|r| r.1).sum();
         tracing::warn!(
@@ -219,7 +237,9 @@ impl LiveVolume {
             }
         }
         self.primary.sync_data().map_err(self.io("fdatasync"))?;
-        self.drl.set_checkpoint(self.vault.newest_seq().0)?;
+        // Only now may a restart treat the primary as this boot's (see `adopt_boot`): a
+        // redo cut short is done again.
+        self.drl.adopt_boot(newest.0)?;
         Ok(())
     }
 
@@ -512,28 +532,33 @@ impl LiveVolume {
         Ok(())
     }
 
-    /// Syncs the primary and records that every record so far is durable in it.
+    /// Syncs the primary and records that every record so far is durable in it. The log
+    /// is flushed first, so that the checkpoint never names a record the log could lose:
+    /// after a crash of the machine the log must reach at least the checkpoint.
     pub fn checkpoint(&self) -> Result<()> {
         // Every write with a record up to here has written the primary already.
         let covered = self.vault.newest_seq().0;
         if covered <= self.drl.checkpoint() {
             return Ok(());
         }
+        self.flush()?;
         self.primary.sync_data().map_err(self.io("fdatasync"))?;
         self.drl.set_checkpoint(covered)?;
         Ok(())
     }
 
-    /// The seq up to which writes are durable in both the log and the primary.
-    fn durable_everywhere(&self) -> u64 {
-        self.flushed_seq
-            .load(Ordering::Acquire)
-            .min(self.drl.checkpoint())
+    /// The seq up to which writes are durable in the write log. That is all a dirty region
+    /// needs to be cleared: the primary itself may still lag behind (it is synced by
+    /// checkpoints), but after a crash of the machine [`LiveVolume::open`] brings it up to
+    /// date from the log before anything compares the two.
+    fn durable_in_log(&self) -> u64 {
+        self.flushed_seq.load(Ordering::Acquire)
     }
 
     /// Housekeeping, called now and then (the server does once a second): hands buffered
-    /// records to the disk, and every few seconds clears the dirty region log's idle
-    /// regions, flushing first if that lets more of them go.
+    /// records to the disk, every [`CHECKPOINT_EVERY`] syncs the primary, and every few
+    /// seconds clears the dirty region log's idle regions, flushing the log first if that
+    /// lets more of them go.
     pub fn tick(&self) -> Result<()> {
         // Records buffered for a second go to the disk even if the host never flushes.
         self.vault.write_out()?;
@@ -543,11 +568,10 @@ impl LiveVolume {
         if !due(&self.last_drl_pass, DRL_PASS) {
             return Ok(());
         }
-        if self.drl.wants_flush(self.durable_everywhere()) {
+        if self.drl.wants_flush(self.durable_in_log()) {
             self.flush()?;
-            self.checkpoint()?;
         }
-        self.drl.clear_idle(self.durable_everywhere())?;
+        self.drl.clear_idle(self.durable_in_log())?;
         Ok(())
     }
 

@@ -677,6 +677,76 @@ fn sync_while_a_writer_keeps_writing_reports_only_the_damage() {
     assert!(!fixups.is_empty());
 }
 
+/// The same with a writer that also overwrites the damaged blocks while they are scanned
+/// and copied: a damaged block the host rewrote is healed by the write itself, so it may
+/// or may not be reported, but nothing outside the damage ever is, every damaged block the
+/// host did not touch is, and afterwards the live point is the primary.
+#[test]
+fn a_writer_over_the_damaged_blocks_never_makes_sync_report_other_blocks() {
+    let mut s = setup(2048, 6);
+    let v = s.live();
+    for b in (0..2048).step_by(7) {
+        let data = Rng(b + 3).block();
+        s.write(&v, b, &data);
+    }
+    v.flush().unwrap();
+    let bad: Vec<u64> = vec![2, 3, 4, 700, 1500, 1501, 2047];
+    s.corrupt_primary(&bad);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r1, rep, written) = std::thread::scope(|sc| {
+        let _stop = StopOnDrop(stop.clone());
+        let writer = {
+            let v = v.clone();
+            let stop = stop.clone();
+            let bad = bad.clone();
+            sc.spawn(move || {
+                let mut rng = Rng(5);
+                let mut written = RoaringTreemap::new();
+                let mut i = 0u64;
+                while (!stop.load(Ordering::Relaxed) || i < 200) && i < 1_000_000 {
+                    // Every fourth write lands on a damaged block.
+                    let b = if i.is_multiple_of(4) {
+                        bad[rng.below(bad.len() as u64) as usize]
+                    } else {
+                        rng.below(2048)
+                    };
+                    let data = vec![(i % 251) as u8 + 1; BS as usize];
+                    v.write(b * BS, &data, i.is_multiple_of(13)).unwrap();
+                    written.insert(b);
+                    i += 1;
+                }
+                written
+            })
+        };
+        let mut o = opts();
+        o.chunk_bytes = REGION;
+        let r1 = verify::verify(Target::Live(&v), &o, &NoProgress).unwrap();
+        let rep = verify::sync(Target::Live(&v), &o, &NoProgress).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        (r1, rep, writer.join().unwrap())
+    });
+    let bad_set = set(&bad);
+    for (what, found) in [("verify", &r1.compare), ("sync", &rep.verify.compare)] {
+        assert!(
+            found.is_subset(&bad_set),
+            "{what} reported blocks that were not damaged: {:?}",
+            found - &bad_set
+        );
+        let untouched = &bad_set - &written;
+        assert!(
+            untouched.is_subset(found),
+            "{what} missed damaged blocks the host never rewrote: {:?}",
+            &untouched - found
+        );
+    }
+    v.flush().unwrap();
+    let r2 = verify::verify(Target::Live(&v), &opts(), &NoProgress).unwrap();
+    assert!(r2.is_clean(), "after sync: {:?}", r2.compare);
+    let blocks = v.size() / BS;
+    let now = v.vault().read_at(&Point::Latest, 0, blocks).unwrap();
+    assert!(now == s.read_primary(), "live point == primary");
+}
+
 /// A host write is recorded as a change only after its log append, while the primary
 /// already has its data: a scan that reads the new data before the change is recorded
 /// must still not report the block (it waits for writes in flight on the blocks it found

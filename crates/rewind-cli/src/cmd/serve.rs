@@ -202,8 +202,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // A verify or sync in progress sees the shutdown flag and stops; a sync then seals
     // and flags what it copied. Wait for that before the final seal.
     let waited = Instant::now();
-    while server.long_ops.load(Ordering::Relaxed) > 0 && waited.elapsed() < LONG_OP_GRACE {
+    while server.long_ops.load(Ordering::Acquire) > 0 && waited.elapsed() < LONG_OP_GRACE {
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if server.long_ops.load(Ordering::Acquire) > 0 {
+        // It may still be appending fix-ups: no clean stop, the next start repairs.
+        bail!(
+            "a verify or sync did not stop within {}s; exiting without a clean stop (the next `rewind serve` repairs the dirty regions)",
+            LONG_OP_GRACE.as_secs()
+        );
     }
     drop(control);
     let _ = std::fs::remove_file(&control_path);
@@ -343,12 +350,13 @@ fn control_conn(server: &Server, s: UnixStream) {
         let Ok(line) = line else { return };
         let reply = match serde_json::from_str::<Value>(&line) {
             Ok(req) if matches!(req["op"].as_str(), Some("verify" | "sync")) => {
-                // Counted until the reply is written: shutdown waits for it.
-                server.long_ops.fetch_add(1, Ordering::Relaxed);
+                // Counted until the reply is written (even if it panics): shutdown waits
+                // for it.
+                let _counted = LongOp::enter(&server.long_ops);
                 let reply = long_op(server, &req, &w)
                     .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}));
                 let sent = writeln!(w, "{reply}");
-                server.long_ops.fetch_sub(1, Ordering::Relaxed);
+                drop(_counted);
                 if sent.is_err() {
                     return;
                 }
@@ -383,11 +391,32 @@ fn handle_control(server: &Server, req: &Value) -> anyhow::Result<Value> {
     }
 }
 
+/// Counts a running verify or sync while it lives.
+struct LongOp<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> LongOp<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> LongOp<'a> {
+        n.fetch_add(1, Ordering::AcqRel);
+        LongOp(n)
+    }
+}
+
+impl Drop for LongOp<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Runs a verify or sync request inside the server, streaming progress lines to `w`.
 fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::Result<Value> {
     use rewind_engine::verify::{self, Target, VerifyOptions};
-    let Ok(_one) = server.scanning.try_lock() else {
-        bail!("a verify or sync is already running in this server; wait for it to finish");
+    let _one = match server.scanning.try_lock() {
+        Ok(g) => g,
+        // An earlier request panicked while holding it: nothing runs now.
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            bail!("a verify or sync is already running in this server; wait for it to finish")
+        }
     };
     let primary = server.volume.primary_path();
     if let Some(asked) = req["primary"].as_str() {

@@ -46,7 +46,7 @@ pub use rewind_vault::Progress;
 /// Region size used when none is asked for.
 pub const DEFAULT_REGION_SIZE: u64 = 64 * 1024;
 /// Largest region size accepted.
-pub const MAX_REGION_SIZE: u64 = 1 << 30;
+pub const MAX_REGION_SIZE: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -77,6 +77,14 @@ pub enum VerifyError {
     },
     #[error("a worker thread panicked while scanning")]
     WorkerPanicked,
+    #[error("{what} {value} is out of range (at most {max})")]
+    OutOfRange {
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("could not start a scan thread: {0}")]
+    Spawn(std::io::Error),
 }
 
 pub type Result<T, E = VerifyError> = std::result::Result<T, E>;
@@ -368,6 +376,32 @@ fn runs(set: &RoaringTreemap) -> Vec<(u64, u64)> {
     out
 }
 
+/// Most scan threads a request may ask for.
+pub const MAX_THREADS: usize = 64;
+/// Most bytes a scan thread may read per step.
+pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
+
+/// Checks what a caller (a user, or a control-socket client) asked for before anything is
+/// allocated or started.
+fn check_options(opts: &VerifyOptions, block_size: u32) -> Result<()> {
+    check_region_size(opts.region_size, block_size)?;
+    if opts.threads > MAX_THREADS {
+        return Err(VerifyError::OutOfRange {
+            what: "threads",
+            value: opts.threads as u64,
+            max: MAX_THREADS as u64,
+        });
+    }
+    if opts.chunk_bytes > MAX_CHUNK_BYTES {
+        return Err(VerifyError::OutOfRange {
+            what: "chunk size",
+            value: opts.chunk_bytes,
+            max: MAX_CHUNK_BYTES,
+        });
+    }
+    Ok(())
+}
+
 fn check_region_size(region_size: u64, block_size: u32) -> Result<()> {
     let bs = u64::from(block_size);
     if region_size < bs || !region_size.is_multiple_of(bs) || region_size > MAX_REGION_SIZE {
@@ -387,7 +421,7 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let vault = target.vault();
-    check_region_size(opts.region_size, vault.block_size())?;
+    check_options(opts, vault.block_size())?;
     let tracker = target.track_changes();
     let view = vault.view(&rewind_vault::Point::Latest)?;
     scan::run(target, &view, tracker.as_deref(), opts, progress)

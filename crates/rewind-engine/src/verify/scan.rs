@@ -215,11 +215,28 @@ pub(super) fn run(
     };
     progress.start("scanning primary and vault", total);
     let results: Vec<Result<Found>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(&ctx))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(Err(VerifyError::WorkerPanicked)))
-            .collect()
+        let mut results = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            match std::thread::Builder::new()
+                .name("rewind-scan".into())
+                .spawn_scoped(s, || worker(&ctx))
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // The ones started stop at their next step; the error is reported.
+                    ctx.stopped.store(true, Ordering::Release);
+                    results.push(Err(VerifyError::Spawn(e)));
+                    break;
+                }
+            }
+        }
+        results.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err(VerifyError::WorkerPanicked))),
+        );
+        results
     });
     progress.finish();
     let mut found = Found::default();

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rewind_vault::{Point, Seq};
 
-use super::{check_region_size, suspect, Progress, Result, SyncReport, Target, VerifyOptions};
+use super::{check_options, suspect, Progress, Result, SyncReport, Target, VerifyOptions};
 
 /// Most blocks copied under one hold of the region locks (1 MiB of 4 KiB blocks).
 const COPY_BYTES: u64 = 1 << 20;
@@ -17,7 +17,7 @@ pub(super) fn run(
 ) -> Result<SyncReport> {
     let start = Instant::now();
     let vault = target.vault();
-    check_region_size(opts.region_size, vault.block_size())?;
+    check_options(opts, vault.block_size())?;
     // Track before sealing: every record after the seal is then a tracked host change,
     // so the blocks left in the compare map got their vault copy from the sealed chain.
     let scan_tracker = target.track_changes();
