@@ -224,6 +224,11 @@ pub fn execute_in_place(
         vault.snapshot(&plan.undo_snapshot, false)?;
     }
     let bs = u64::from(plan.block_size);
+    let ranges: Vec<(u64, u64)> = plan.runs.iter().map(|&(b, n)| (b * bs, n * bs)).collect();
+    volume
+        .drl()
+        .premark(&ranges)
+        .map_err(InterceptError::from)?;
     progress.start("restoring in place", plan.blocks * bs);
     // Pieces of at most CHUNK_BLOCKS, copied by several workers at once: the changed
     // blocks are scattered through the write log, so reading them one after another
@@ -268,8 +273,15 @@ pub fn execute_in_place(
         r?;
     }
     let written = written.into_inner();
+    let copied = start.elapsed();
     volume.flush()?;
     progress.finish();
+    tracing::debug!(
+        copy_ms = copied.as_millis() as u64,
+        total_ms = start.elapsed().as_millis() as u64,
+        pieces = pieces.len(),
+        "in-place restore copied"
+    );
     Ok(RestoreReport {
         bytes_written: written,
         holes: 0,

@@ -80,16 +80,70 @@ pub struct Interval {
 }
 
 /// A decoded delta map.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DeltaMap {
     pub interval: Interval,
     pub flags: u16,
     pub block_size: u32,
     pub retention_class: u8,
-    /// Sorted by block, unique.
-    pub entries: Vec<(u64, Location)>,
-    /// The blocks of `entries`, for fast membership tests.
+    /// The blocks of the entries, for fast membership tests (and, by rank, the index of a
+    /// block's entry).
     pub blocks: RoaringTreemap,
+    entries: Entries,
+}
+
+/// The entries, sorted by block and unique: built in memory, or kept as the file holds
+/// them (validated once when decoded, then read in place: loading a map costs one pass
+/// over its bytes, not an allocation per entry).
+#[derive(Debug, Clone)]
+enum Entries {
+    Owned(Vec<(u64, Location)>),
+    Encoded {
+        bytes: Vec<u8>,
+        at: usize,
+        count: usize,
+    },
+}
+
+impl PartialEq for DeltaMap {
+    fn eq(&self, other: &DeltaMap) -> bool {
+        self.interval == other.interval
+            && self.flags == other.flags
+            && self.block_size == other.block_size
+            && self.retention_class == other.retention_class
+            && self.blocks == other.blocks
+            && self.iter().eq(other.iter())
+    }
+}
+
+/// Decodes the location fields of one version 2 entry; `None`: not a valid location.
+fn location_v2(seg: u64, offset: u64, crc: u32, kind: u32) -> Option<Location> {
+    let segment = SegmentId(Seq(seg));
+    match kind {
+        KIND_ZERO if seg == 0 && offset == 0 && crc == 0 => Some(Location::Zero),
+        KIND_RECORD if seg != 0 && crc == 0 => Some(Location::Data { segment, offset }),
+        KIND_BLOCK if seg != 0 => Some(Location::Block {
+            segment,
+            offset,
+            crc,
+        }),
+        _ => None,
+    }
+}
+
+/// The fields of the version 2 entry at `e` (32 bytes): block, segment, offset, crc, kind.
+fn fields_v2(e: &[u8]) -> (u64, u64, u64, u32, u32) {
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&e[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let u32_at = |i: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&e[i..i + 4]);
+        u32::from_le_bytes(b)
+    };
+    (u64_at(0), u64_at(8), u64_at(16), u32_at(24), u32_at(28))
 }
 
 impl DeltaMap {
@@ -102,9 +156,46 @@ impl DeltaMap {
             flags: 0,
             block_size,
             retention_class: 0,
-            entries,
             blocks,
+            entries: Entries::Owned(entries),
         }
+    }
+
+    /// Number of entries (blocks the interval changed).
+    pub fn len(&self) -> usize {
+        match &self.entries {
+            Entries::Owned(v) => v.len(),
+            Entries::Encoded { count, .. } => *count,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th entry in block order.
+    fn entry(&self, i: usize) -> Option<(u64, Location)> {
+        match &self.entries {
+            Entries::Owned(v) => v.get(i).copied(),
+            Entries::Encoded { bytes, at, count } => {
+                if i >= *count {
+                    return None;
+                }
+                let e = bytes.get(at + i * ENTRY_LEN..at + (i + 1) * ENTRY_LEN)?;
+                let (block, seg, offset, crc, kind) = fields_v2(e);
+                location_v2(seg, offset, crc, kind).map(|l| (block, l))
+            }
+        }
+    }
+
+    /// The entries in block order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Location)> + '_ {
+        (0..self.len()).filter_map(|i| self.entry(i))
+    }
+
+    /// The highest block the map names.
+    pub fn last_block(&self) -> Option<u64> {
+        self.blocks.max()
     }
 
     /// Where `block` lives in this interval, if the interval changed it.
@@ -112,18 +203,22 @@ impl DeltaMap {
         if !self.blocks.contains(block) {
             return None;
         }
-        self.entries
-            .binary_search_by_key(&block, |e| e.0)
-            .ok()
-            .map(|i| self.entries[i].1)
+        match &self.entries {
+            Entries::Owned(v) => v.binary_search_by_key(&block, |e| e.0).ok().map(|i| v[i].1),
+            // The block set and the entries were checked to hold the same blocks: the
+            // block's rank is its entry's index.
+            Entries::Encoded { .. } => {
+                let i = usize::try_from(self.blocks.rank(block).checked_sub(1)?).ok()?;
+                self.entry(i).filter(|e| e.0 == block).map(|e| e.1)
+            }
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut set = Vec::new();
         // Serializing into a Vec cannot fail.
         let _ = self.blocks.serialize_into(&mut set);
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + self.entries.len() * ENTRY_LEN + set.len() + 4);
+        let mut out = Vec::with_capacity(HEADER_LEN + self.len() * ENTRY_LEN + set.len() + 4);
         let mut w = Writer(&mut out);
         w.bytes(MAGIC);
         w.u16(VERSION);
@@ -133,13 +228,13 @@ impl DeltaMap {
         w.u64(self.interval.seq_to.0);
         w.i64(self.interval.time_from_ns);
         w.i64(self.interval.time_to_ns);
-        w.u64(self.entries.len() as u64);
+        w.u64(self.len() as u64);
         w.u32(set.len() as u32);
         w.u8(self.retention_class);
         w.bytes(&[0; 3]);
-        for (block, loc) in &self.entries {
-            w.u64(*block);
-            let (segment, offset, crc, kind) = match *loc {
+        for (block, loc) in self.iter() {
+            w.u64(block);
+            let (segment, offset, crc, kind) = match loc {
                 Location::Zero => (0, 0, 0, KIND_ZERO),
                 Location::Data { segment, offset } => (segment.0 .0, offset, 0, KIND_RECORD),
                 Location::Block {
@@ -159,8 +254,14 @@ impl DeltaMap {
     }
 
     pub fn decode(buf: &[u8]) -> Result<DeltaMap, DecodeError> {
-        check_magic(buf, MAGIC, WHAT)?;
-        let body = check_trailing_crc(buf, WHAT)?;
+        DeltaMap::decode_owned(buf.to_vec())
+    }
+
+    /// Decodes a map from the file's bytes, which it keeps: a version 2 map's entries are
+    /// validated in one pass and then read in place.
+    pub fn decode_owned(buf: Vec<u8>) -> Result<DeltaMap, DecodeError> {
+        check_magic(&buf, MAGIC, WHAT)?;
+        let body = check_trailing_crc(&buf, WHAT)?;
         let mut r = Reader::new(body, WHAT);
         r.take(8)?;
         let version = r.u16()?;
@@ -199,17 +300,47 @@ impl DeltaMap {
                 WHAT,
                 "entry count larger than the file",
             ))?;
-        let mut entries = Vec::with_capacity(entries_len / entry_len);
+        let entries_at = r.pos();
+        let raw_entries = r.take(entries_len)?;
+        let set_at = r.pos();
+        let set = r.take(set_len)?;
+        if r.pos() != body.len() {
+            return Err(DecodeError::invalid(r.pos(), WHAT, "trailing bytes"));
+        }
+        let blocks = RoaringTreemap::deserialize_from(set)
+            .map_err(|_| DecodeError::invalid(set_at, WHAT, "block set does not decode"))?;
+        if blocks.len() != count {
+            return Err(DecodeError::invalid(
+                set_at,
+                WHAT,
+                "block set disagrees with entries",
+            ));
+        }
+        // One pass: every entry valid, sorted, and the very block the set holds at its rank.
+        let mut in_set = blocks.iter();
         let mut prev: Option<u64> = None;
-        for _ in 0..count {
-            let at = r.pos();
-            let block = r.u64()?;
-            let seg = r.u64()?;
-            let offset = r.u64()?;
-            let (crc, kind) = if version == 1 {
-                (0, if seg == 0 { KIND_ZERO } else { KIND_RECORD })
+        let mut owned = Vec::new();
+        for (i, e) in raw_entries.chunks_exact(entry_len).enumerate() {
+            let at = entries_at + i * entry_len;
+            let (block, loc) = if version == 1 {
+                let (block, seg, offset, _, _) = fields_v2(&[e, &[0u8; 8]].concat());
+                let loc = if seg == 0 && offset == 0 {
+                    Some(Location::Zero)
+                } else if seg != 0 {
+                    Some(Location::Data {
+                        segment: SegmentId(Seq(seg)),
+                        offset,
+                    })
+                } else {
+                    None
+                };
+                (block, loc)
             } else {
-                (r.u32()?, r.u32()?)
+                let (block, seg, offset, crc, kind) = fields_v2(e);
+                (block, location_v2(seg, offset, crc, kind))
+            };
+            let Some(loc) = loc else {
+                return Err(DecodeError::invalid(at + 8, WHAT, "entry location"));
             };
             if prev.is_some_and(|p| p >= block) {
                 return Err(DecodeError::invalid(
@@ -219,40 +350,33 @@ impl DeltaMap {
                 ));
             }
             prev = Some(block);
-            let segment = SegmentId(Seq(seg));
-            let loc = match kind {
-                KIND_ZERO if seg == 0 && offset == 0 && crc == 0 => Location::Zero,
-                KIND_RECORD if seg != 0 && crc == 0 => Location::Data { segment, offset },
-                KIND_BLOCK if seg != 0 => Location::Block {
-                    segment,
-                    offset,
-                    crc,
-                },
-                _ => return Err(DecodeError::invalid(at + 8, WHAT, "entry location")),
-            };
-            entries.push((block, loc));
+            if in_set.next() != Some(block) {
+                return Err(DecodeError::invalid(
+                    set_at,
+                    WHAT,
+                    "block set disagrees with entries",
+                ));
+            }
+            if version == 1 {
+                owned.push((block, loc));
+            }
         }
-        let set_at = r.pos();
-        let set = r.take(set_len)?;
-        let blocks = RoaringTreemap::deserialize_from(set)
-            .map_err(|_| DecodeError::invalid(set_at, WHAT, "block set does not decode"))?;
-        if blocks.len() != count || !entries.iter().all(|e| blocks.contains(e.0)) {
-            return Err(DecodeError::invalid(
-                set_at,
-                WHAT,
-                "block set disagrees with entries",
-            ));
-        }
-        if r.pos() != body.len() {
-            return Err(DecodeError::invalid(r.pos(), WHAT, "trailing bytes"));
-        }
+        let entries = if version == 1 {
+            Entries::Owned(owned)
+        } else {
+            Entries::Encoded {
+                bytes: buf,
+                at: entries_at,
+                count: count as usize,
+            }
+        };
         Ok(DeltaMap {
             interval,
             flags,
             block_size,
             retention_class,
-            entries,
             blocks,
+            entries,
         })
     }
 }
@@ -328,9 +452,12 @@ mod tests {
 
     #[test]
     fn version_1_still_decodes() {
-        let mut want = sample();
-        want.entries.retain(|(b, _)| *b != 7);
-        want.blocks.remove(7);
+        let m = sample();
+        let want = DeltaMap::new(
+            m.interval,
+            4096,
+            m.iter().filter(|(b, _)| *b != 7).collect(),
+        );
         let m = DeltaMap::decode(GOLDEN_V1).expect("version 1 decodes");
         assert_eq!(m, want);
         let again = m.encode();

@@ -61,10 +61,10 @@ impl Shared {
                 source: err,
             },
         })?;
-        let map = DeltaMap::decode(&bytes).map_err(|err| decode_err(&path, 0, err))?;
+        let map = DeltaMap::decode_owned(bytes).map_err(|err| decode_err(&path, 0, err))?;
         if map.interval != e.interval
             || map.block_size != self.block_size
-            || map.entries.len() as u64 != e.blocks_changed
+            || map.len() as u64 != e.blocks_changed
         {
             return Err(corrupted(
                 &path,
@@ -72,7 +72,7 @@ impl Shared {
                 Corruption::Inconsistent("delta map does not match the manifest"),
             ));
         }
-        if map.entries.last().is_some_and(|(b, _)| *b >= self.blocks) {
+        if map.last_block().is_some_and(|b| b >= self.blocks) {
             return Err(corrupted(
                 &path,
                 0,

@@ -23,6 +23,10 @@ use crate::write_log::reader::DecodedRecord;
 
 /// The chain's delta maps, loaded (newest first).
 type LoadedChain = Arc<[Arc<DeltaMap>]>;
+/// Chains at least this long are loaded by several threads.
+const PARALLEL_LOAD_FROM: usize = 4;
+/// Threads loading one chain at most.
+const MAX_LOAD_THREADS: usize = 8;
 
 /// The volume as it was at one point. Cheap to clone; safe to share between threads.
 #[derive(Debug, Clone)]
@@ -102,13 +106,64 @@ impl PointView {
         if let Some(m) = cached.as_ref() {
             return Ok(m.clone());
         }
-        let mut maps = Vec::with_capacity(self.chain.len());
-        for e in self.chain.iter() {
-            maps.push(self.shared.map(e)?);
-        }
-        let maps: LoadedChain = maps.into();
+        let started = std::time::Instant::now();
+        let maps: LoadedChain = self.load_chain()?.into();
+        tracing::debug!(
+            maps = maps.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "point view: delta map chain loaded"
+        );
         *cached = Some(maps.clone());
         Ok(maps)
+    }
+
+    /// Loads the chain's delta maps, several at once when there are many: loading is
+    /// reading and checking whole files, so a cold chain of dozens of maps costs disk
+    /// round trips and CPU that overlap well.
+    fn load_chain(&self) -> Result<Vec<Arc<DeltaMap>>> {
+        let n = self.chain.len();
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |p| p.get())
+            .clamp(2, MAX_LOAD_THREADS)
+            .min(n);
+        if threads <= 1 || n < PARALLEL_LOAD_FROM {
+            return self.chain.iter().map(|e| self.shared.map(e)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: Vec<Mutex<Option<Result<Arc<DeltaMap>>>>> =
+            (0..n).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            let load = || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(e) = self.chain.get(i) else {
+                    return;
+                };
+                let m = self.shared.map(e);
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+            };
+            // Whatever cannot be started is loaded by the caller's own thread below.
+            for _ in 1..threads {
+                if std::thread::Builder::new()
+                    .name("rewind-map-load".into())
+                    .spawn_scoped(s, load)
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            load();
+        });
+        slots
+            .into_iter()
+            .zip(self.chain.iter())
+            .map(|(slot, e)| {
+                match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                    Some(m) => m,
+                    // Not reached (every index is taken once), but never guess.
+                    None => self.shared.map(e),
+                }
+            })
+            .collect()
     }
 
     fn locate(&self, maps: &[Arc<DeltaMap>], block: u64) -> Option<Location> {

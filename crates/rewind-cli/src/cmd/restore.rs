@@ -126,6 +126,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let vault = std::sync::Arc::new(
         Vault::open_as(dir, "rewind restore --in-place").with_context(|| {
             format!(
@@ -143,7 +144,13 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
             primary.display()
         );
     }
+    let opened = started.elapsed();
     let (plan, view) = restore::plan_in_place(&volume, point).context("cannot plan the restore")?;
+    tracing::debug!(
+        open_ms = opened.as_millis() as u64,
+        plan_ms = (started.elapsed() - opened).as_millis() as u64,
+        "in-place restore planned"
+    );
     let bs = u64::from(plan.block_size);
     let summary = json!({
         "point": a.at,
@@ -176,9 +183,14 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
     }
     let report = restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json))
         .context("in-place restore failed")?;
+    let stopping = std::time::Instant::now();
     volume
         .stop()
         .context("cannot flush and seal after the restore")?;
+    tracing::debug!(
+        stop_ms = stopping.elapsed().as_millis() as u64,
+        "in-place restore: flushed, checkpointed and sealed"
+    );
     if a.json {
         let mut s = summary;
         s["bytes_written"] = json!(report.bytes_written);

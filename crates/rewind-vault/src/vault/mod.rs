@@ -682,7 +682,7 @@ impl Vault {
             interval,
             flags: 0,
             retention_class: 0,
-            blocks_changed: map.entries.len() as u64,
+            blocks_changed: map.len() as u64,
         };
         m.maps.push(map_entry);
         m.snapshots
