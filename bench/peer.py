@@ -10,7 +10,10 @@ What it does, in order:
      then `rewind snapshot bench-snap` (the past point of step 4);
   3. rounds: for each round, for each workload, each server in rotating order; before every
      fio job, sync + posix_fadvise(DONTNEED) on every image and every vault file; server CPU
-     (utime+stime of the server process) is read around each job;
+     (utime+stime of the server process) is read around each job. From the second round on,
+     rewind starts the round with a fresh vault of its image (rewind init, the prefill pass
+     through rewind again, `rewind snapshot bench-snap`): the vault keeps every write (no
+     retention yet), and three rounds of it no longer fit on the disk of BENCHMARKS.md;
   4. past point: 4 KiB random read QD32 on rewind's @bench-snap export vs its live export,
      alternating, as many repetitions as rounds;
   5. restore: `rewind snapshot before`, 1% of the blocks rewritten at random, rewind stopped
@@ -134,6 +137,7 @@ class Bench:
         self.fio_dir = os.path.join(self.dir, "fio")
         self.log_dir = os.path.join(self.dir, "logs")
         self.procs = {}
+        self.refills = []
         self.evict_s = 0.0
         self.t0 = time.monotonic()
         self.dead = {}
@@ -337,10 +341,11 @@ class Bench:
             shutil.rmtree(d, ignore_errors=True)
             os.makedirs(d)
         self.cmdlog = open(os.path.join(self.dir, "commands.log"), "w")
-        # three images, rewind's write log of the prefill and of every write job (no retention
-        # yet: the vault keeps everything; ~0.95 GiB per second of jobs per round on the machine
-        # of BENCHMARKS.md), read_at's 4 GiB vault comes after the images are gone
-        need = 4 * self.a.size_bytes + self.a.rounds * self.a.runtime * 1.0 * GIB + 4 * GIB
+        # three images, the base image and rewind's write log of one round (the vault starts
+        # afresh every round: no retention yet; ~2 GiB per second of fio job time per round on
+        # the machine of BENCHMARKS.md), the copy of the restore; read_at's 4 GiB vault comes
+        # after the images are gone
+        need = 5 * self.a.size_bytes + self.a.runtime * 2.2 * GIB + 4 * GIB
         free = shutil.disk_usage(self.dir).free
         log(f"free space in {self.dir}: {human_bytes(free)} (this run needs about {human_bytes(need)})")
         if free < need:
@@ -357,6 +362,29 @@ class Bench:
         for s in SERVERS:
             self.start(s)
         log("servers up: " + ", ".join(f"{s} pid {self.procs[s].pid}" for s in SERVERS))
+
+    def fresh_vault(self):
+        """Gives rewind a new vault of its image, as after the first prefill: rewind init,
+        the prefill pass through rewind, `rewind snapshot bench-snap`."""
+        status = self.stop("rewind")
+        if status not in (0, None):
+            self.note(f"rewind serve exited with status {status} on SIGINT before a fresh vault")
+        shutil.rmtree(self.vault, ignore_errors=True)
+        cmd = [self.rewind, "init", "--primary", self.img["rewind"], "--vault", self.vault]
+        self.record("rewind init (fresh vault for the round)", cmd)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        self.start("rewind")
+        self.evict()
+        out = os.path.join(self.fio_dir, f"refill-{len(self.refills) + 1}.json")
+        r = self.fio("prefill", "prefill", "rewind", ["--rw=write", "--bs=1M", "--iodepth=8"],
+                     out, time_based=False)
+        if not r:
+            raise RuntimeError("prefill of a fresh vault failed")
+        self.refills.append(r)
+        cmd = [self.rewind, "snapshot", "bench-snap", "--vault", self.vault]
+        self.record("rewind snapshot", cmd)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        log(f"rewind: fresh vault, prefilled in {r['wall_s']:.1f} s")
 
     def prefill(self):
         for s in SERVERS:
@@ -377,6 +405,8 @@ class Bench:
         for w in WORKLOADS:
             self.res["workloads"][w[0]] = {s: [] for s in SERVERS}
         for r in range(self.a.rounds):
+            if r > 0:
+                self.fresh_vault()
             for wi, (name, _title, opts, _is_write, _t) in enumerate(WORKLOADS):
                 k = (r + wi) % 3
                 order = SERVERS[k:] + SERVERS[:k]
@@ -607,7 +637,10 @@ class Bench:
                  f"whole run {t_total / 60:.1f} min. Figures are medians over the rounds; each "
                  "round runs every workload on the three servers in rotating order, and before "
                  "every job all images and vault files are synced and dropped from the page "
-                 "cache (posix_fadvise DONTNEED).")
+                 "cache (posix_fadvise DONTNEED). rewind starts every round after the first "
+                 "with a fresh vault (rewind init, one prefill pass through rewind, snapshot "
+                 "bench-snap), so its vault holds the prefill and at most one round of jobs "
+                 "(no retention yet); the past point and restore use the last round's vault.")
         L.append("")
         L.append("| workload | server | IOPS | MiB/s | clat p50 | clat p99 | server CPU s/GiB | rewind / faster peer (IOPS) | target | per-round IOPS |")
         L.append("|---|---|---:|---:|---:|---:|---:|---:|---|---|")

@@ -28,6 +28,12 @@ pub const FILE_NAME: &str = "drl";
 /// Region size of a new DRL.
 pub const DEFAULT_REGION_SIZE: u32 = 16 << 20;
 
+/// Most regions dirty at once unless told otherwise (like DRBD's `al-extents`): a write
+/// that would dirty one more first flushes the write log and cleans what the flush
+/// covered, so the repair after a crash never has to compare more than this many regions
+/// (4 GiB of 16 MiB regions), however widely the host writes.
+pub const DEFAULT_DIRTY_LIMIT: usize = 256;
+
 /// Region state bit: the region's bit is set on disk. The bits below count the writes in
 /// flight in the region.
 const DIRTY: u64 = 1 << 63;
@@ -124,6 +130,8 @@ pub struct DirtyRegionLog {
     /// restart must still see that the machine crashed.
     written_boot_id: Mutex<[u8; 16]>,
     boot_id: [u8; 16],
+    /// Most regions dirty at once (see [`DEFAULT_DIRTY_LIMIT`]).
+    dirty_limit: std::sync::atomic::AtomicUsize,
     /// Times the file was written, for status and tests.
     writes: AtomicU64,
     /// Time writers spent waiting for their region to be marked on disk (ns).
@@ -199,6 +207,7 @@ impl DirtyRegionLog {
             last_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
             touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
             disk: Mutex::new(disk.generation),
+            dirty_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_DIRTY_LIMIT),
             writes: AtomicU64::new(0),
             mark_wait_ns: AtomicU64::new(0),
             path,
@@ -261,6 +270,42 @@ impl DirtyRegionLog {
             .collect()
     }
 
+    /// Most regions dirty at once.
+    pub fn dirty_limit(&self) -> usize {
+        self.dirty_limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the most regions dirty at once (at least 1).
+    pub fn set_dirty_limit(&self, regions: usize) {
+        self.dirty_limit.store(regions.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a write to bytes `offset..offset+len` would dirty regions beyond the dirty
+    /// limit: the caller then flushes and calls [`Self::clear_covered`] before it enters.
+    /// Only a write to a clean region pays for the count (it is about to write the DRL).
+    pub fn needs_room(&self, offset: u64, len: u64) -> bool {
+        let (first, last) = self.regions_of(offset, len);
+        let new = (first..=last)
+            .filter(|r| self.state[*r as usize].load(Ordering::Acquire) & DIRTY == 0)
+            .count();
+        if new == 0 {
+            return false;
+        }
+        let dirty = self
+            .state
+            .iter()
+            .filter(|s| s.load(Ordering::Acquire) & DIRTY != 0)
+            .count();
+        dirty + new > self.dirty_limit()
+    }
+
+    fn regions_of(&self, offset: u64, len: u64) -> (u64, u64) {
+        let first = offset / self.region_size;
+        let last =
+            (offset + len.max(1) - 1).min(self.volume_size.saturating_sub(1)) / self.region_size;
+        (first, last)
+    }
+
     /// Times the DRL file was written.
     pub fn file_writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
@@ -275,9 +320,7 @@ impl DirtyRegionLog {
     /// Enters the regions of bytes `offset..offset+len` (len > 0) before the primary is
     /// written there: afterwards they are dirty on disk. Pair with [`Self::leave`].
     pub fn enter(&self, offset: u64, len: u64) -> Result<Entered> {
-        let first = offset / self.region_size;
-        let last =
-            (offset + len.max(1) - 1).min(self.volume_size.saturating_sub(1)) / self.region_size;
+        let (first, last) = self.regions_of(offset, len);
         let mut clean = false;
         for r in first..=last {
             let prev = self.state[r as usize].fetch_add(1, Ordering::AcqRel);
@@ -378,10 +421,21 @@ impl DirtyRegionLog {
     /// previous pass, whose last write a flush of primary and log covered (`flushed_seq`:
     /// every write with a record seq up to it is durable in both). Returns how many.
     pub fn clear_idle(&self, flushed_seq: u64) -> Result<usize> {
+        self.clear(flushed_seq, true)
+    }
+
+    /// Clears every region with no write in flight whose last write `flushed_seq` covers,
+    /// idle or not: what a writer that needs room (see [`Self::needs_room`]) does after a
+    /// flush. Returns how many.
+    pub fn clear_covered(&self, flushed_seq: u64) -> Result<usize> {
+        self.clear(flushed_seq, false)
+    }
+
+    fn clear(&self, flushed_seq: u64, only_idle: bool) -> Result<usize> {
         let mut g = self.lock();
         let mut cleared = 0;
         for r in 0..self.state.len() {
-            if self.touched[r].swap(false, Ordering::AcqRel) {
+            if only_idle && self.touched[r].swap(false, Ordering::AcqRel) {
                 continue;
             }
             if self.last_seq[r].load(Ordering::Acquire) > flushed_seq {
@@ -398,7 +452,11 @@ impl DirtyRegionLog {
             // A whole write may have entered and left since `touched` was read: it left
             // `touched` set before it left the region, so seeing it now means its record
             // may not be flushed. Keep the region dirty (it is still dirty on disk).
-            if self.touched[r].load(Ordering::Acquire) {
+            // (A write leaves `touched` and its seq before it leaves the region, so either
+            // shows it after the swap succeeded.)
+            if (only_idle && self.touched[r].load(Ordering::Acquire))
+                || self.last_seq[r].load(Ordering::Acquire) > flushed_seq
+            {
                 self.state[r].fetch_or(DIRTY, Ordering::AcqRel);
                 continue;
             }

@@ -361,6 +361,7 @@ impl LiveVolume {
             return Ok(());
         }
         self.check(offset, data.len() as u64)?;
+        self.make_room(offset, data.len() as u64)?;
         let entered = self.drl.enter(offset, data.len() as u64)?;
         let res = self.write_locked(offset, data);
         // A failed write keeps its region dirty for good: primary and log may differ.
@@ -370,6 +371,18 @@ impl LiveVolume {
         if fua {
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// Keeps the dirty region log within its limit: before a write would dirty one region
+    /// too many, the log is flushed and every region the flush covered is cleaned (the cost
+    /// DRBD's activity log pays when it swaps an extent out).
+    fn make_room(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.drl.needs_room(offset, len) {
+            return Ok(());
+        }
+        self.flush()?;
+        self.drl.clear_covered(self.durable_in_log())?;
         Ok(())
     }
 
@@ -437,6 +450,7 @@ impl LiveVolume {
             )?;
         }
         let (o, l) = (inner_first * bs, (inner_end - inner_first) * bs);
+        self.make_room(o, l)?;
         let entered = self.drl.enter(o, l)?;
         let res = self.zero_locked(inner_first, inner_end, trim, no_hole);
         self.drl

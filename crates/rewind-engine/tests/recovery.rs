@@ -215,3 +215,62 @@ fn a_redo_cut_short_is_done_again_at_the_next_start() {
     }
     v.stop().unwrap();
 }
+
+#[test]
+fn the_dirty_region_log_never_holds_more_regions_than_its_limit() {
+    let _g = BOOT.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    // A sparse 256 MiB volume: 16 regions of 16 MiB.
+    let primary = tmp.path().join("primary.img");
+    let f = std::fs::File::create(&primary).unwrap();
+    f.set_len(256 << 20).unwrap();
+    drop(f);
+    let opts = CreateOptions {
+        primary,
+        vault: tmp.path().join("vault"),
+        block_size: BS as u32,
+        compression: Compression::None,
+        seal: SealPolicy::default(),
+    };
+    Vault::create(&opts, &NoProgress).unwrap().close().unwrap();
+    let region = 16u64 << 20;
+    {
+        let v = open(tmp.path());
+        v.drl().set_dirty_limit(4);
+        // Writes all over the volume, never idle long enough for a clearing pass.
+        for round in 0..3u64 {
+            for r in 0..16u64 {
+                let at = r * region + (round * 7 + r) % 100 * BS as u64;
+                v.write(at, &[(r + round) as u8 + 1; BS], false).unwrap();
+                assert!(
+                    v.drl().dirty_regions().len() <= 4,
+                    "round {round}, region {r}: {:?}",
+                    v.drl().dirty_regions()
+                );
+            }
+        }
+        // The process dies: the repair would compare at most the limit.
+    }
+    let d = DirtyRegionLog::peek(&tmp.path().join("vault"))
+        .unwrap()
+        .unwrap();
+    assert!(!d.clean);
+    assert!(
+        d.dirty().count() <= 4,
+        "{:?}",
+        d.dirty().collect::<Vec<_>>()
+    );
+    // Every write is in the vault: the regions cleaned were flushed first.
+    let v = open(tmp.path());
+    let all = v
+        .vault()
+        .read_at(&Point::Latest, 0, (256u64 << 20) / BS as u64)
+        .unwrap();
+    for r in 0..16u64 {
+        let at = r * region + (2 * 7 + r) % 100 * BS as u64;
+        let b = (at / BS as u64) as usize;
+        assert_eq!(all[b * BS], (r + 2) as u8 + 1, "region {r}");
+    }
+    v.mark_repaired().unwrap();
+    v.stop().unwrap();
+}

@@ -562,6 +562,7 @@ fn status(server: &Server) -> Value {
             "clean_stop": false,
             "region_size": server.volume.drl().region_size(),
             "dirty_regions": server.volume.drl().dirty_regions().len(),
+            "dirty_limit": server.volume.drl().dirty_limit(),
             "checkpoint_seq": server.volume.drl().checkpoint(),
             "file_writes": server.volume.drl().file_writes(),
             "mark_wait_seconds": server.volume.drl().mark_wait().as_secs_f64(),

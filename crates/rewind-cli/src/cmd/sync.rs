@@ -50,11 +50,12 @@ pub struct Args {
     /// (the image was moved or renamed). The size must still match.
     #[arg(long)]
     pub moved_primary: bool,
-    /// Size of the regions compared and reported: a multiple of the block size
+    /// Size of the regions compared and reported: a multiple of the block size, at most
+    /// 64M
     #[arg(long, default_value = "64K", value_parser = output::parse_size, value_name = "SIZE")]
     pub region_size: u64,
-    /// Worker threads reading and comparing (0: one per CPU, at most 4)
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    /// Worker threads reading and comparing (0: one per CPU, at most 4; at most 64)
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(0..=64), usize::from))]
     pub threads: usize,
     /// Scan and repair only the regions the dirty region log lists
     #[arg(long)]

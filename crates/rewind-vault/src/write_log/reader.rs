@@ -67,7 +67,6 @@ impl SegmentFiles {
                 source: e,
             },
         })?);
-        crate::fsutil::advise_random(&f);
         open.insert(id, f.clone());
         Ok((f, path))
     }
