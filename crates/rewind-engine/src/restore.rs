@@ -229,6 +229,12 @@ pub fn execute_in_place(
         .drl()
         .premark(&ranges)
         .map_err(InterceptError::from)?;
+    let t_pre = Instant::now();
+    view.prefetch(&plan.runs)?;
+    tracing::debug!(
+        ms = t_pre.elapsed().as_millis() as u64,
+        "in-place restore: delta maps loaded"
+    );
     progress.start("restoring in place", plan.blocks * bs);
     // Pieces of at most CHUNK_BLOCKS, copied by several workers at once: the changed
     // blocks are scattered through the write log, so reading them one after another

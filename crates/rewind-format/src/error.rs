@@ -115,4 +115,12 @@ impl DecodeError {
             detail: Detail(detail),
         }
     }
+
+    pub(crate) fn invalid_at(offset: u64, what: &'static str, detail: &'static str) -> Self {
+        DecodeError::Invalid {
+            offset,
+            what,
+            detail: Detail(detail),
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! delta maps.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rewind_format::delta_map::DeltaMap;
@@ -13,6 +15,9 @@ use crate::base::BaseImage;
 use crate::error::{corrupted, decode_err, Corruption, Result};
 use crate::write_log::reader::SegmentFiles;
 
+/// A delta map's interval bounds: how maps are named and cached.
+type MapKey = (Seq, Seq);
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub block_size: u32,
@@ -21,6 +26,8 @@ pub(crate) struct Shared {
     pub segments: SegmentFiles,
     pub maps_dir: PathBuf,
     maps: Mutex<HashMap<(Seq, Seq), Arc<DeltaMap>>>,
+    /// Maps whose entries a thread is reading (the others wait on the inner lock).
+    loading: Mutex<HashMap<MapKey, Arc<Mutex<()>>>>,
 }
 
 impl Shared {
@@ -38,10 +45,13 @@ impl Shared {
             segments,
             maps_dir,
             maps: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The delta map a manifest entry names, loaded once and verified.
+    /// The delta map a manifest entry names, loaded once and verified. Of a version 3
+    /// map only the head (header and block set) is read: its entries are read when a
+    /// lookup first needs them ([`Shared::load_entries`]).
     pub(crate) fn map(&self, e: &MapEntry) -> Result<Arc<DeltaMap>> {
         let key = (e.interval.seq_from, e.interval.seq_to);
         if let Some(m) = self
@@ -52,16 +62,8 @@ impl Shared {
         {
             return Ok(m.clone());
         }
-        let path = self.maps_dir.join(names::delta_map(key.0, key.1));
-        let bytes = std::fs::read(&path).map_err(|err| match err.kind() {
-            std::io::ErrorKind::NotFound => corrupted(&path, 0, Corruption::Missing),
-            _ => crate::VaultError::Io {
-                op: "read",
-                path: path.clone(),
-                source: err,
-            },
-        })?;
-        let map = DeltaMap::decode_owned(bytes).map_err(|err| decode_err(&path, 0, err))?;
+        let path = self.map_path(key);
+        let map = read_map_head(&path)?;
         if map.interval != e.interval
             || map.block_size != self.block_size
             || map.len() as u64 != e.blocks_changed
@@ -84,6 +86,42 @@ impl Shared {
         Ok(map)
     }
 
+    pub(crate) fn map_path(&self, key: (Seq, Seq)) -> PathBuf {
+        self.maps_dir.join(names::delta_map(key.0, key.1))
+    }
+
+    /// Reads and checks the entries of `map` (a head loaded by [`Shared::map`]) if they
+    /// are not loaded yet. Threads that need the same map's entries wait for one read.
+    pub(crate) fn load_entries(&self, map: &DeltaMap) -> Result<()> {
+        if map.has_entries() {
+            return Ok(());
+        }
+        let key = (map.interval.seq_from, map.interval.seq_to);
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let _g = gate.lock().unwrap_or_else(|p| p.into_inner());
+        if map.has_entries() {
+            return Ok(());
+        }
+        let path = self.map_path(key);
+        let (at, len) = map.entries_range();
+        let file = File::open(&path).map_err(|err| open_err(&path, err))?;
+        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        read_exact(&file, &mut bytes, at, &path)?;
+        map.attach_entries(bytes)
+            .map_err(|err| decode_err(&path, 0, err))?;
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        Ok(())
+    }
+
     pub(crate) fn insert(&self, map: Arc<DeltaMap>) {
         let key = (map.interval.seq_from, map.interval.seq_to);
         self.maps
@@ -92,3 +130,101 @@ impl Shared {
             .insert(key, map);
     }
 }
+
+fn open_err(path: &Path, err: std::io::Error) -> crate::VaultError {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => corrupted(path, 0, Corruption::Missing),
+        _ => crate::VaultError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: err,
+        },
+    }
+}
+
+/// Reads `buf.len()` bytes at `offset`; a file that ends first is corrupted (it is
+/// immutable and the bytes were promised by its own header).
+fn read_exact(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
+    file.read_exact_at(buf, offset)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
+                corrupted(
+                    path,
+                    offset,
+                    Corruption::Length {
+                        expected: offset + buf.len() as u64,
+                        actual,
+                    },
+                )
+            }
+            _ => crate::VaultError::Io {
+                op: "read",
+                path: path.to_path_buf(),
+                source: err,
+            },
+        })
+}
+
+/// Reads a delta map file: only the head of a version 3 map (its entries stay on disk
+/// until a lookup needs them), the whole file of an older one.
+fn read_map_head(path: &Path) -> Result<DeltaMap> {
+    let file = File::open(path).map_err(|err| open_err(path, err))?;
+    let file_len = file
+        .metadata()
+        .map_err(|err| crate::VaultError::Io {
+            op: "stat",
+            path: path.to_path_buf(),
+            source: err,
+        })?
+        .len();
+    // One read usually gets the whole head (a block set is small next to the entries).
+    let guess = usize::try_from(file_len.min(HEAD_GUESS)).unwrap_or(0);
+    let mut buf = vec![0u8; guess];
+    read_exact(&file, &mut buf, 0, path)?;
+    let head_len = match DeltaMap::head_len(&buf).map_err(|err| decode_err(path, 0, err))? {
+        Some(n) => n,
+        None => {
+            // Versions 1 and 2: one crc over the whole file.
+            let mut all = vec![0u8; usize::try_from(file_len).unwrap_or(usize::MAX)];
+            read_exact(&file, &mut all, 0, path)?;
+            return DeltaMap::decode_owned(all).map_err(|err| decode_err(path, 0, err));
+        }
+    };
+    if head_len as u64 > file_len {
+        return Err(corrupted(
+            path,
+            0,
+            Corruption::Length {
+                expected: head_len as u64,
+                actual: file_len,
+            },
+        ));
+    }
+    if head_len > buf.len() {
+        let have = buf.len();
+        buf.resize(head_len, 0);
+        read_exact(&file, &mut buf[have..], have as u64, path)?;
+    }
+    let map = DeltaMap::decode_head(&buf[..head_len]).map_err(|err| decode_err(path, 0, err))?;
+    let (at, len) = map.entries_range();
+    if at + len != file_len {
+        return Err(corrupted(
+            path,
+            at,
+            Corruption::Length {
+                expected: at + len,
+                actual: file_len,
+            },
+        ));
+    }
+    // A small map: its entries came with the head, keep them.
+    if buf.len() as u64 >= at + len {
+        map.attach_entries(buf[at as usize..].to_vec())
+            .map_err(|err| decode_err(path, 0, err))?;
+    }
+    Ok(map)
+}
+
+/// Bytes read at first from a delta map file.
+const HEAD_GUESS: u64 = 64 << 10;

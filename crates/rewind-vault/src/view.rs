@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use rewind_format::delta_map::{DeltaMap, Location};
+use rewind_format::delta_map::{DeltaMap, Location, Lookup};
 use rewind_format::manifest::MapEntry;
 use rewind_format::Seq;
 
@@ -166,24 +166,115 @@ impl PointView {
             .collect()
     }
 
-    fn locate(&self, maps: &[Arc<DeltaMap>], block: u64) -> Option<Location> {
-        if let Some(l) = self.partial.get(&block) {
-            return Some(*l);
+    /// Loads, several at once, the entries of every delta map that reads of the blocks in
+    /// `runs` (first block, count) will need: the newest map before the point that holds
+    /// each block. Reads work without it (entries load when first needed, one map at a
+    /// time); a bulk reader of scattered blocks (an in-place restore) calls it first so
+    /// that its workers do not queue behind those loads.
+    pub fn prefetch(&self, runs: &[(u64, u64)]) -> Result<()> {
+        let maps = self.maps()?;
+        let mut wanted = vec![false; maps.len()];
+        for &(first, count) in runs {
+            self.check_range(first, count)?;
+            for b in first..first + count {
+                if self.partial.contains_key(&b) {
+                    continue;
+                }
+                if let Some(i) = maps.iter().position(|m| m.blocks.contains(b)) {
+                    wanted[i] = true;
+                }
+            }
         }
-        maps.iter().find_map(|m| m.lookup(block))
+        let todo: Vec<&Arc<DeltaMap>> = maps
+            .iter()
+            .zip(&wanted)
+            .filter(|(m, w)| **w && !m.has_entries())
+            .map(|(m, _)| m)
+            .collect();
+        tracing::debug!(
+            maps = maps.len(),
+            wanted = wanted.iter().filter(|w| **w).count(),
+            to_load = todo.len(),
+            "point view: prefetching delta map entries"
+        );
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed: Mutex<Option<VaultError>> = Mutex::new(None);
+        let threads = MAX_LOAD_THREADS.min(todo.len());
+        std::thread::scope(|s| {
+            let load = || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(m) = todo.get(i) else {
+                    return;
+                };
+                if let Err(e) = self.shared.load_entries(m) {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+            };
+            for _ in 1..threads {
+                if std::thread::Builder::new()
+                    .name("rewind-map-load".into())
+                    .spawn_scoped(s, load)
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            load();
+        });
+        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn locate(&self, maps: &[Arc<DeltaMap>], block: u64) -> Result<Option<Location>> {
+        if let Some(l) = self.partial.get(&block) {
+            return Ok(Some(*l));
+        }
+        for m in maps {
+            match m.find(block) {
+                Lookup::Absent => {}
+                Lookup::Found(l) => return Ok(Some(l)),
+                Lookup::NotLoaded => {
+                    self.shared.load_entries(m)?;
+                    if let Lookup::Found(l) = m.find(block) {
+                        return Ok(Some(l));
+                    }
+                    return Err(VaultError::Corrupted {
+                        path: self
+                            .shared
+                            .map_path((m.interval.seq_from, m.interval.seq_to)),
+                        offset: m.entries_range().0,
+                        reason: crate::error::Corruption::Inconsistent(
+                            "a delta map's entries do not hold a block its set has",
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Where each of `count` blocks from `first_block` comes from.
     pub fn sources(&self, first_block: u64, count: u64) -> Result<Vec<BlockSource>> {
         self.check_range(first_block, count)?;
         let maps = self.maps()?;
-        Ok((first_block..first_block + count)
-            .map(|b| match self.locate(&maps, b) {
-                None => BlockSource::Base,
-                Some(Location::Zero) => BlockSource::Zero,
-                Some(Location::Data { .. } | Location::Block { .. }) => BlockSource::Record,
+        (first_block..first_block + count)
+            .map(|b| {
+                Ok(match self.locate(&maps, b)? {
+                    None => BlockSource::Base,
+                    Some(Location::Zero) => BlockSource::Zero,
+                    Some(Location::Data { .. } | Location::Block { .. }) => BlockSource::Record,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Whether `count` blocks from `first_block` read as zeroes at the point, known without
@@ -194,7 +285,7 @@ impl PointView {
         let maps = self.maps()?;
         let mut run: Option<(u64, u64)> = None;
         for b in first_block..first_block + count {
-            match self.locate(&maps, b) {
+            match self.locate(&maps, b)? {
                 Some(Location::Data { .. } | Location::Block { .. }) => return Ok(false),
                 Some(Location::Zero) => {}
                 None => match &mut run {
@@ -264,7 +355,7 @@ impl PointView {
         let maps = self.maps()?;
         let locs: Vec<Option<Location>> = (first_block..first_block + count)
             .map(|b| self.locate(&maps, b))
-            .collect();
+            .collect::<Result<_>>()?;
         let mut rec = DecodedRecord::default();
         let mut crcs = Vec::new();
         let mut i = 0usize;

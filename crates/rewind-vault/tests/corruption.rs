@@ -646,3 +646,76 @@ proptest! {
         }
     }
 }
+
+/// A large delta map's entries are read only when a lookup finds a block in its set: a
+/// flipped byte there is an error naming the map and a byte in its entries when (and only
+/// when) such a block is read; blocks the map does not hold read as ever, and so do points
+/// before it. A flipped byte in its head (header and block set) fails every read through it.
+#[test]
+fn large_delta_map_entries_are_checked_when_first_needed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blocks = 8192usize;
+    let (vault, mut model) = common::create(
+        tmp.path(),
+        BS,
+        blocks,
+        5,
+        Compression::None,
+        common::no_auto_seal(),
+    );
+    // Blocks 0..7000 in 35 writes: 7000 entries, ~164 KiB of them, so the entries are
+    // not read with the head.
+    for b in (0..7000).step_by(200) {
+        let d = random_blocks(b + 100, 200);
+        assert_eq!(vault.write(b, &d).unwrap(), Seq(model.write(b, &d)));
+    }
+    let sealed = vault.seal().unwrap().unwrap();
+    let end = sealed.seq_to.0;
+    let d = random_blocks(9, 1);
+    assert_eq!(vault.write(7000, &d).unwrap(), Seq(model.write(7000, &d)));
+    vault.close().unwrap();
+    let dir = tmp.path().join("vault");
+    let path = map(&dir, 1, end);
+    let pristine = std::fs::read(&path).unwrap();
+    let len = pristine.len() as u64;
+    let head_len = rewind_format::delta_map::DeltaMap::head_len(&pristine)
+        .unwrap()
+        .unwrap() as u64;
+    assert!(
+        len - head_len > 64 << 10,
+        "the entries outweigh the head read"
+    );
+    let (now, before) = (model.image(end + 1), model.image(end - 1));
+    let bs = BS as usize;
+    for at in [head_len, head_len + 24 * 3000 + 5, len - 20, len - 1] {
+        std::fs::write(&path, &pristine).unwrap();
+        common::flip(&path, at, 0x08);
+        let what = format!("entries byte {at}");
+        let vault = Vault::open_read_only(&dir).unwrap();
+        // Not in the map: read as ever (through its set only).
+        let outside = read(&vault, "now", 7100, 1).unwrap();
+        assert_eq!(outside, now[7100 * bs..7101 * bs], "{what}");
+        let tail = read(&vault, "now", 7000, 1).unwrap();
+        assert_eq!(tail, now[7000 * bs..7001 * bs], "{what}");
+        // In the map: the damage is found.
+        assert_corrupt(read(&vault, "now", 0, 2), &path, head_len..len, &what);
+        assert_corrupt(
+            read(&vault, &format!("seq:{end}"), 0, 1),
+            &path,
+            head_len..len,
+            &what,
+        );
+        // Before the map: untouched.
+        check_point(&vault, &Point::Seq(Seq(end - 1)), before, &what);
+    }
+    for at in [0, 20, 66, head_len - 1] {
+        std::fs::write(&path, &pristine).unwrap();
+        common::flip(&path, at, 0x08);
+        let what = format!("head byte {at}");
+        let vault = Vault::open_read_only(&dir).unwrap();
+        assert_corrupt(read(&vault, "now", 7100, 1), &path, 0..head_len, &what);
+    }
+    std::fs::write(&path, &pristine).unwrap();
+    let vault = Vault::open_read_only(&dir).unwrap();
+    check_point(&vault, &Point::Latest, now, "pristine");
+}

@@ -67,6 +67,7 @@ impl SegmentFiles {
                 source: e,
             },
         })?);
+        crate::fsutil::advise_random(&f);
         open.insert(id, f.clone());
         Ok((f, path))
     }
