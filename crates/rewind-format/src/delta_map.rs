@@ -294,15 +294,6 @@ impl DeltaMap {
         }
     }
 
-    /// Where `block` lives in this interval, if the interval changed it: for maps whose
-    /// entries are loaded (built in memory, or decoded whole); `None` also when they are not.
-    pub fn lookup(&self, block: u64) -> Option<Location> {
-        match self.find(block) {
-            Lookup::Found(l) => Some(l),
-            Lookup::Absent | Lookup::NotLoaded => None,
-        }
-    }
-
     /// Encodes the map (version 3). The entries must be loaded.
     pub fn encode(&self) -> Vec<u8> {
         let mut set = Vec::new();
@@ -659,11 +650,11 @@ mod tests {
         let m = sample();
         let back = DeltaMap::decode(&m.encode()).expect("decodes");
         assert_eq!(back, m);
-        assert_eq!(back.lookup(4), Some(Location::Zero));
-        assert_eq!(back.lookup(5), None);
+        assert_eq!(back.find(4), Lookup::Found(Location::Zero));
+        assert_eq!(back.find(5), Lookup::Absent);
         assert!(matches!(
-            back.lookup(1 << 40),
-            Some(Location::Data { offset: 4200, .. })
+            back.find(1 << 40),
+            Lookup::Found(Location::Data { offset: 4200, .. })
         ));
         assert_eq!(back.iter().count(), 4);
     }
@@ -743,7 +734,7 @@ mod tests {
         assert_eq!(DeltaMap::head_len(GOLDEN_V2), Ok(None));
         let m = DeltaMap::decode(GOLDEN_V2).expect("version 2 decodes");
         assert_eq!(m, sample());
-        assert_eq!(m.lookup(7), sample().lookup(7));
+        assert_eq!(m.find(7), sample().find(7));
         let again = m.encode();
         assert_eq!(u16::from_le_bytes([again[8], again[9]]), VERSION);
         assert_eq!(DeltaMap::decode(&again), Ok(sample()));
