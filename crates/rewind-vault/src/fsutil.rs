@@ -190,3 +190,32 @@ pub(crate) fn advise_random(file: &File) {
     // SAFETY: posix_fadvise on a descriptor we own; it touches no memory of ours.
     let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
 }
+
+/// Reads `buf.len()` bytes at `offset` of an immutable vault file: a file that ends first
+/// is corrupted (its own structure promised the bytes), other errors are I/O errors.
+pub(crate) fn read_exact_at(
+    f: &File,
+    buf: &mut [u8],
+    offset: u64,
+    path: &std::path::Path,
+) -> crate::error::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            crate::error::corrupted(
+                path,
+                offset,
+                crate::error::Corruption::Length {
+                    expected: offset + buf.len() as u64,
+                    actual: len,
+                },
+            )
+        }
+        _ => crate::VaultError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })
+}

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -112,7 +111,7 @@ impl Shared {
         let (at, len) = map.entries_range();
         let file = File::open(&path).map_err(|err| open_err(&path, err))?;
         let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        read_exact(&file, &mut bytes, at, &path)?;
+        crate::fsutil::read_exact_at(&file, &mut bytes, at, &path)?;
         map.attach_entries(bytes)
             .map_err(|err| decode_err(&path, 0, err))?;
         self.loading
@@ -142,30 +141,6 @@ fn open_err(path: &Path, err: std::io::Error) -> crate::VaultError {
     }
 }
 
-/// Reads `buf.len()` bytes at `offset`; a file that ends first is corrupted (it is
-/// immutable and the bytes were promised by its own header).
-fn read_exact(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
-    file.read_exact_at(buf, offset)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
-                corrupted(
-                    path,
-                    offset,
-                    Corruption::Length {
-                        expected: offset + buf.len() as u64,
-                        actual,
-                    },
-                )
-            }
-            _ => crate::VaultError::Io {
-                op: "read",
-                path: path.to_path_buf(),
-                source: err,
-            },
-        })
-}
-
 /// Reads a delta map file: only the head of a version 3 map (its entries stay on disk
 /// until a lookup needs them), the whole file of an older one.
 fn read_map_head(path: &Path) -> Result<DeltaMap> {
@@ -181,13 +156,13 @@ fn read_map_head(path: &Path) -> Result<DeltaMap> {
     // One read usually gets the whole head (a block set is small next to the entries).
     let guess = usize::try_from(file_len.min(HEAD_GUESS)).unwrap_or(0);
     let mut buf = vec![0u8; guess];
-    read_exact(&file, &mut buf, 0, path)?;
+    crate::fsutil::read_exact_at(&file, &mut buf, 0, path)?;
     let head_len = match DeltaMap::head_len(&buf).map_err(|err| decode_err(path, 0, err))? {
         Some(n) => n,
         None => {
             // Versions 1 and 2: one crc over the whole file.
             let mut all = vec![0u8; usize::try_from(file_len).unwrap_or(usize::MAX)];
-            read_exact(&file, &mut all, 0, path)?;
+            crate::fsutil::read_exact_at(&file, &mut all, 0, path)?;
             return DeltaMap::decode_owned(all).map_err(|err| decode_err(path, 0, err));
         }
     };
@@ -204,7 +179,7 @@ fn read_map_head(path: &Path) -> Result<DeltaMap> {
     if head_len > buf.len() {
         let have = buf.len();
         buf.resize(head_len, 0);
-        read_exact(&file, &mut buf[have..], have as u64, path)?;
+        crate::fsutil::read_exact_at(&file, &mut buf[have..], have as u64, path)?;
     }
     let map = DeltaMap::decode_head(&buf[..head_len]).map_err(|err| decode_err(path, 0, err))?;
     let (at, len) = map.entries_range();

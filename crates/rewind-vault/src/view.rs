@@ -129,29 +129,12 @@ impl PointView {
         if threads <= 1 || n < PARALLEL_LOAD_FROM {
             return self.chain.iter().map(|e| self.shared.map(e)).collect();
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<Result<Arc<DeltaMap>>>>> =
             (0..n).map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|s| {
-            let load = || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(e) = self.chain.get(i) else {
-                    return;
-                };
-                let m = self.shared.map(e);
-                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
-            };
-            // Whatever cannot be started is loaded by the caller's own thread below.
-            for _ in 1..threads {
-                if std::thread::Builder::new()
-                    .name("rewind-map-load".into())
-                    .spawn_scoped(s, load)
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            load();
+        on_threads(n, threads, |i| {
+            let m = self.shared.map(&self.chain[i]);
+            *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+            true
         });
         slots
             .into_iter()
@@ -200,33 +183,18 @@ impl PointView {
         if todo.is_empty() {
             return Ok(());
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let failed: Mutex<Option<VaultError>> = Mutex::new(None);
-        let threads = MAX_LOAD_THREADS.min(todo.len());
-        std::thread::scope(|s| {
-            let load = || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(m) = todo.get(i) else {
-                    return;
-                };
-                if let Err(e) = self.shared.load_entries(m) {
+        on_threads(todo.len(), MAX_LOAD_THREADS, |i| {
+            match self.shared.load_entries(todo[i]) {
+                Ok(()) => true,
+                Err(e) => {
                     failed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .get_or_insert(e);
-                    return;
-                }
-            };
-            for _ in 1..threads {
-                if std::thread::Builder::new()
-                    .name("rewind-map-load".into())
-                    .spawn_scoped(s, load)
-                    .is_err()
-                {
-                    break;
+                    false
                 }
             }
-            load();
         });
         match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(e) => Err(e),
@@ -413,4 +381,29 @@ impl PointView {
         }
         Ok(())
     }
+}
+
+/// Runs `f(0)`, ..., `f(n - 1)` on up to `threads` threads (the caller's among them), each
+/// index once; a thread stops taking indexes once `f` returns `false`. Threads that cannot
+/// be started are done without: the caller's thread takes their share.
+fn on_threads(n: usize, threads: usize, f: impl Fn(usize) -> bool + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if i >= n || !f(i) {
+            return;
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.min(n) {
+            if std::thread::Builder::new()
+                .name("rewind-map-load".into())
+                .spawn_scoped(s, work)
+                .is_err()
+            {
+                break;
+            }
+        }
+        work();
+    });
 }

@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rewind_format::compress::{decompress, StoredAs};
@@ -121,7 +120,7 @@ impl SegmentFiles {
         let total = HEADER_LEN + h.payload_len as usize;
         if total > got {
             out.raw.resize(total, 0);
-            read_exact_at(&file, &mut out.raw[got..], offset + got as u64, &path)?;
+            crate::fsutil::read_exact_at(&file, &mut out.raw[got..], offset + got as u64, &path)?;
         }
         out.raw.truncate(total);
         let (hdr, payload) = out.raw.split_at(HEADER_LEN);
@@ -153,7 +152,7 @@ impl SegmentFiles {
         out: &mut [u8],
     ) -> Result<()> {
         let (file, path) = self.file(segment)?;
-        read_exact_at(&file, out, offset, &path)?;
+        crate::fsutil::read_exact_at(&file, out, offset, &path)?;
         let bs = self.block_size as usize;
         for (i, (block, &stored)) in out.chunks_exact(bs).zip(crcs).enumerate() {
             let computed = crc32c::crc32c(block);
@@ -173,25 +172,4 @@ impl SegmentFiles {
         }
         Ok(())
     }
-}
-
-fn read_exact_at(f: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
-    f.read_exact_at(buf, offset).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            corrupted(
-                path,
-                offset,
-                Corruption::Length {
-                    expected: offset + buf.len() as u64,
-                    actual: len,
-                },
-            )
-        }
-        _ => crate::VaultError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source: e,
-        },
-    })
 }
