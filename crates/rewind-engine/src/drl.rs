@@ -357,8 +357,17 @@ impl DirtyRegionLog {
                 s & DIRTY == 0 && (s & !DIRTY != 0 || (e.first..=e.last).contains(r))
             })
             .collect();
-        self.persist_with(&mut g, &missing)?;
-        for r in missing {
+        self.set_dirty(&mut g, missing)
+    }
+
+    /// Writes `regions` dirty to disk (with every region dirty already), then sets their
+    /// bits in memory. Called with the file lock held.
+    fn set_dirty(&self, g: &mut MutexGuard<'_, u64>, regions: Vec<u64>) -> Result<()> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        self.persist_with(g, &regions)?;
+        for r in regions {
             self.state[r as usize].fetch_or(DIRTY, Ordering::AcqRel);
         }
         Ok(())
@@ -371,11 +380,10 @@ impl DirtyRegionLog {
     pub fn premark(&self, ranges: &[(u64, u64)]) -> Result<()> {
         let mut regions = std::collections::BTreeSet::new();
         for &(offset, len) in ranges {
-            if len == 0 || offset >= self.volume_size {
-                continue;
+            if len > 0 && offset < self.volume_size {
+                let (first, last) = self.regions_of(offset, len);
+                regions.extend(first..=last);
             }
-            let last = (offset + len - 1).min(self.volume_size - 1) / self.region_size;
-            regions.extend(offset / self.region_size..=last);
         }
         let mut g = self.lock();
         for r in &regions {
@@ -386,14 +394,7 @@ impl DirtyRegionLog {
             .into_iter()
             .filter(|r| self.state[*r as usize].load(Ordering::Acquire) & DIRTY == 0)
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        self.persist_with(&mut g, &missing)?;
-        for r in missing {
-            self.state[r as usize].fetch_or(DIRTY, Ordering::AcqRel);
-        }
-        Ok(())
+        self.set_dirty(&mut g, missing)
     }
 
     /// Leaves the regions after the write's record was appended with `seq` (0: nothing was

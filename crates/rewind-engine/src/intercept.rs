@@ -179,12 +179,24 @@ impl LiveVolume {
             tracking: AtomicUsize::new(0),
             last_checkpoint: Mutex::new(std::time::Instant::now()),
         };
+        let newest = volume.vault.newest_seq();
+        let mut checkpoint = Seq(last_stop.checkpoint_seq);
+        if checkpoint > newest {
+            // Only a damaged log ends before the checkpoint (a checkpoint is taken after a
+            // flush): the primary is ahead of the log, there is nothing to bring back from
+            // it, and the dirty regions are what to compare. The checkpoint must not stay
+            // ahead of the log, or the primary would never be synced again.
+            tracing::warn!(
+                checkpoint = %checkpoint,
+                newest = %newest,
+                "the primary's checkpoint is after the end of the write log"
+            );
+            checkpoint = newest;
+        }
         if !last_stop.clean && !last_stop.same_boot {
-            volume.redo(Seq(last_stop.checkpoint_seq))?;
-        } else if volume.drl.checkpoint() > volume.vault.newest_seq().0 {
-            // Only a damaged log ends before the checkpoint; the checkpoint must not stay
-            // ahead of it, or the primary would never be synced again.
-            volume.drl.adopt_boot(volume.vault.newest_seq().0)?;
+            volume.redo(checkpoint)?;
+        } else if checkpoint.0 < volume.drl.checkpoint() {
+            volume.drl.adopt_boot(checkpoint.0)?;
         }
         if !last_stop.dirty.is_empty() {
             tracing::warn!(
@@ -201,19 +213,6 @@ impl LiveVolume {
     /// point back into the primary, then syncs it.
     fn redo(&self, checkpoint: Seq) -> Result<()> {
         let newest = self.vault.newest_seq();
-        if checkpoint > newest {
-            // The log ends before the checkpoint (a checkpoint is only taken after a flush,
-            // so only damage does this): the primary is ahead of the log, and the dirty
-            // region log's regions are what to compare.
-            tracing::warn!(
-                checkpoint = %checkpoint,
-                newest = %newest,
-                "the primary's checkpoint is after the end of the write log; nothing to bring back from the log"
-            );
-            self.primary.sync_data().map_err(self.io("fdatasync"))?;
-            self.drl.adopt_boot(newest.0)?;
-            return Ok(());
-        }
         let runs = self.vault.changed_since(checkpoint)?;
         let blocks: u64 = runs.iter().map(|r| r.1).sum();
         tracing::warn!(

@@ -81,14 +81,7 @@ impl BaseImage {
     pub(crate) fn open(dir: &Path, block_size: u32, blocks: u64) -> Result<BaseImage> {
         let path = dir.join(rewind_format::names::BASE_IMAGE);
         let sums_path = dir.join(rewind_format::names::BASE_SUMS);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => corrupted(&path, 0, Corruption::Missing),
-            _ => crate::VaultError::Io {
-                op: "open",
-                path: path.clone(),
-                source: e,
-            },
-        })?;
+        let file = fsutil::open_vault_file(&path)?;
         let raw = std::fs::read(&sums_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => corrupted(&sums_path, 0, Corruption::Missing),
             _ => crate::VaultError::Io {

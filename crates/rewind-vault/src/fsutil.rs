@@ -219,3 +219,18 @@ pub(crate) fn read_exact_at(
         },
     })
 }
+
+/// Opens a vault file for reading: a missing one is named as corruption (the manifest or a
+/// header said it exists), other errors are I/O errors.
+pub(crate) fn open_vault_file(path: &std::path::Path) -> crate::error::Result<File> {
+    File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            crate::error::corrupted(path, 0, crate::error::Corruption::Missing)
+        }
+        _ => crate::VaultError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })
+}

@@ -2,7 +2,6 @@
 //! delta maps.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +23,7 @@ pub(crate) struct Shared {
     pub base: BaseImage,
     pub segments: SegmentFiles,
     pub maps_dir: PathBuf,
-    maps: Mutex<HashMap<(Seq, Seq), Arc<DeltaMap>>>,
+    maps: Mutex<HashMap<MapKey, Arc<DeltaMap>>>,
     /// Maps whose entries a thread is reading (the others wait on the inner lock).
     loading: Mutex<HashMap<MapKey, Arc<Mutex<()>>>>,
 }
@@ -85,7 +84,7 @@ impl Shared {
         Ok(map)
     }
 
-    pub(crate) fn map_path(&self, key: (Seq, Seq)) -> PathBuf {
+    pub(crate) fn map_path(&self, key: MapKey) -> PathBuf {
         self.maps_dir.join(names::delta_map(key.0, key.1))
     }
 
@@ -109,7 +108,7 @@ impl Shared {
         }
         let path = self.map_path(key);
         let (at, len) = map.entries_range();
-        let file = File::open(&path).map_err(|err| open_err(&path, err))?;
+        let file = crate::fsutil::open_vault_file(&path)?;
         let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
         crate::fsutil::read_exact_at(&file, &mut bytes, at, &path)?;
         map.attach_entries(bytes)
@@ -130,21 +129,10 @@ impl Shared {
     }
 }
 
-fn open_err(path: &Path, err: std::io::Error) -> crate::VaultError {
-    match err.kind() {
-        std::io::ErrorKind::NotFound => corrupted(path, 0, Corruption::Missing),
-        _ => crate::VaultError::Io {
-            op: "open",
-            path: path.to_path_buf(),
-            source: err,
-        },
-    }
-}
-
 /// Reads a delta map file: only the head of a version 3 map (its entries stay on disk
 /// until a lookup needs them), the whole file of an older one.
 fn read_map_head(path: &Path) -> Result<DeltaMap> {
-    let file = File::open(path).map_err(|err| open_err(path, err))?;
+    let file = crate::fsutil::open_vault_file(path)?;
     let file_len = file
         .metadata()
         .map_err(|err| crate::VaultError::Io {

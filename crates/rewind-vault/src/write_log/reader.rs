@@ -58,14 +58,7 @@ impl SegmentFiles {
         if let Some(f) = open.get(&id) {
             return Ok((f.clone(), path));
         }
-        let f = Arc::new(File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => corrupted(&path, 0, Corruption::Missing),
-            _ => crate::VaultError::Io {
-                op: "open",
-                path: path.clone(),
-                source: e,
-            },
-        })?);
+        let f = Arc::new(crate::fsutil::open_vault_file(&path)?);
         crate::fsutil::advise_random(&f);
         open.insert(id, f.clone());
         Ok((f, path))
