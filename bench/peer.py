@@ -117,6 +117,14 @@ def fmt_num(x, nd=0):
     return f"{x:,.{nd}f}".replace(",", " ")
 
 
+def fio_job(out):
+    """The first job of fio's JSON output file `out`."""
+    with open(out) as f:
+        txt = f.read()
+    # fio may print non-JSON lines (e.g. "fio: connected to NBD server") before the object
+    return json.loads(txt[txt.index("{"):])["jobs"][0]
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -297,11 +305,7 @@ class Bench:
             self.note(f"fio {name} on {s} failed (status {r.returncode}): "
                       f"{(r.stderr or r.stdout).strip()[-300:]}")
             return None
-        with open(out) as f:
-            txt = f.read()
-        # fio may print non-JSON lines (e.g. "fio: connected to NBD server") before the object
-        j = json.loads(txt[txt.index("{"):])
-        job = j["jobs"][0]
+        job = fio_job(out)
         if job.get("error"):
             self.note(f"fio {name} on {s}: job error {job['error']}")
             return None
@@ -464,10 +468,7 @@ class Bench:
             if r.returncode != 0 or not os.path.exists(out):
                 self.note(f"fio device {key} failed: {(r.stderr or r.stdout).strip()[-300:]}")
                 return
-            with open(out) as f:
-                txt = f.read()
-            job = json.loads(txt[txt.index("{"):])["jobs"][0]
-            res[key] = job["write"]["bw_bytes"] / (1 << 20)
+            res[key] = fio_job(out)["write"]["bw_bytes"] / (1 << 20)
         self.res["device"].append(res)
         log(f"round {rnd}/{self.a.rounds} device: direct 1 MiB appends {res['qd1']:.0f} MiB/s "
             f"(QD1)" + (f", {res['qd8']:.0f} MiB/s (QD8)" if "qd8" in res else ""))
