@@ -445,15 +445,19 @@ class Bench:
 
     def device_rate(self, rnd):
         """What the disk itself takes, right after the sequential write jobs: direct 1 MiB
-        appends to a new file, as the write log does them (one writer, QD1), and at QD8."""
+        appends to a new file, as the write log does them (one writer, QD1), and at QD8;
+        and direct 1 MiB overwrites of that file once it is written (QD1), the rate a log
+        that reuses its space would get (this disk is mounted with `discard`: space a
+        deleted file freed is new to the host again)."""
         path = self.device
         size = min(4 * GIB, self.a.size_bytes * 2)
         res = {"round": rnd}
-        kinds = [("qd1", "psync", 1), ("qd8", "libaio", 8)]
+        # (key, engine, depth, new file): "over" rewrites the file "qd1" just wrote.
+        kinds = [("qd1", "psync", 1, True), ("over", "psync", 1, False), ("qd8", "libaio", 8, True)]
         if self.a.quick:
-            size, kinds = self.a.size_bytes, kinds[:1]
-        for key, engine, qd in kinds:
-            if os.path.exists(path):
+            size, kinds = self.a.size_bytes, kinds[:2]
+        for key, engine, qd, new_file in kinds:
+            if new_file and os.path.exists(path):
                 os.unlink(path)
             self.evict()
             out = os.path.join(self.fio_dir, f"r{rnd}-device-{key}.json")
@@ -463,15 +467,18 @@ class Bench:
             self.record(f"device {key}", cmd)
             r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                timeout=900)
-            if os.path.exists(path):
-                os.unlink(path)
             if r.returncode != 0 or not os.path.exists(out):
+                if os.path.exists(path):
+                    os.unlink(path)
                 self.note(f"fio device {key} failed: {(r.stderr or r.stdout).strip()[-300:]}")
                 return
             res[key] = fio_job(out)["write"]["bw_bytes"] / (1 << 20)
+        if os.path.exists(path):
+            os.unlink(path)
         self.res["device"].append(res)
         log(f"round {rnd}/{self.a.rounds} device: direct 1 MiB appends {res['qd1']:.0f} MiB/s "
-            f"(QD1)" + (f", {res['qd8']:.0f} MiB/s (QD8)" if "qd8" in res else ""))
+            f"(QD1)" + (f", {res['qd8']:.0f} MiB/s (QD8)" if "qd8" in res else "")
+            + (f", overwrites {res['over']:.0f} MiB/s (QD1)" if "over" in res else ""))
 
     def past_point(self):
         s = "rewind"
@@ -761,18 +768,24 @@ class Bench:
             d8 = med([d["qd8"] for d in dev if "qd8" in d])
             L.append("### The disk's own rate, measured after the sequential write jobs of each round")
             L.append("")
+            dov = med([d["over"] for d in dev if "over" in d])
             L.append(f"fio direct 1 MiB writes appended to a new file on the same disk (the write "
                      f"log's pattern): **{d1:.0f} MiB/s** with one writer at QD1 (as rewind's "
                      f"log writer)" + (f", {d8:.0f} MiB/s at QD8 (libaio)" if d8 else "")
                      + "; per round QD1 " + " / ".join(f"{d['qd1']:.0f}" for d in dev)
                      + (", QD8 " + " / ".join(f"{d['qd8']:.0f}" for d in dev if "qd8" in d)
-                        if d8 else "") + " MiB/s.")
+                        if d8 else "") + " MiB/s."
+                     + (f" Overwriting that file once written (QD1): **{dov:.0f} MiB/s** (per "
+                        "round " + " / ".join(f"{d['over']:.0f}" for d in dev if "over" in d)
+                        + " MiB/s), what a log that reuses its own space would get."
+                        if dov else ""))
             seq = self.res["workloads"].get("seqwrite", {})
             parts = []
             for s in SERVERS:
                 mb = med([x["mib_s"] for x in seq.get(s, []) if x])
                 if mb:
-                    parts.append(f"{s} {mb / d1:.2f}×")
+                    parts.append(f"{s} {mb / d1:.2f}×" + (f" ({mb / dov:.2f}× the overwrite rate)"
+                                                          if dov else ""))
             if parts:
                 L.append(f"The 1 MiB sequential write job against that QD1 rate: "
                          + ", ".join(parts) + ". A journal has to get every byte onto the disk "
