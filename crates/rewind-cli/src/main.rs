@@ -103,29 +103,10 @@ fn main() -> ExitCode {
                 .map_or(exit::FAILURE, |c| c.0),
         ),
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("error: {}", output::describe(&e));
             ExitCode::from(exit_code(&e))
         }
     }
-}
-
-/// The error and its causes, joined by ": ", leaving out a cause whose text the message
-/// already ends with (our typed errors print their source themselves, and `{:#}` would say
-/// it twice: "... No such file or directory (os error 2): No such file or directory (os
-/// error 2)").
-fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 /// Maps an error to the exit code scripts can act on.
@@ -164,45 +145,5 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(VaultError::Corrupted { .. }) => exit::CORRUPTED,
         Some(VaultError::Locked { .. }) => exit::BUSY,
         _ => exit::FAILURE,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::describe;
-
-    /// Like our typed errors: the message names its source, which is also its `source()`.
-    #[derive(Debug)]
-    struct Create {
-        path: String,
-        source: std::io::Error,
-    }
-
-    impl std::fmt::Display for Create {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "create {}: {}", self.path, self.source)
-        }
-    }
-
-    impl std::error::Error for Create {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.source)
-        }
-    }
-
-    #[test]
-    fn a_cause_the_message_already_names_is_not_repeated() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let e = anyhow::Error::new(Create {
-            path: "vault/maps/x.tmp".into(),
-            source: io,
-        })
-        .context("final flush and seal");
-        assert_eq!(
-            describe(&e),
-            "final flush and seal: create vault/maps/x.tmp: no such file"
-        );
-        let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(describe(&plain), "outer: inner");
     }
 }

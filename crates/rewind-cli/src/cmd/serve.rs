@@ -354,7 +354,7 @@ fn control_conn(server: &Server, s: UnixStream) {
                 // for it.
                 let _counted = LongOp::enter(&server.long_ops);
                 let reply = long_op(server, &req, &w)
-                    .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}));
+                    .unwrap_or_else(|e| json!({"ok": false, "error": crate::output::describe(&e)}));
                 let sent = writeln!(w, "{reply}");
                 drop(_counted);
                 if sent.is_err() {
@@ -363,7 +363,7 @@ fn control_conn(server: &Server, s: UnixStream) {
                 continue;
             }
             Ok(req) => handle_control(server, &req)
-                .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})),
+                .unwrap_or_else(|e| json!({"ok": false, "error": crate::output::describe(&e)})),
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         };
         if writeln!(w, "{reply}").is_err() {
