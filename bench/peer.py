@@ -456,25 +456,29 @@ class Bench:
         kinds = [("qd1", "psync", 1, True), ("over", "psync", 1, False), ("qd8", "libaio", 8, True)]
         if self.a.quick:
             size, kinds = self.a.size_bytes, kinds[:2]
-        for key, engine, qd, new_file in kinds:
-            if new_file and os.path.exists(path):
+        def remove():
+            if os.path.exists(path):
                 os.unlink(path)
-            self.evict()
-            out = os.path.join(self.fio_dir, f"r{rnd}-device-{key}.json")
-            cmd = ["fio", "--name=device", f"--filename={path}", "--rw=write", "--bs=1M",
-                   f"--ioengine={engine}", f"--iodepth={qd}", "--direct=1", "--fallocate=none",
-                   f"--size={size}", "--output-format=json", f"--output={out}"]
-            self.record(f"device {key}", cmd)
-            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                               timeout=900)
-            if r.returncode != 0 or not os.path.exists(out):
-                if os.path.exists(path):
-                    os.unlink(path)
-                self.note(f"fio device {key} failed: {(r.stderr or r.stdout).strip()[-300:]}")
-                return
-            res[key] = fio_job(out)["write"]["bw_bytes"] / (1 << 20)
-        if os.path.exists(path):
-            os.unlink(path)
+
+        try:
+            for key, engine, qd, new_file in kinds:
+                if new_file:
+                    remove()
+                self.evict()
+                out = os.path.join(self.fio_dir, f"r{rnd}-device-{key}.json")
+                cmd = ["fio", "--name=device", f"--filename={path}", "--rw=write", "--bs=1M",
+                       f"--ioengine={engine}", f"--iodepth={qd}", "--direct=1",
+                       "--fallocate=none", f"--size={size}", "--output-format=json",
+                       f"--output={out}"]
+                self.record(f"device {key}", cmd)
+                r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                   text=True, timeout=900)
+                if r.returncode != 0 or not os.path.exists(out):
+                    self.note(f"fio device {key} failed: {(r.stderr or r.stdout).strip()[-300:]}")
+                    return
+                res[key] = fio_job(out)["write"]["bw_bytes"] / (1 << 20)
+        finally:
+            remove()
         self.res["device"].append(res)
         log(f"round {rnd}/{self.a.rounds} device: direct 1 MiB appends {res['qd1']:.0f} MiB/s "
             f"(QD1)" + (f", {res['qd8']:.0f} MiB/s (QD8)" if "qd8" in res else "")
@@ -739,12 +743,11 @@ class Bench:
                 ratio = tgt = ""
                 if s == "rewind":
                     peers = {p: medians[p] for p in PEERS if medians.get(p)}
-                    if mi and peers and target is None:
-                        fp = max(peers, key=peers.get)
+                    fp = max(peers, key=peers.get) if peers else None
+                    if mi and fp and target is None:
                         ratio = f"{mi / peers[fp]:.2f}× ({fp})"
                         tgt = "none (reported)"
-                    elif mi and peers:
-                        fp = max(peers, key=peers.get)
+                    elif mi and fp:
                         rv = mi / peers[fp]
                         ratio = f"**{rv:.2f}×** ({fp})"
                         met = rv >= target
@@ -764,20 +767,20 @@ class Bench:
         L.append("")
         dev = [d for d in self.res["device"] if "qd1" in d]
         if dev:
-            d1 = med([d["qd1"] for d in dev])
-            d8 = med([d["qd8"] for d in dev if "qd8" in d])
+            def rate(key):
+                """Median over the rounds of one disk-rate kind, and the per-round list."""
+                xs = [d[key] for d in dev if key in d]
+                return med(xs), " / ".join(f"{x:.0f}" for x in xs)
+
+            (d1, per1), (d8, per8), (dov, perov) = rate("qd1"), rate("qd8"), rate("over")
             L.append("### The disk's own rate, measured after the sequential write jobs of each round")
             L.append("")
-            dov = med([d["over"] for d in dev if "over" in d])
             L.append(f"fio direct 1 MiB writes appended to a new file on the same disk (the write "
                      f"log's pattern): **{d1:.0f} MiB/s** with one writer at QD1 (as rewind's "
                      f"log writer)" + (f", {d8:.0f} MiB/s at QD8 (libaio)" if d8 else "")
-                     + "; per round QD1 " + " / ".join(f"{d['qd1']:.0f}" for d in dev)
-                     + (", QD8 " + " / ".join(f"{d['qd8']:.0f}" for d in dev if "qd8" in d)
-                        if d8 else "") + " MiB/s."
+                     + f"; per round QD1 {per1}" + (f", QD8 {per8}" if d8 else "") + " MiB/s."
                      + (f" Overwriting that file once written (QD1): **{dov:.0f} MiB/s** (per "
-                        "round " + " / ".join(f"{d['over']:.0f}" for d in dev if "over" in d)
-                        + " MiB/s), what a log that reuses its own space would get."
+                        f"round {perov} MiB/s), what a log that reuses its own space would get."
                         if dov else ""))
             seq = self.res["workloads"].get("seqwrite", {})
             parts = []
