@@ -13,7 +13,8 @@ What it does, in order:
      (utime+stime of the server process) is read around each job. From the second round on,
      rewind starts the round with a fresh vault of its image (rewind init, the prefill pass
      through rewind again, `rewind snapshot bench-snap`): the vault keeps every write (no
-     retention yet), and three rounds of it no longer fit on the disk of BENCHMARKS.md;
+     retention yet), and three rounds of it no longer fit on the disk of BENCHMARKS.md.
+     --quick keeps one vault for all rounds (its short jobs write little; ~25 s saved);
   4. past point: 4 KiB random read QD32 on rewind's @bench-snap export vs its live export,
      alternating, as many repetitions as rounds;
   5. restore: `rewind snapshot before`, 1% of the blocks rewritten at random, rewind stopped
@@ -358,7 +359,8 @@ class Bench:
         # afresh every round: no retention yet; ~2 GiB per second of fio job time per round on
         # the machine of BENCHMARKS.md), the copy of the restore; read_at's 4 GiB vault comes
         # after the images are gone
-        need = 5 * self.a.size_bytes + self.a.runtime * 2.2 * GIB + 8 * GIB
+        rounds_kept = 1 if self.a.fresh_vaults else self.a.rounds
+        need = 5 * self.a.size_bytes + self.a.runtime * 2.2 * GIB * rounds_kept + 8 * GIB
         free = shutil.disk_usage(self.dir).free
         log(f"free space in {self.dir}: {human_bytes(free)} (this run needs about {human_bytes(need)})")
         if free < need:
@@ -418,7 +420,7 @@ class Bench:
         for w in self.workloads:
             self.res["workloads"][w[0]] = {s: [] for s in SERVERS}
         for r in range(self.a.rounds):
-            if r > 0:
+            if r > 0 and self.a.fresh_vaults:
                 self.fresh_vault()
             for wi, (name, _title, opts, _is_write, _t) in enumerate(self.workloads):
                 k = (r + wi) % 3
@@ -712,10 +714,14 @@ class Bench:
                  f"whole run {t_total / 60:.1f} min. Figures are medians over the rounds; each "
                  "round runs every workload on the three servers in rotating order, and before "
                  "every job all images and vault files are synced and dropped from the page "
-                 "cache (posix_fadvise DONTNEED). rewind starts every round after the first "
-                 "with a fresh vault (rewind init, one prefill pass through rewind, snapshot "
-                 "bench-snap), so its vault holds the prefill and at most one round of jobs "
-                 "(no retention yet); the past point and restore use the last round's vault.")
+                 "cache (posix_fadvise DONTNEED). " +
+                 ("rewind starts every round after the first "
+                  "with a fresh vault (rewind init, one prefill pass through rewind, snapshot "
+                  "bench-snap), so its vault holds the prefill and at most one round of jobs "
+                  "(no retention yet); the past point and restore use the last round's vault."
+                  if a.fresh_vaults else
+                  "rewind keeps one vault for all rounds (--quick), so its vault holds the "
+                  "prefill and every round's jobs."))
         L.append("")
         L.append("| workload | server | IOPS | MiB/s | clat p50 | clat p99 | server CPU s/GiB | rewind / faster peer (IOPS) | target | per-round IOPS |")
         L.append("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
@@ -974,6 +980,9 @@ def main():
     if a.size_bytes % (1 << 20):
         ap.error("--size must be a multiple of 1 MiB")
     a.runtime = a.runtime or (1.5 if a.quick else 15)
+    # a fresh vault per round keeps the journal of one round on the disk at a time; --quick
+    # writes little and saves the refills' time (~25 s of its < 3 min)
+    a.fresh_vaults = not a.quick
     if a.runtime < 1:
         ap.error("--runtime must be at least 1 (seconds)")
     a.dir = os.path.abspath(a.dir or os.path.join(a.root, "target/bench-run"))

@@ -20,8 +20,8 @@ USAGE: bench/run.sh [FLAGS]
 
 FLAGS:
   --size SIZE     size of each server's image (default 2G; 1G with --quick)
-  --quick         short jobs (1.5 s) on 1G images, read_at --quick, no one-pass job:
-                  a smoke run, < 3 min
+  --quick         short jobs (1.5 s) on 1G images, read_at --quick, no one-pass job,
+                  one vault for all rounds: a smoke run, < 3 min
   --rounds N      alternating rounds per workload (default 3, at least 3)
   --runtime S     seconds per fio job (default 15; 1.5 with --quick)
   --dir DIR       work directory: images, vault, logs, results (default ./target/bench-run);
