@@ -643,17 +643,12 @@ impl Vault {
         ) else {
             return Ok(None);
         };
-        inner.open.finish()?;
-        if let Err(e) = inner
-            .open
-            .file()
-            .sync_data()
-            .io("fdatasync", &inner.open.path)
-        {
-            inner.poisoned = true;
-            return Err(e);
-        }
-        inner.durable_seq = last.seq;
+        // The last buffered records go to the log writer first; the delta map is built and
+        // written while it writes them out (up to the writer's whole queue, ~16 MiB: the
+        // longest part of a seal under a stream of large writes), since the map does not
+        // depend on the records being on the disk. Until the manifest names it, a map file is
+        // a leftover that reopening removes (see `remove_leftovers`).
+        inner.open.write_out()?;
         let interval = Interval {
             seq_from: first.seq,
             seq_to: last.seq,
@@ -668,6 +663,17 @@ impl Vault {
             .maps_dir
             .join(names::delta_map(interval.seq_from, interval.seq_to));
         fsutil::write_atomic(&map_path, &map.encode())?;
+        inner.open.finish()?;
+        if let Err(e) = inner
+            .open
+            .file()
+            .sync_data()
+            .io("fdatasync", &inner.open.path)
+        {
+            inner.poisoned = true;
+            return Err(e);
+        }
+        inner.durable_seq = last.seq;
         let mut m = inner.manifest.clone();
         m.generation = Generation(m.generation.0 + 1);
         let length = inner.open.written;
