@@ -4,7 +4,7 @@
 //! request reader: it reads the next request and, when the request cannot make it wait on
 //! the disk (a write into the page cache, a read of cached data, a zero or trim, block
 //! status), runs it at once and reads on, with no thread hand-off at all. So does a FLUSH
-//! (or FUA write): it waits for the log's fdatasync, but a hand-off costs more than that
+//! (or FUA request): it waits for the log's fdatasync, but a hand-off costs more than that
 //! wait. A request that may wait longer (a read of uncached data, a very large write) is
 //! run after the leader lets go of the reader, so that a follower takes over reading
 //! while it waits.
@@ -50,19 +50,18 @@ struct Job {
 }
 
 impl Job {
-    /// Whether the job can run on the leader without waiting for the disk.
+    /// Whether the job runs on the leader: everything but reads (which may wait for the
+    /// disk) and very large writes.
     ///
-    /// A FLUSH (and a FUA write, which ends in one) waits for the disk but runs on the
-    /// leader too: handing the socket to another thread for it costs more than the
-    /// flush's own fdatasync (4 KiB random write QD32 with a flush every 32 writes:
-    /// 129-164 MiB/s on the leader, 108-132 handed off), and its client is waiting for it.
+    /// A FLUSH, and a FUA request, which ends in one, waits for the log's fdatasync but
+    /// runs on the leader too: handing the socket to another thread for it costs more than
+    /// that fdatasync (4 KiB random write QD32 with a flush every 32 writes: 129-164 MiB/s
+    /// on the leader, 108-132 handed off), and its client is waiting for it.
     fn runs_inline(&self) -> bool {
         match self.cmd {
             Command::Write { .. } => self.payload.len() <= INLINE_WRITE,
-            Command::Trim { fua } | Command::WriteZeroes { fua, .. } => !fua,
             Command::Read => false,
-            Command::BlockStatus { .. } | Command::Cache | Command::Disc => true,
-            Command::Flush => true,
+            _ => true,
         }
     }
 }
