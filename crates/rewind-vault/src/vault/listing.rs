@@ -33,7 +33,8 @@ impl Vault {
 
     /// Every interval, oldest first: the sealed ones, then the open one if it has records.
     pub fn intervals(&self) -> Vec<IntervalInfo> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        let blocks_open = inner.open.present.len() as u64;
         let m = &inner.manifest;
         let mut out = Vec::with_capacity(m.maps.len() + 1);
         let mut segs = m.segments.iter().peekable();
@@ -64,7 +65,7 @@ impl Vault {
                 seq_to: last.seq,
                 time_from_ns: first.timestamp_ns,
                 time_to_ns: last.timestamp_ns,
-                blocks_changed: o.present.len() as u64,
+                blocks_changed: blocks_open,
                 log_bytes: o.len() - SEG_HEADER_LEN as u64,
                 sealed: false,
                 flags: 0,

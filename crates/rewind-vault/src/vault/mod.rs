@@ -655,8 +655,7 @@ impl Vault {
             time_from_ns: first.timestamp_ns,
             time_to_ns: last.timestamp_ns,
         };
-        let entries: Vec<(u64, Location)> =
-            inner.open.present.iter().map(|(b, l)| (*b, *l)).collect();
+        let entries: Vec<(u64, Location)> = inner.open.present.sorted().to_vec();
         let map = DeltaMap::new(interval, self.shared.block_size, entries);
         let map_path = self
             .shared

@@ -167,7 +167,7 @@ impl Vault {
                 }
                 let chain: Vec<MapEntry> = maps.iter().rev().copied().collect();
                 let partial = if p == inner.open.last_seq() {
-                    inner.open.present.clone()
+                    inner.open.present.ordered_map()
                 } else {
                     let id = inner.open.id;
                     replay(inner.open.records.iter().take_while(|r| r.seq <= p), id)

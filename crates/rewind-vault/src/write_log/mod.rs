@@ -1,11 +1,13 @@
 //! The write log: append-only segments of checksummed records.
 //!
-//! - [`open_segment`]: the segment being appended to, its buffer, its present delta map.
+//! - [`open_segment`]: the segment being appended to, its buffer, its record index.
+//! - [`present`]: the open interval's present delta map.
 //! - [`scan`]: reading a segment's records back (recovery, replay, time look-ups).
 //! - [`reader`]: reading one record's data by location, verified.
 
 mod aligned;
 pub(crate) mod open_segment;
+pub(crate) mod present;
 pub(crate) mod reader;
 pub(crate) mod scan;
 pub(crate) mod writer;

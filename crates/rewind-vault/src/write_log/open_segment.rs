@@ -12,7 +12,6 @@
 //! what a torn tail looks like, and recovery cuts them. Readers use a second, buffered
 //! handle (the kernel keeps the two coherent).
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +24,7 @@ use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
 use rewind_format::{crc, names, SegmentId, Seq};
 
 use super::aligned::{AlignedBuf, DIRECT_ALIGN};
+use super::present::PresentMap;
 use super::scan::{scan_tail, ScannedMarker};
 use super::writer::LogWriter;
 use super::RecordMeta;
@@ -73,7 +73,7 @@ pub(crate) struct OpenSegment {
     /// The markers among them.
     pub markers: Vec<ScannedMarker>,
     /// The present delta map: block -> newest location in this interval.
-    pub present: BTreeMap<u64, Location>,
+    pub present: PresentMap,
     /// Scratch for the block crcs of the record being appended.
     crcs: Vec<u32>,
 }
@@ -119,7 +119,7 @@ impl OpenSegment {
             buf: AlignedBuf::new(BUFFER_BYTES),
             records: Vec::new(),
             markers: Vec::new(),
-            present: BTreeMap::new(),
+            present: PresentMap::default(),
             crcs: Vec::new(),
         }
     }
