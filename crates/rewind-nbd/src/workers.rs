@@ -15,7 +15,7 @@
 //! that finishes while the leader is blocked writes its reply (and whatever else is
 //! queued) itself. So a burst of requests costs one read and one write, not one each.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -46,7 +46,11 @@ const POOL_MAX_BUFFER: usize = 4 << 20;
 struct Job {
     req: Request,
     cmd: Command,
+    /// A WRITE's payload, unless it is still in the request buffer.
     payload: Vec<u8>,
+    /// The WRITE's payload was whole in the request buffer when its header was read: the
+    /// leader runs it from there (no copy) and then consumes it.
+    in_buffer: bool,
 }
 
 impl Job {
@@ -59,7 +63,7 @@ impl Job {
     /// on the leader, 108-132 handed off), and its client is waiting for it.
     fn runs_inline(&self) -> bool {
         match self.cmd {
-            Command::Write { .. } => self.payload.len() <= INLINE_WRITE,
+            Command::Write { .. } => self.req.length as usize <= INLINE_WRITE,
             Command::Read => false,
             _ => true,
         }
@@ -302,6 +306,12 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
                         }
                         match next_request(&mut *r, &conn, &limits) {
                             Ok(Some(job)) => {
+                                if job.in_buffer {
+                                    let len = job.req.length as usize;
+                                    conn.run_reporting_with(&job, &r.buffer()[..len]);
+                                    r.consume(len);
+                                    continue;
+                                }
                                 if job.runs_inline() {
                                     conn.run_reporting(job);
                                     continue;
@@ -348,8 +358,13 @@ struct Conn<'a, 'b, W> {
 
 /// Reads requests until one is to be run (refused ones are answered here). `None`: the
 /// client sent NBD_CMD_DISC or went away.
+///
+/// A WRITE that runs on the leader and whose payload is already whole in the request
+/// buffer is left there ([`Job::in_buffer`]): the leader writes it from the buffer, which
+/// saves copying every small write once (4 KiB random write QD32: most payloads arrive in
+/// the same socket read as their headers).
 fn next_request<R: Read, W: Write>(
-    reader: &mut R,
+    reader: &mut BufReader<R>,
     conn: &Conn<'_, '_, W>,
     limits: &Limits,
 ) -> Result<Option<Job>, ConnError> {
@@ -363,11 +378,16 @@ fn next_request<R: Read, W: Write>(
         }
         let req = parse_request(&h)?;
         let mut payload = Vec::new();
+        let mut in_buffer = false;
         if req.kind == CMD_WRITE {
             if req.length > MAX_PAYLOAD {
                 // We cannot skip what we will not read: the stream is lost.
                 return Err(ConnError::TooLarge(req.length));
             }
+            let len = req.length as usize;
+            in_buffer = len <= INLINE_WRITE && reader.buffer().len() >= len;
+        }
+        if req.kind == CMD_WRITE && !in_buffer {
             payload = conn.pool.take(req.length as usize);
             // A payload at least as large as the request buffer is read past it, straight
             // from the socket, once the buffered part is copied out.
@@ -381,8 +401,18 @@ fn next_request<R: Read, W: Write>(
         }
         match validate(&req, limits) {
             Ok(Command::Disc) => return Ok(None),
-            Ok(cmd) => return Ok(Some(Job { req, cmd, payload })),
+            Ok(cmd) => {
+                return Ok(Some(Job {
+                    req,
+                    cmd,
+                    payload,
+                    in_buffer,
+                }))
+            }
             Err(errno) => {
+                if in_buffer {
+                    reader.consume(req.length as usize);
+                }
                 conn.pool.give(payload);
                 conn.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("request refused: {errno:?}");
@@ -402,10 +432,15 @@ impl<W: Write> Conn<'_, '_, W> {
     }
 
     fn run_reporting(&self, job: Job) {
-        if let Err(e) = self.run(&job) {
+        self.run_reporting_with(&job, &job.payload);
+        self.pool.give(job.payload);
+    }
+
+    /// Runs `job`, whose WRITE payload (if any) is `payload`.
+    fn run_reporting_with(&self, job: &Job, payload: &[u8]) {
+        if let Err(e) = self.run(job, payload) {
             tracing::debug!(error = %e, "could not send a reply; the client has gone");
         }
-        self.pool.give(job.payload);
     }
 
     fn read_header_len(&self) -> usize {
@@ -452,7 +487,7 @@ impl<W: Write> Conn<'_, '_, W> {
         self.replies.send(&buf)
     }
 
-    fn run(&self, job: &Job) -> io::Result<()> {
+    fn run(&self, job: &Job, payload: &[u8]) -> io::Result<()> {
         let (r, export, stats) = (&job.req, self.export, self.stats);
         let result = match job.cmd {
             Command::Read if self.structured && r.length == 0 => {
@@ -466,7 +501,7 @@ impl<W: Write> Conn<'_, '_, W> {
                     Err(e) => Err(e),
                 }
             }
-            Command::Write { fua } => export.write(r.offset, &job.payload, fua).inspect(|()| {
+            Command::Write { fua } => export.write(r.offset, payload, fua).inspect(|()| {
                 stats.writes.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bytes_written
