@@ -78,6 +78,13 @@ pub struct LiveVolume {
     flushed: std::sync::Condvar,
 }
 
+/// The region locks a write holds (see [`LiveVolume::lock`]); dropping it unlocks them.
+#[must_use]
+enum Locked<'a> {
+    One { _guard: MutexGuard<'a, ()> },
+    Many { _guards: Vec<MutexGuard<'a, ()>> },
+}
+
 /// Whether `every` has passed since `last` (and if so, restarts the clock).
 fn due(last: &Mutex<std::time::Instant>, every: std::time::Duration) -> bool {
     let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,8 +285,15 @@ impl LiveVolume {
     }
 
     /// Locks the regions of blocks first..end, in stripe order (no deadlock).
-    fn lock(&self, first: u64, end: u64) -> Vec<MutexGuard<'_, ()>> {
+    fn lock(&self, first: u64, end: u64) -> Locked<'_> {
         let (r0, r1) = (first / REGION_BLOCKS, (end - 1) / REGION_BLOCKS);
+        let stripe = |i: usize| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner());
+        if r0 == r1 {
+            // Most writes: one region, no allocation.
+            return Locked::One {
+                _guard: stripe((r0 % STRIPES as u64) as usize),
+            };
+        }
         let mut idx: Vec<usize> = if r1 - r0 + 1 >= STRIPES as u64 {
             (0..STRIPES).collect()
         } else {
@@ -287,9 +301,9 @@ impl LiveVolume {
         };
         idx.sort_unstable();
         idx.dedup();
-        idx.into_iter()
-            .map(|i| self.stripes[i].lock().unwrap_or_else(|p| p.into_inner()))
-            .collect()
+        Locked::Many {
+            _guards: idx.into_iter().map(stripe).collect(),
+        }
     }
 
     /// Starts recording the blocks the host changes; recording stops when the tracker is

@@ -74,8 +74,9 @@ pub(crate) struct OpenSegment {
     pub markers: Vec<ScannedMarker>,
     /// The present delta map: block -> newest location in this interval.
     pub present: PresentMap,
-    /// Scratch for the block crcs of the record being appended.
+    /// Scratch for the block crcs and the header of the record being appended.
     crcs: Vec<u32>,
+    header: Vec<u8>,
 }
 
 impl OpenSegment {
@@ -121,6 +122,7 @@ impl OpenSegment {
             markers: Vec::new(),
             present: PresentMap::default(),
             crcs: Vec::new(),
+            header: Vec::with_capacity(record::HEADER_LEN),
         }
     }
 
@@ -271,7 +273,8 @@ impl OpenSegment {
         stored_as: StoredAs,
         marker_name: Option<&str>,
     ) -> Result<()> {
-        let mut header = Vec::with_capacity(record::HEADER_LEN);
+        let mut header = std::mem::take(&mut self.header);
+        header.clear();
         // Uncompressed data: the crc of each block (for the delta map) is computed once and
         // the record's crc derived from them, so the payload is read once, not twice.
         let mut crcs = std::mem::take(&mut self.crcs);
@@ -293,6 +296,7 @@ impl OpenSegment {
         let crcs_ref = per_block.then_some(crcs.as_slice());
         let res = self.append_encoded(r, &header, stored, crcs_ref, marker_name);
         self.crcs = crcs;
+        self.header = header;
         res
     }
 
