@@ -299,7 +299,13 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
             s.spawn(|| loop {
                 // Lead: read and run requests until one may wait for the disk.
                 let job = {
-                    let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+                    let Ok(mut r) = reader.lock() else {
+                        // A leader panicked while it held the request buffer: where the
+                        // stream stands is not known (a payload run from the buffer is not
+                        // consumed yet), so nothing more is read from it.
+                        fail(io::Error::other("a request handler panicked").into());
+                        return;
+                    };
                     loop {
                         if done.load(Ordering::Acquire) {
                             return;

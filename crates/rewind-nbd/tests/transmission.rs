@@ -753,6 +753,29 @@ fn bad_request_magic_closes_after_finishing_earlier_requests() {
 }
 
 #[test]
+fn a_handler_that_panics_ends_the_connection() {
+    // The write's payload is run from the request buffer; if the export panics, the
+    // payload must not be read as the next request (here: a READ of cookie 99).
+    let (mut c, _, _) = Conn::transmit("live", false, false);
+    c.exports.live.set_panic_on_write(true);
+    c.send(&write_req(0, 1, 0, &req(0, CMD_READ, 99, 0, 512)));
+    c.expect_eof();
+    let h = c.take_server();
+    let start = std::time::Instant::now();
+    while !h.is_finished() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "serve_connection did not return"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(
+        h.join().is_err(),
+        "the handler's panic reaches the connection's thread"
+    );
+}
+
+#[test]
 fn a_write_over_the_maximum_closes() {
     for structured in [false, true] {
         let (mut c, _, _) = Conn::transmit("live", structured, false);

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,6 +98,8 @@ pub struct RamDisk {
     calls: Mutex<Vec<Call>>,
     /// Added to every read and write, to keep requests in flight.
     delay: Mutex<Duration>,
+    /// Writes panic (a bug in an export, as the server sees it).
+    panic_on_write: AtomicBool,
 }
 
 impl RamDisk {
@@ -111,6 +114,7 @@ impl RamDisk {
             state: Mutex::new(State { data, allocated }),
             calls: Mutex::new(Vec::new()),
             delay: Mutex::new(Duration::ZERO),
+            panic_on_write: AtomicBool::new(false),
         }
     }
 
@@ -120,6 +124,10 @@ impl RamDisk {
 
     pub fn clear_calls(&self) {
         self.calls.lock().unwrap().clear();
+    }
+
+    pub fn set_panic_on_write(&self, on: bool) {
+        self.panic_on_write.store(on, Ordering::SeqCst);
     }
 
     pub fn set_delay(&self, d: Duration) {
@@ -234,6 +242,10 @@ impl Export for RamDisk {
         if self.read_only {
             return Err(ExportError::ReadOnly);
         }
+        assert!(
+            !self.panic_on_write.load(Ordering::SeqCst),
+            "the test export panics on write"
+        );
         self.pause();
         if Self::touches_bad_sector(offset, data.len() as u64) {
             return Err(ExportError::Io("bad sector".into()));
@@ -661,6 +673,11 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
             Err(e) => panic!("expected EOF, got {e}"),
         }
+    }
+
+    /// The server thread's handle, for a test that expects it to panic.
+    pub fn take_server(&mut self) -> JoinHandle<ServerResult> {
+        self.server.take().expect("joined twice")
     }
 
     /// Waits for the server thread, failing the test if it hangs.
