@@ -392,17 +392,17 @@ fn next_request<R: Read, W: Write>(
             }
             let len = req.length as usize;
             in_buffer = len <= INLINE_WRITE && reader.buffer().len() >= len;
-        }
-        if req.kind == CMD_WRITE && !in_buffer {
-            payload = conn.pool.take(req.length as usize);
-            // A payload at least as large as the request buffer is read past it, straight
-            // from the socket, once the buffered part is copied out.
-            match reader.read_exact(&mut payload) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
+            if !in_buffer {
+                payload = conn.pool.take(len);
+                // A payload at least as large as the request buffer is read past it,
+                // straight from the socket, once the buffered part is copied out.
+                match reader.read_exact(&mut payload) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         match validate(&req, limits) {
