@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use rewind_vault::{Seq, Vault, VaultError};
+use rewind_vault::{HostOp, Seq, Vault, VaultError};
 
 use crate::drl::{DirtyRegionLog, DrlError};
 use roaring::RoaringTreemap;
@@ -435,7 +435,8 @@ impl LiveVolume {
     }
 
     /// Makes the range read as zeroes: `trim` discards (punches a hole), otherwise zeroes
-    /// (`no_hole` keeps the primary allocated). Partial edge blocks become write records.
+    /// (`no_hole` keeps the primary allocated). Partial edge blocks become write records of
+    /// the same host write: one unit for points.
     pub fn zero(&self, offset: u64, len: u64, trim: bool, no_hole: bool, fua: bool) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -443,29 +444,13 @@ impl LiveVolume {
         self.check(offset, len)?;
         let bs = self.block_size;
         let end = offset + len;
-        let (inner_first, inner_end) = (offset.div_ceil(bs), end / bs);
-        if inner_first >= inner_end {
+        if offset.div_ceil(bs) >= end / bs {
             // No whole block inside: it is a plain write of zeroes.
             return self.write(offset, &vec![0u8; len as usize], fua);
         }
-        if !offset.is_multiple_of(bs) {
-            self.write(
-                offset,
-                &vec![0u8; (inner_first * bs - offset) as usize],
-                false,
-            )?;
-        }
-        if !end.is_multiple_of(bs) {
-            self.write(
-                inner_end * bs,
-                &vec![0u8; (end - inner_end * bs) as usize],
-                false,
-            )?;
-        }
-        let (o, l) = (inner_first * bs, (inner_end - inner_first) * bs);
-        self.make_room(o, l)?;
-        let entered = self.drl.enter(o, l)?;
-        let res = self.zero_locked(inner_first, inner_end, trim, no_hole);
+        self.make_room(offset, len)?;
+        let entered = self.drl.enter(offset, len)?;
+        let res = self.zero_locked(offset, end, trim, no_hole);
         self.drl
             .leave(entered, res.as_ref().map_or(u64::MAX, |s| s.0));
         res?;
@@ -475,19 +460,74 @@ impl LiveVolume {
         Ok(())
     }
 
-    /// Zeroes or trims whole blocks first..end in the primary and appends the record, under
-    /// the regions' locks.
-    fn zero_locked(&self, first: u64, end: u64, trim: bool, no_hole: bool) -> Result<Seq> {
+    /// Zeroes or trims bytes offset..end (at least one whole block inside) in the primary
+    /// and appends the host write (edge blocks as writes, the whole blocks as a zero or
+    /// trim), under the regions' locks.
+    fn zero_locked(&self, offset: u64, end: u64, trim: bool, no_hole: bool) -> Result<Seq> {
         let bs = self.block_size;
-        let _g = self.lock(first, end);
-        self.zero_primary(first * bs, (end - first) * bs, trim || !no_hole)?;
-        let seq = if trim {
-            self.vault.trim(first, end - first)?
+        let (first, last) = (offset / bs, end.div_ceil(bs));
+        let (inner_first, inner_end) = (offset.div_ceil(bs), end / bs);
+        let _g = self.lock(first, last);
+        let head = if inner_first > first {
+            Some(self.zeroed_edge(first, offset - first * bs, bs)?)
         } else {
-            self.vault.zero(first, end - first)?
+            None
         };
-        self.note_change(first, end);
+        let tail = if last > inner_end {
+            Some(self.zeroed_edge(inner_end, 0, end - inner_end * bs)?)
+        } else {
+            None
+        };
+        if head.is_some() {
+            self.write_primary(&vec![0u8; (inner_first * bs - offset) as usize], offset)?;
+        }
+        self.zero_primary(
+            inner_first * bs,
+            (inner_end - inner_first) * bs,
+            trim || !no_hole,
+        )?;
+        if tail.is_some() {
+            self.write_primary(&vec![0u8; (end - inner_end * bs) as usize], inner_end * bs)?;
+        }
+        let (first_block, count) = (inner_first, inner_end - inner_first);
+        let mut ops = Vec::with_capacity(3);
+        if let Some(h) = &head {
+            ops.push(HostOp::Write {
+                first_block: first,
+                data: h,
+            });
+        }
+        ops.push(if trim {
+            HostOp::Trim { first_block, count }
+        } else {
+            HostOp::Zero { first_block, count }
+        });
+        if let Some(t) = &tail {
+            ops.push(HostOp::Write {
+                first_block: inner_end,
+                data: t,
+            });
+        }
+        let seq = self.vault.apply(&ops)?;
+        self.note_change(first, last);
         Ok(seq)
+    }
+
+    /// Block `block` as the primary holds it, with bytes from..to zeroed.
+    fn zeroed_edge(&self, block: u64, from: u64, to: u64) -> Result<Vec<u8>> {
+        let bs = self.block_size;
+        let mut buf = vec![0u8; bs as usize];
+        self.primary
+            .read_exact_at(&mut buf, block * bs)
+            .map_err(self.io("read"))?;
+        buf[from as usize..to as usize].fill(0);
+        Ok(buf)
+    }
+
+    fn write_primary(&self, data: &[u8], offset: u64) -> Result<()> {
+        self.primary
+            .write_all_at(data, offset)
+            .map_err(self.io("write"))
     }
 
     fn zero_primary(&self, offset: u64, len: u64, punch: bool) -> Result<()> {

@@ -153,3 +153,38 @@ fn change_trackers_see_exactly_the_blocks_changed_while_they_live() {
     let late = v.track_changes();
     assert!(late.blocks().is_empty());
 }
+
+/// One host write is one unit for points: a 1 MiB write (eight records) and a write-zeroes
+/// with unaligned edges (a write, a zero and a write) each read back whole or not at all,
+/// at every seq, and a seal of the open interval can only fall after them.
+#[test]
+fn a_host_write_is_one_point_whatever_records_it_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = setup(tmp.path(), 1024);
+    let blocks = v.size() / BS as u64;
+    v.write(0, &vec![0x11; 2 * BS], false).unwrap();
+    let before_mib = v.vault().read_at(&Point::Latest, 0, blocks).unwrap();
+    v.write(100 * BS as u64, &vec![0xab; 1 << 20], false)
+        .unwrap();
+    let after_mib = v.vault().read_at(&Point::Latest, 0, blocks).unwrap();
+    // Zero from the middle of block 99 to the middle of block 400 (inside the 1 MiB).
+    v.zero(99 * BS as u64 + 100, 301 * BS as u64, false, false, false)
+        .unwrap();
+    let after_zero = v.vault().read_at(&Point::Latest, 0, blocks).unwrap();
+    let newest = v.vault().newest_seq().0;
+    assert_eq!(newest, 1 + 8 + 3, "records: 1 + 8 + 3");
+    for s in 0..=newest {
+        let got = v
+            .vault()
+            .read_at(&format!("seq:{s}").parse().unwrap(), 0, blocks)
+            .unwrap();
+        let want = match s {
+            0 => vec![0u8; blocks as usize * BS],
+            1..=8 => before_mib.clone(),
+            9..=11 => after_mib.clone(),
+            _ => after_zero.clone(),
+        };
+        assert!(got == want, "seq:{s} shows part of a host write");
+    }
+    live_equals_vault(&v);
+}

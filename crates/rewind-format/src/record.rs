@@ -8,7 +8,9 @@
 //!  0     2    magic            0x5752 ("RW" little-endian)
 //!  2     1    kind             1 write, 2 zero, 3 trim, 4 marker, 5 fix-up
 //!  3     1    flags            bit 0 lz4, bit 1 zstd (payload stored compressed);
-//!                              markers: bit 4 app-consistent
+//!                              markers: bit 4 app-consistent;
+//!                              bit 5 continues: the next record belongs to the same host
+//!                              write (segment version 2 on)
 //!  4     4    payload_len      bytes stored after the header
 //!  8     8    seq              strictly increasing, never reused
 //! 16     8    timestamp_ns     UTC, ns since the Unix epoch (non-decreasing in a vault)
@@ -25,6 +27,12 @@
 //! nothing; a marker carries its snapshot name (UTF-8). A fix-up is laid out like a write:
 //! data that `rewind sync` copied from the primary into the vault to repair a discrepancy,
 //! not data a host wrote; every reader treats it as a write.
+//!
+//! One host write is one unit for points: a write larger than [`MAX_WRITE_PAYLOAD`] (or a
+//! write-zeroes with unaligned edges) becomes several records, every one but the last
+//! flagged "continues", all with the same timestamp. A point (a seq, a time, a seal, a
+//! marker) only ever falls after a record without the flag; recovery cuts a tail that ends
+//! inside a unit, since no flush can have covered it.
 //!
 //! `durable_seq` lets recovery tell a torn tail (records that were never covered by a
 //! completed flush may be cut) from corruption (a bad record that a later, valid record
@@ -46,7 +54,8 @@ pub const MAX_MARKER_NAME: usize = 128;
 const FLAG_LZ4: u8 = 1;
 const FLAG_ZSTD: u8 = 2;
 const FLAG_APP_CONSISTENT: u8 = 1 << 4;
-const KNOWN_FLAGS: u8 = FLAG_LZ4 | FLAG_ZSTD | FLAG_APP_CONSISTENT;
+const FLAG_CONTINUES: u8 = 1 << 5;
+const KNOWN_FLAGS: u8 = FLAG_LZ4 | FLAG_ZSTD | FLAG_APP_CONSISTENT | FLAG_CONTINUES;
 
 /// What a record does to the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,6 +145,12 @@ impl RecordHeader {
     /// Whether a marker was taken while the host had quiesced (application-consistent).
     pub fn app_consistent(&self) -> bool {
         self.flags & FLAG_APP_CONSISTENT != 0
+    }
+
+    /// Whether the next record belongs to the same host write (this one does not end a
+    /// unit: no point falls right after it).
+    pub fn continues(&self) -> bool {
+        self.flags & FLAG_CONTINUES != 0
     }
 
     /// Decodes a header from the first [`HEADER_LEN`] bytes of `buf`, checking everything
@@ -237,6 +252,7 @@ impl RecordHeader {
             }
             RecordKind::Marker => {
                 if h.block_count != 0
+                    || h.continues()
                     || h.payload_len as usize > MAX_MARKER_NAME
                     || h.payload_len != h.raw_len
                     || compressed
@@ -287,6 +303,8 @@ pub struct NewRecord {
     pub block_count: u32,
     pub durable_seq: Seq,
     pub app_consistent: bool,
+    /// The next record belongs to the same host write.
+    pub continues: bool,
 }
 
 /// Appends an encoded record (header + stored payload) to `out`. `stored` is the payload
@@ -334,6 +352,9 @@ pub fn encode_header_with_payload_crc(
     };
     if r.app_consistent {
         flags |= FLAG_APP_CONSISTENT;
+    }
+    if r.continues {
+        flags |= FLAG_CONTINUES;
     }
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.push(r.kind.code());
@@ -385,6 +406,7 @@ mod tests {
             block_count: count,
             durable_seq: Seq(5),
             app_consistent: kind == RecordKind::Marker,
+            continues: false,
         };
         encode(&mut out, &r, payload, payload.len() as u32, StoredAs::Raw);
         out
@@ -468,6 +490,39 @@ mod tests {
         assert!(matches!(
             RecordHeader::decode(&unknown, 512),
             Err(DecodeError::Invalid { offset: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn continues_round_trips_and_a_marker_never_continues() {
+        let data = vec![3u8; 512];
+        let mut out = Vec::new();
+        let r = NewRecord {
+            kind: RecordKind::Write,
+            seq: Seq(9),
+            timestamp_ns: 5,
+            first_block: 1,
+            block_count: 1,
+            durable_seq: Seq(2),
+            app_consistent: false,
+            continues: true,
+        };
+        encode(&mut out, &r, &data, 512, StoredAs::Raw);
+        let (h, _) = decode(&out, 512).expect("decodes");
+        assert!(h.continues());
+        let plain = sample(RecordKind::Write, &data, 1);
+        assert!(!decode(&plain, 512).expect("decodes").0.continues());
+        let mut m = Vec::new();
+        let marker = NewRecord {
+            kind: RecordKind::Marker,
+            block_count: 0,
+            first_block: 0,
+            ..r
+        };
+        encode(&mut m, &marker, b"snap", 4, StoredAs::Raw);
+        assert!(matches!(
+            RecordHeader::decode(&m, 512),
+            Err(DecodeError::Invalid { offset: 4, .. })
         ));
     }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!  0     8    magic        "RWNDSEG\0"
-//!  8     2    version      1
+//!  8     2    version      2 (1 still decodes: it is 2 without the records' "continues" flag)
 //! 10     2    reserved     0
 //! 12     4    block_size
 //! 16     8    first_seq    seq of the segment's first record
@@ -19,7 +19,11 @@ use crate::codec::{
 use crate::{DecodeError, Seq};
 
 pub const MAGIC: &[u8; 8] = b"RWNDSEG\0";
-pub const VERSION: u16 = 1;
+/// The version this build writes. Version 2 added the records' "continues" flag (one host
+/// write as one unit for points); a version 1 segment is one without it.
+pub const VERSION: u16 = 2;
+/// The oldest version this build still decodes.
+pub const OLDEST_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 48;
 const WHAT: &str = "segment header";
 
@@ -57,7 +61,10 @@ impl SegmentHeader {
         let body = check_trailing_crc(&buf[..HEADER_LEN], WHAT)?;
         let mut r = Reader::new(body, WHAT);
         r.take(8)?;
-        check_version(r.u16()?, VERSION, WHAT)?;
+        let version = r.u16()?;
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            check_version(version, VERSION, WHAT)?;
+        }
         r.u16()?;
         let block_size = r.u32()?;
         if !crate::valid_block_size(block_size) {
@@ -96,5 +103,27 @@ mod tests {
         for n in 0..buf.len() {
             assert!(SegmentHeader::decode(&buf[..n]).is_err(), "cut at {n}");
         }
+    }
+
+    fn with_version(h: &SegmentHeader, v: u16) -> Vec<u8> {
+        let mut buf = h.encode();
+        buf[8..10].copy_from_slice(&v.to_le_bytes());
+        buf.truncate(HEADER_LEN - 4);
+        crate::codec::push_trailing_crc(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn version_1_still_decodes_and_a_newer_one_is_refused() {
+        let h = SegmentHeader {
+            block_size: 512,
+            first_seq: Seq(1),
+            vault_id: [3; 16],
+        };
+        assert_eq!(SegmentHeader::decode(&with_version(&h, 1)), Ok(h));
+        assert!(matches!(
+            SegmentHeader::decode(&with_version(&h, VERSION + 1)),
+            Err(DecodeError::UnknownVersion { .. })
+        ));
     }
 }

@@ -54,6 +54,9 @@ pub enum VaultError {
     #[error("write of {len} bytes is not a whole number of {block_size}-byte blocks")]
     Unaligned { len: usize, block_size: u32 },
 
+    #[error("a host write must have at least one part")]
+    EmptyWrite,
+
     #[error("no snapshot named {0:?}; `rewind list` shows the snapshots")]
     UnknownSnapshot(String),
 

@@ -245,9 +245,11 @@ fn spot_check(vault: &Vault, model: &Model, pick: u64, what: &str) {
         let s = edges[rng.below(edges.len() as u64) as usize];
         check_point(vault, &Point::Seq(s), model.image(s.0), what);
     }
-    let s = rng.below(n + 1);
-    let view = vault.view(&Point::Seq(Seq(s))).unwrap();
-    assert_eq!(view.point().seq, Seq(s));
+    let asked = rng.below(n + 1);
+    let view = vault.view(&Point::Seq(Seq(asked))).unwrap();
+    // A seq inside a host write names the state before that write.
+    let s = model.boundary(asked);
+    assert_eq!(view.point().seq, Seq(s), "{what}: seq:{asked}");
     assert_eq!(
         view.sources(0, model.blocks()).unwrap(),
         model.sources(s),
@@ -307,7 +309,10 @@ fn check_intervals(vault: &Vault, model: &Model, seal: SealPolicy) {
         let records = iv.seq_to.0 + 1 - iv.seq_from.0;
         if seal.writes > 0 {
             if iv.sealed {
-                assert!(records <= seal.writes, "{iv:?} holds more than {seal:?}");
+                // Seals fall between host writes: the count is checked after each one.
+                let last_unit = model.boundary(iv.seq_to.0 - 1) + 1;
+                let before = last_unit.max(iv.seq_from.0) - iv.seq_from.0;
+                assert!(before < seal.writes, "{iv:?} holds more than {seal:?}");
             } else {
                 assert!(
                     records < seal.writes,
@@ -358,7 +363,7 @@ fn check_times(vault: &Vault, model: &Model, seed: u64) {
             if t < ts[0] {
                 continue;
             }
-            let want = expect(t);
+            let want = model.boundary(expect(t));
             let p: Point = format_time(t).parse().unwrap();
             assert_eq!(p, Point::Time(t), "{} does not parse back", format_time(t));
             let rp = vault.resolve(&p).unwrap();
@@ -401,12 +406,13 @@ proptest! {
 }
 
 /// A write larger than one record's payload becomes several records with consecutive
-/// seqs, each a point of its own.
+/// seqs, but it is one point: a seq inside it names the state before it, all its records
+/// carry one timestamp, and a time resolves to before or after the whole write.
 #[test]
-fn large_write_is_several_records() {
+fn large_write_is_several_records_and_one_point() {
     let tmp = tempfile::tempdir().unwrap();
     let bs = 4096u32;
-    let blocks = 80;
+    let blocks = 300;
     let (vault, mut model) = common::create(
         tmp.path(),
         bs,
@@ -422,9 +428,113 @@ fn large_write_is_several_records() {
     assert_eq!(want, 3, "70 blocks of 4 KiB are three records");
     assert_eq!(vault.write(5, &data).unwrap(), Seq(want));
     assert_eq!(vault.info().open_records, 3);
+    // 1 MiB more: records 4..=11.
+    let mib = common::data(5, bs as usize, 256);
+    assert_eq!(vault.write(40, &mib).unwrap(), Seq(model.write(40, &mib)));
+    for s in 0..=model.newest() {
+        let rp = vault.resolve(&Point::Seq(Seq(s))).unwrap();
+        let whole = if s < 3 {
+            0
+        } else if s < 11 {
+            3
+        } else {
+            11
+        };
+        assert_eq!(
+            rp.seq,
+            Seq(whole),
+            "seq:{s} names the end of a whole host write"
+        );
+    }
     check_everything(&vault, &model, "open");
+    let t_first = vault.resolve(&Point::Seq(Seq(3))).unwrap().time_ns;
+    let t_second = vault.resolve(&Point::Seq(Seq(11))).unwrap().time_ns;
+    let seg = common::segment_files(vault.dir()).pop().unwrap();
+    vault.flush().unwrap();
+    let times: Vec<i64> = common::segment_records(&seg, bs)
+        .iter()
+        .map(|r| r.header.timestamp_ns)
+        .collect();
+    assert_eq!(times[..3], [t_first; 3], "one timestamp per host write");
+    assert_eq!(times[3..], [t_second; 8], "one timestamp per host write");
+    if t_second > t_first {
+        let p = Point::Time(t_second - 1);
+        assert_eq!(vault.resolve(&p).unwrap().seq, Seq(3));
+    }
     vault.seal().unwrap();
     check_everything(&vault, &model, "sealed");
+    for s in [1, 2, 4, 10] {
+        let whole = if s < 3 { 0 } else { 3 };
+        let rp = vault.resolve(&Point::Seq(Seq(s))).unwrap();
+        assert_eq!(rp.seq, Seq(whole), "sealed: seq:{s}");
+    }
+}
+
+/// A seal policy by record count never cuts a host write: the interval ends after it.
+#[test]
+fn seals_fall_between_host_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seal = SealPolicy {
+        writes: 3,
+        ..common::no_auto_seal()
+    };
+    let (vault, mut model) = common::create(tmp.path(), 4096, 300, 1, Compression::None, seal);
+    let mib = common::data(5, 4096, 256);
+    for at in [0u64, 10, 20] {
+        assert_eq!(vault.write(at, &mib).unwrap(), Seq(model.write(at, &mib)));
+    }
+    let ivs = vault.intervals();
+    let edges: Vec<(u64, u64)> = ivs.iter().map(|i| (i.seq_from.0, i.seq_to.0)).collect();
+    assert_eq!(edges, vec![(1, 8), (9, 16), (17, 24)], "{ivs:?}");
+    check_everything(&vault, &model, "sealed by count");
+}
+
+/// A crash that leaves the tail of the open segment inside a host write: recovery cuts the
+/// incomplete write (no flush can have covered it), so no point shows half of it.
+#[test]
+fn a_tail_inside_a_host_write_is_cut_back_to_its_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vault, mut model) = common::create(
+        tmp.path(),
+        4096,
+        300,
+        2,
+        Compression::None,
+        common::no_auto_seal(),
+    );
+    let small = common::data(1, 4096, 2);
+    assert_eq!(
+        vault.write(200, &small).unwrap(),
+        Seq(model.write(200, &small))
+    );
+    vault.flush().unwrap();
+    let mib = common::data(5, 4096, 256);
+    vault.write(0, &mib).unwrap();
+    vault.write_out().unwrap();
+    let dir = vault.dir().to_path_buf();
+    let seg = common::segment_files(&dir).pop().unwrap();
+    drop(vault);
+    // Keep the first three of the 1 MiB write's eight records.
+    let recs = common::segment_records(&seg, 4096);
+    assert_eq!(recs.len(), 9);
+    let cut = recs[4].offset;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let vault = Vault::open(&dir).unwrap();
+    assert_eq!(
+        vault.info().newest_seq,
+        Seq(1),
+        "the incomplete write is cut"
+    );
+    check_everything(&vault, &model, "after the cut");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), recs[1].offset);
+    // A reader beside a writer that is mid-write sees the same.
+    let ro = Vault::open_read_only(&dir).unwrap();
+    assert_eq!(ro.info().newest_seq, Seq(1));
 }
 
 /// Rejected operations append nothing.

@@ -20,50 +20,14 @@ impl Vault {
     /// to the OS at once, durable after [`Vault::flush`]. Returns the seqs of the first
     /// and the last record appended (the records in between are all this call's).
     pub fn fix_up(&self, first_block: u64, data: &[u8]) -> Result<(Seq, Seq)> {
-        let bs = self.shared.block_size as usize;
-        if data.is_empty() || !data.len().is_multiple_of(bs) {
-            return Err(VaultError::Unaligned {
-                len: data.len(),
-                block_size: self.shared.block_size,
-            });
-        }
-        self.check_range(first_block, (data.len() / bs) as u64)?;
-        let per_record = (MAX_WRITE_PAYLOAD / bs).max(1) * bs;
         let mut inner = self.lock_writable()?;
-        let compression = inner.manifest.compression;
-        let first = inner.open.last_seq().next();
-        let mut last = first;
-        for (i, chunk) in data.chunks(per_record).enumerate() {
-            let fb = first_block + (i * per_record / bs) as u64;
-            let mut scratch = std::mem::take(&mut inner.scratch);
-            let stored_as = if compression.compress(chunk, &mut scratch) {
-                match compression {
-                    Compression::Lz4 => StoredAs::Lz4,
-                    _ => StoredAs::Zstd,
-                }
-            } else {
-                StoredAs::Raw
-            };
-            let stored = if stored_as == StoredAs::Raw {
-                chunk
-            } else {
-                &scratch[..]
-            };
-            let r = self.append_locked(
-                &mut inner,
-                RecordKind::FixUp,
-                fb,
-                (chunk.len() / bs) as u32,
-                stored,
-                chunk.len() as u32,
-                stored_as,
-                None,
-            );
-            inner.scratch = scratch;
-            last = r?;
-        }
+        let seqs = self.append_unit(
+            &mut inner,
+            &[HostOp::Write { first_block, data }],
+            RecordKind::FixUp,
+        )?;
         inner.open.write_out()?;
-        Ok((first, last))
+        Ok(seqs)
     }
 
     /// Flags every sealed interval that holds a record of `ranges` (inclusive seq ranges

@@ -5,6 +5,7 @@ mod fixup;
 mod listing;
 mod points;
 mod suspect;
+mod unit;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use rewind_format::compress::{Compression, StoredAs};
 use rewind_format::delta_map::{DeltaMap, Interval, Location};
 use rewind_format::manifest::{Manifest, MapEntry, SealPolicy, SegmentEntry, SnapshotEntry};
-use rewind_format::record::{NewRecord, RecordKind, MAX_WRITE_PAYLOAD};
+use rewind_format::record::{NewRecord, RecordKind};
 use rewind_format::segment::HEADER_LEN as SEG_HEADER_LEN;
 use rewind_format::{names, Generation, SegmentId, Seq};
 
@@ -32,6 +33,8 @@ use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
 
 pub use suspect::SuspectMark;
+pub use unit::HostOp;
+use unit::RecordSpec;
 
 /// What `rewind init` asks for.
 #[derive(Debug, Clone)]
@@ -404,53 +407,11 @@ impl Vault {
         }
     }
 
-    /// Appends a write of whole blocks at `first_block`. Large writes become several
-    /// records (at most 128 KiB of data each), appended together and handed to the OS in
-    /// one write. Returns the seq of the last record. Durable once [`Vault::flush`] returns.
+    /// Appends a write of whole blocks at `first_block`: one host write, one unit for
+    /// points (see [`HostOp`]). Returns the seq of the last record. Durable once
+    /// [`Vault::flush`] returns.
     pub fn write(&self, first_block: u64, data: &[u8]) -> Result<Seq> {
-        let bs = self.shared.block_size as usize;
-        if data.is_empty() || !data.len().is_multiple_of(bs) {
-            return Err(VaultError::Unaligned {
-                len: data.len(),
-                block_size: self.shared.block_size,
-            });
-        }
-        self.check_range(first_block, (data.len() / bs) as u64)?;
-        let per_record = (MAX_WRITE_PAYLOAD / bs).max(1) * bs;
-        let mut inner = self.lock_writable()?;
-        let compression = inner.manifest.compression;
-        let mut last = Seq::BASE;
-        for (i, chunk) in data.chunks(per_record).enumerate() {
-            let fb = first_block + (i * per_record / bs) as u64;
-            let count = (chunk.len() / bs) as u32;
-            let mut scratch = std::mem::take(&mut inner.scratch);
-            let stored_as = if compression.compress(chunk, &mut scratch) {
-                match compression {
-                    Compression::Lz4 => StoredAs::Lz4,
-                    _ => StoredAs::Zstd,
-                }
-            } else {
-                StoredAs::Raw
-            };
-            let stored = if stored_as == StoredAs::Raw {
-                chunk
-            } else {
-                &scratch[..]
-            };
-            let r = self.append_locked(
-                &mut inner,
-                RecordKind::Write,
-                fb,
-                count,
-                stored,
-                chunk.len() as u32,
-                stored_as,
-                None,
-            );
-            inner.scratch = scratch;
-            last = r?;
-        }
-        Ok(last)
+        self.apply(&[HostOp::Write { first_block, data }])
     }
 
     /// Hands every record appended so far to the disk (no fsync, no wait). Appends are
@@ -464,25 +425,20 @@ impl Vault {
 
     /// Appends a zero record: the blocks read as zeroes from here on.
     pub fn zero(&self, first_block: u64, count: u64) -> Result<Seq> {
-        self.append_range(RecordKind::Zero, first_block, count)
+        self.apply(&[HostOp::Zero { first_block, count }])
     }
 
     /// Appends a trim record: the blocks were discarded and read as zeroes from here on.
     pub fn trim(&self, first_block: u64, count: u64) -> Result<Seq> {
-        self.append_range(RecordKind::Trim, first_block, count)
+        self.apply(&[HostOp::Trim { first_block, count }])
     }
 
-    fn append_range(&self, kind: RecordKind, first_block: u64, count: u64) -> Result<Seq> {
-        self.check_range(first_block, count)?;
+    /// Appends one host write made of several parts (e.g. a write-zeroes whose unaligned
+    /// edges are writes of their blocks) as one unit: no point, seal or marker falls between
+    /// its records. Returns the seq of the last record.
+    pub fn apply(&self, ops: &[HostOp<'_>]) -> Result<Seq> {
         let mut inner = self.lock_writable()?;
-        let mut last = Seq::BASE;
-        let mut b = first_block;
-        while b < first_block + count {
-            let n = (first_block + count - b).min(u64::from(u32::MAX)) as u32;
-            last = self.append_locked(&mut inner, kind, b, n, &[], 0, StoredAs::Raw, None)?;
-            b += u64::from(n);
-        }
-        Ok(last)
+        Ok(self.append_unit(&mut inner, ops, RecordKind::Write)?.1)
     }
 
     /// Appends a marker named `name`, makes everything before it durable and seals the
@@ -493,51 +449,54 @@ impl Vault {
         if Self::find_snapshot(&inner, name).is_some() {
             return Err(VaultError::SnapshotExists(name.to_string()));
         }
+        let ts = self.unit_time(&mut inner);
         let seq = self.append_locked(
             &mut inner,
-            RecordKind::Marker,
-            0,
-            0,
+            &RecordSpec {
+                kind: RecordKind::Marker,
+                first_block: 0,
+                block_count: 0,
+                ts,
+                continues: false,
+                app_consistent,
+            },
             name.as_bytes(),
             name.len() as u32,
             StoredAs::Raw,
-            Some(app_consistent),
+            Some(name),
         )?;
-        // append_locked sealed the interval (markers always seal), which made it durable.
+        // Markers always seal, which makes them durable.
+        self.seal_locked(&mut inner)?;
         Self::find_snapshot(&inner, name)
             .filter(|s| s.seq == seq)
             .ok_or(VaultError::UnknownSnapshot(name.to_string()))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Appends one record to the open segment (the caller holds the vault lock and seals
+    /// afterwards if it must: only between host writes).
     fn append_locked(
         &self,
         inner: &mut Inner,
-        kind: RecordKind,
-        first_block: u64,
-        block_count: u32,
+        spec: &RecordSpec,
         stored: &[u8],
         raw_len: u32,
         stored_as: StoredAs,
-        marker: Option<bool>,
+        marker_name: Option<&str>,
     ) -> Result<Seq> {
         let seq = inner.open.last_seq().next();
-        let ts = now_ns().max(inner.last_ts);
-        inner.last_ts = ts;
         let r = NewRecord {
-            kind,
+            kind: spec.kind,
             seq,
-            timestamp_ns: ts,
-            first_block,
-            block_count,
+            timestamp_ns: spec.ts,
+            first_block: spec.first_block,
+            block_count: spec.block_count,
             durable_seq: inner.durable_seq,
-            app_consistent: marker.unwrap_or(false),
+            app_consistent: spec.app_consistent,
+            continues: spec.continues,
         };
-        let name = marker.map(|_| std::str::from_utf8(stored).unwrap_or(""));
-        inner.open.append(&r, stored, raw_len, stored_as, name)?;
-        if kind == RecordKind::Marker || self.policy_wants_seal(inner) {
-            self.seal_locked(inner)?;
-        }
+        inner
+            .open
+            .append(&r, stored, raw_len, stored_as, marker_name)?;
         Ok(seq)
     }
 

@@ -13,7 +13,7 @@ impl Vault {
         };
         match plan {
             Resolution::Done(rp) => Ok(rp),
-            Resolution::ScanSegment { seg, stop } => self.scan_for(&seg, stop),
+            Resolution::ScanSegment { seg, stop, before } => self.scan_for(&seg, stop, before),
         }
     }
 
@@ -42,19 +42,22 @@ impl Vault {
                 return self.by_time(inner, t, &Point::Time(t));
             }
         };
-        // The time of `seq`.
-        if seq == Seq::BASE {
-            return Ok(Resolution::Done(ResolvedPoint {
-                seq,
-                time_ns: m.created_ns,
-            }));
-        }
+        // `seq:N` names the state after the host write that ended at or before record N:
+        // a seq inside a host write of several records goes back to where it began.
         if seq >= inner.open.id.0 {
-            let r = inner.open.records[(seq.0 - inner.open.id.0 .0) as usize];
-            return Ok(Resolution::Done(ResolvedPoint {
-                seq,
-                time_ns: r.timestamp_ns,
-            }));
+            let recs = &inner.open.records;
+            let i = (seq.0 - inner.open.id.0 .0) as usize;
+            if let Some(j) = recs[..=i].iter().rposition(|r| !r.continues) {
+                return Ok(Resolution::Done(ResolvedPoint {
+                    seq: recs[j].seq,
+                    time_ns: recs[j].timestamp_ns,
+                }));
+            }
+            // The open interval's first host write: the point is the end of the sealed log.
+            return Ok(Resolution::Done(Self::sealed_end(m, m.segments.len())));
+        }
+        if seq == Seq::BASE {
+            return Ok(Resolution::Done(Self::sealed_end(m, 0)));
         }
         let i = m.segments.partition_point(|s| s.last_seq < seq);
         let seg = m.segments[i];
@@ -67,7 +70,22 @@ impl Vault {
         Ok(Resolution::ScanSegment {
             seg,
             stop: Stop::Seq(seq),
+            before: Self::sealed_end(m, i),
         })
+    }
+
+    /// The point at the end of the first `n` sealed segments (the base image for none).
+    fn sealed_end(m: &Manifest, n: usize) -> ResolvedPoint {
+        match n.checked_sub(1).and_then(|i| m.segments.get(i)) {
+            Some(s) => ResolvedPoint {
+                seq: s.last_seq,
+                time_ns: s.time_to_ns,
+            },
+            None => ResolvedPoint {
+                seq: Seq::BASE,
+                time_ns: m.created_ns,
+            },
+        }
     }
 
     fn by_time(&self, inner: &Inner, t: i64, shown: &Point) -> Result<Resolution> {
@@ -86,19 +104,16 @@ impl Vault {
             });
         }
         let recs = &inner.open.records;
-        if recs.first().is_some_and(|r| r.timestamp_ns <= t) {
-            let i = recs.partition_point(|r| r.timestamp_ns <= t) - 1;
+        let upto = recs.partition_point(|r| r.timestamp_ns <= t);
+        if let Some(j) = recs[..upto].iter().rposition(|r| !r.continues) {
             return Ok(Resolution::Done(ResolvedPoint {
-                seq: recs[i].seq,
-                time_ns: recs[i].timestamp_ns,
+                seq: recs[j].seq,
+                time_ns: recs[j].timestamp_ns,
             }));
         }
         let i = m.segments.partition_point(|s| s.time_from_ns <= t);
         if i == 0 {
-            return Ok(Resolution::Done(ResolvedPoint {
-                seq: Seq::BASE,
-                time_ns: m.created_ns,
-            }));
+            return Ok(Resolution::Done(Self::sealed_end(m, 0)));
         }
         let seg = m.segments[i - 1];
         if seg.time_to_ns <= t {
@@ -110,33 +125,43 @@ impl Vault {
         Ok(Resolution::ScanSegment {
             seg,
             stop: Stop::Time(t),
+            before: Self::sealed_end(m, i - 1),
         })
     }
 
-    fn scan_for(&self, seg: &SegmentEntry, stop: Stop) -> Result<ResolvedPoint> {
+    /// The last host-write boundary in `seg` at or before `stop`; `before` (the end of the
+    /// segments before it) when the segment's first host write is already past it.
+    fn scan_for(
+        &self,
+        seg: &SegmentEntry,
+        stop: Stop,
+        before: ResolvedPoint,
+    ) -> Result<ResolvedPoint> {
         let mut found: Option<RecordMeta> = None;
+        let mut seen = false;
         let path = self.shared.segments.path(seg.id);
         scan_sealed(&path, seg.id.0, seg.length, self.shared.block_size, |r| {
             let keep = match stop {
                 Stop::Seq(s) => r.seq <= s,
                 Stop::Time(t) => r.timestamp_ns <= t,
             };
-            if keep {
+            seen |= keep;
+            if keep && !r.continues {
                 found = Some(*r);
             }
             keep
         })?;
-        let r = found.ok_or_else(|| {
-            corrupted(
+        if !seen {
+            return Err(corrupted(
                 &path,
                 0,
                 Corruption::Inconsistent("segment does not hold the records the manifest says"),
-            )
-        })?;
-        Ok(ResolvedPoint {
+            ));
+        }
+        Ok(found.map_or(before, |r| ResolvedPoint {
             seq: r.seq,
             time_ns: r.timestamp_ns,
-        })
+        }))
     }
 
     /// The volume as it was at `point`: ready to read at once. Only the interval holding
@@ -302,7 +327,13 @@ impl Vault {
 
 enum Resolution {
     Done(ResolvedPoint),
-    ScanSegment { seg: SegmentEntry, stop: Stop },
+    /// Scan a sealed segment for the point; `before` is the point at the end of the
+    /// segments before it.
+    ScanSegment {
+        seg: SegmentEntry,
+        stop: Stop,
+        before: ResolvedPoint,
+    },
 }
 
 #[derive(Clone, Copy)]

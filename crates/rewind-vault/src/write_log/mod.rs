@@ -27,4 +27,6 @@ pub(crate) struct RecordMeta {
     pub offset: u64,
     /// Bytes of the record on disk (header + stored payload).
     pub len: u32,
+    /// The next record belongs to the same host write: no point falls right after this one.
+    pub continues: bool,
 }

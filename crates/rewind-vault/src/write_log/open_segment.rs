@@ -369,6 +369,7 @@ impl OpenSegment {
             block_count: r.block_count,
             offset,
             len: (record::HEADER_LEN + stored_len) as u32,
+            continues: r.continues,
         };
         self.index_blocks(&meta, crcs);
         self.records.push(meta);

@@ -110,6 +110,21 @@ pub(crate) fn scan_tail(path: &Path, first_seq: Seq, block_size: u32) -> Result<
             }
         }
     }
+    // A tail that ends inside a host write is cut back to where that write began: no flush
+    // can have covered it (a flush waits for the whole host write), and a point must never
+    // show half of one.
+    let whole = records
+        .iter()
+        .rposition(|r| !r.continues)
+        .map_or(0, |i| i + 1);
+    if whole < records.len() {
+        tracing::warn!(path = %path.display(), records = records.len() - whole, "the write log ends inside a host write; cutting it back to the write's start");
+        pos = records[whole].offset as usize;
+        records.truncate(whole);
+        raw_payloads.truncate(whole);
+        let last = records.last().map(|r| r.seq);
+        markers.retain(|m| Some(m.seq) <= last);
+    }
     Ok(TailScan {
         header,
         records,
@@ -166,6 +181,7 @@ fn meta(h: &RecordHeader, offset: u64) -> RecordMeta {
         block_count: h.block_count,
         offset,
         len: h.total_len() as u32,
+        continues: h.continues(),
     }
 }
 

@@ -129,6 +129,8 @@ pub struct Model {
     /// Whether each record is a write (its blocks come from the record) rather than a
     /// zero, trim or marker.
     pub is_write: Vec<bool>,
+    /// Whether each record ends its host write (a point may fall right after it).
+    pub ends_unit: Vec<bool>,
 }
 
 impl Model {
@@ -139,7 +141,16 @@ impl Model {
             snaps: Vec::new(),
             covers: vec![(0, 0)],
             is_write: vec![false],
+            ends_unit: vec![true],
         }
+    }
+
+    /// The point `seq:N` names: the last host-write boundary at or before record N.
+    pub fn boundary(&self, seq: u64) -> u64 {
+        (0..=seq)
+            .rev()
+            .find(|s| self.ends_unit[*s as usize])
+            .unwrap_or(0)
     }
 
     pub fn blocks(&self) -> u64 {
@@ -150,16 +161,24 @@ impl Model {
         (self.images.len() - 1) as u64
     }
 
+    /// The volume at `seq:N` (a seq inside a host write names the state before it).
     pub fn image(&self, seq: u64) -> &[u8] {
-        &self.images[seq as usize]
+        &self.images[self.boundary(seq) as usize]
     }
 
-    fn push(&mut self, cover: (u64, u64), write: bool, f: impl FnOnce(&mut Vec<u8>)) -> u64 {
+    fn push(
+        &mut self,
+        cover: (u64, u64),
+        write: bool,
+        ends_unit: bool,
+        f: impl FnOnce(&mut Vec<u8>),
+    ) -> u64 {
         let mut next = self.images.last().unwrap().clone();
         f(&mut next);
         self.images.push(next);
         self.covers.push(cover);
         self.is_write.push(write);
+        self.ends_unit.push(ends_unit);
         self.newest()
     }
 
@@ -169,10 +188,11 @@ impl Model {
         let bs = self.bs;
         let per_record = (MAX_WRITE_PAYLOAD / bs).max(1) * bs;
         let mut last = 0;
+        let n = data.len().div_ceil(per_record);
         for (i, chunk) in data.chunks(per_record).enumerate() {
             let at = first as usize * bs + i * per_record;
             let cover = ((at / bs) as u64, (chunk.len() / bs) as u64);
-            last = self.push(cover, true, |img| {
+            last = self.push(cover, true, i + 1 == n, |img| {
                 img[at..at + chunk.len()].copy_from_slice(chunk)
             });
         }
@@ -182,13 +202,13 @@ impl Model {
     /// A zero or trim record.
     pub fn zero(&mut self, first: u64, count: u64) -> u64 {
         let bs = self.bs;
-        self.push((first, count), false, |img| {
+        self.push((first, count), false, true, |img| {
             img[first as usize * bs..(first + count) as usize * bs].fill(0);
         })
     }
 
     pub fn marker(&mut self, name: &str) -> u64 {
-        let seq = self.push((0, 0), false, |_| {});
+        let seq = self.push((0, 0), false, true, |_| {});
         self.snaps.push((name.to_string(), seq));
         seq
     }
@@ -198,12 +218,14 @@ impl Model {
         self.images.truncate(seq as usize + 1);
         self.covers.truncate(seq as usize + 1);
         self.is_write.truncate(seq as usize + 1);
+        self.ends_unit.truncate(seq as usize + 1);
         self.snaps.retain(|(_, s)| *s <= seq);
     }
 
     /// Where each block of the volume comes from at `seq`: the newest record at or before
     /// it that covers the block, else the base image.
     pub fn sources(&self, seq: u64) -> Vec<BlockSource> {
+        let seq = self.boundary(seq);
         (0..self.blocks())
             .map(|b| {
                 (1..=seq)
