@@ -66,7 +66,7 @@ pub struct LiveVolume {
     drl: DirtyRegionLog,
     /// Regions the dirty region log held when the volume was opened: an unclean stop
     /// left them, and they may differ between primary and vault until repaired.
-    unclean: Vec<u64>,
+    unclean: Mutex<Vec<u64>>,
     /// Every write whose record seq is at most this is durable in primary and log.
     flushed_seq: AtomicU64,
     /// When the DRL was last given a chance to clear idle regions.
@@ -171,7 +171,7 @@ impl LiveVolume {
         let (drl, last_stop) = DirtyRegionLog::open(vault.dir(), expected, vault.block_size())?;
         let volume = LiveVolume {
             drl,
-            unclean: last_stop.dirty.clone(),
+            unclean: Mutex::new(last_stop.dirty.clone()),
             flushed_seq: AtomicU64::new(0),
             last_drl_pass: Mutex::new(std::time::Instant::now()),
             flushes: Mutex::new(Flushes::default()),
@@ -649,8 +649,11 @@ impl LiveVolume {
 
     /// Regions an unclean stop left dirty (see [`LiveVolume::open`]); empty after a clean
     /// stop. They stay dirty until [`LiveVolume::mark_repaired`].
-    pub fn unclean_regions(&self) -> &[u64] {
-        &self.unclean
+    pub fn unclean_regions(&self) -> Vec<u64> {
+        self.unclean
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Says that primary and vault agree everywhere (the unclean regions were repaired):
@@ -659,6 +662,10 @@ impl LiveVolume {
         self.flush()?;
         self.checkpoint()?;
         self.drl.clear_all(false)?;
+        self.unclean
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Restore: write a new raw image of the volume as it was at a point ([`plan`],
 //! [`execute`]), or bring the primary itself back to a point ([`plan_in_place`],
-//! [`execute_in_place`]) by copying only the blocks changed since.
+//! [`execute_in_place`], in [`in_place`]) by copying only the blocks changed since.
 //!
 //! Restore plans first ([`plan`]: what point, where from, how much), which `--dry-run`
 //! prints, then [`execute`]s the plan: every block is read through a [`PointView`]
@@ -17,12 +17,14 @@ use rewind_vault::{
     BlockSource, Point, PointView, Progress, ResolvedPoint, SuspectEntry, Vault, VaultError,
 };
 
-use crate::intercept::{InterceptError, LiveVolume};
+use crate::intercept::InterceptError;
+
+mod in_place;
+
+pub use in_place::{execute_in_place, plan_in_place, resume_in_place, InPlacePlan};
 
 /// Blocks read per step.
 const CHUNK_BLOCKS: u64 = 256;
-/// Threads that copy blocks back in an in-place restore (reads in flight at once).
-const RESTORE_WORKERS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,6 +43,13 @@ pub enum RestoreError {
     Intercept(#[from] InterceptError),
     #[error("a restore worker thread panicked")]
     WorkerPanicked,
+    #[error("the in-place restore to seq {target_seq} was interrupted after {copied} of {total} bytes; the primary is part way between that point and the one kept as snapshot {undo_snapshot}: finish it with `rewind restore --in-place --resume` (or start `rewind serve`, which finishes it first)")]
+    Interrupted {
+        target_seq: rewind_vault::Seq,
+        undo_snapshot: String,
+        copied: u64,
+        total: u64,
+    },
 }
 
 type Result<T> = std::result::Result<T, RestoreError>;
@@ -167,134 +176,6 @@ pub fn execute(
     }
 }
 
-/// What an in-place restore will do.
-#[derive(Debug, Clone)]
-pub struct InPlacePlan {
-    pub point: ResolvedPoint,
-    pub primary: PathBuf,
-    /// Runs of blocks changed since the point: (first block, count).
-    pub runs: Vec<(u64, u64)>,
-    /// Blocks to copy back.
-    pub blocks: u64,
-    pub block_size: u32,
-    /// The snapshot taken of the current state before anything is copied.
-    pub undo_snapshot: String,
-    /// Suspect blocks the point reads (see [`RestorePlan::suspect`]).
-    pub suspect: Vec<SuspectEntry>,
-}
-
-/// Plans bringing the primary back to `point`: only the blocks some record after the
-/// point changed are copied.
-pub fn plan_in_place(volume: &LiveVolume, point: &Point) -> Result<(InPlacePlan, PointView)> {
-    let vault = volume.vault();
-    let view = vault.view(point)?;
-    let runs = vault.changed_since(view.point().seq)?;
-    let plan = InPlacePlan {
-        point: view.point(),
-        primary: volume.primary_path().to_path_buf(),
-        blocks: runs.iter().map(|r| r.1).sum(),
-        runs,
-        block_size: view.block_size(),
-        // Named after the state it keeps: the same name means nothing changed since.
-        undo_snapshot: format!("undo-restore-at-seq-{}", vault.info().newest_seq),
-        suspect: vault.suspect_reads(&view)?,
-    };
-    Ok((plan, view))
-}
-
-/// Carries out an in-place restore. The current state is first kept as the snapshot
-/// `plan.undo_snapshot`; then every changed block is written back through the intercept
-/// layer, so the restore is itself journaled (and can be undone) and the vault's newest
-/// point equals the primary afterwards.
-pub fn execute_in_place(
-    plan: &InPlacePlan,
-    view: &PointView,
-    volume: &LiveVolume,
-    progress: &dyn Progress,
-) -> Result<RestoreReport> {
-    let start = Instant::now();
-    let vault = volume.vault();
-    if plan.blocks > 0
-        && !vault
-            .snapshots()
-            .iter()
-            .any(|s| s.name == plan.undo_snapshot)
-    {
-        volume.flush()?;
-        vault.snapshot(&plan.undo_snapshot, false)?;
-    }
-    let bs = u64::from(plan.block_size);
-    let ranges: Vec<(u64, u64)> = plan.runs.iter().map(|&(b, n)| (b * bs, n * bs)).collect();
-    volume
-        .drl()
-        .premark(&ranges)
-        .map_err(InterceptError::from)?;
-    let t_pre = Instant::now();
-    view.prefetch(&plan.runs)?;
-    tracing::debug!(
-        ms = t_pre.elapsed().as_millis() as u64,
-        "in-place restore: delta maps loaded"
-    );
-    progress.start("restoring in place", plan.blocks * bs);
-    // Pieces of at most CHUNK_BLOCKS, copied by several workers at once: the changed
-    // blocks are scattered through the write log, so reading them one after another
-    // would wait for the disk once per block.
-    let pieces: Vec<(u64, u64)> = plan
-        .runs
-        .iter()
-        .flat_map(|&(first, count)| {
-            (first..first + count)
-                .step_by(CHUNK_BLOCKS as usize)
-                .map(move |b| (b, (first + count - b).min(CHUNK_BLOCKS)))
-        })
-        .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let written = std::sync::atomic::AtomicU64::new(0);
-    let workers = RESTORE_WORKERS.min(pieces.len()).max(1);
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    let mut buf = vec![0u8; (CHUNK_BLOCKS * bs) as usize];
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(b, n)) = pieces.get(i) else {
-                            return Ok(());
-                        };
-                        let chunk = &mut buf[..(n * bs) as usize];
-                        view.read_into(b, chunk)?;
-                        volume.write(b * bs, chunk, false)?;
-                        written.fetch_add(n * bs, std::sync::atomic::Ordering::Relaxed);
-                        progress.advance(n * bs);
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(Err(RestoreError::WorkerPanicked)))
-            .collect()
-    });
-    for r in results {
-        r?;
-    }
-    let written = written.into_inner();
-    let copied = start.elapsed();
-    volume.flush()?;
-    progress.finish();
-    tracing::debug!(
-        copy_ms = copied.as_millis() as u64,
-        total_ms = start.elapsed().as_millis() as u64,
-        pieces = pieces.len(),
-        "in-place restore copied"
-    );
-    Ok(RestoreReport {
-        bytes_written: written,
-        holes: 0,
-        elapsed: start.elapsed(),
-    })
-}
-
 fn partial_path(to: &Path) -> PathBuf {
     let name = to
         .file_name()
@@ -365,6 +246,7 @@ fn is_zero(b: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::intercept::LiveVolume;
     use rewind_vault::{Compression, CreateOptions, NoProgress, SealPolicy};
 
     fn vault(dir: &Path) -> Vault {
@@ -426,7 +308,7 @@ mod tests {
         let before = std::fs::read(tmp.path().join("primary.img")).unwrap();
         let (p, view) = plan_in_place(&volume, &"s1".parse().unwrap()).unwrap();
         assert_eq!(p.runs, vec![(4, 2), (40, 2)]);
-        execute_in_place(&p, &view, &volume, &NoProgress).unwrap();
+        execute_in_place(&p, &view, &volume, &NoProgress, None).unwrap();
         assert_eq!(
             std::fs::read(tmp.path().join("primary.img")).unwrap(),
             at_s1

@@ -126,7 +126,7 @@ fn a_process_crash_keeps_the_primary_and_reports_the_dirty_regions() {
     assert!(!last.clean);
     let v = open(tmp.path());
     std::env::remove_var("REWIND_BOOT_ID");
-    assert_eq!(v.unclean_regions(), &[0]);
+    assert_eq!(v.unclean_regions(), vec![0]);
     // Same boot: no redo; the primary holds the write.
     assert_eq!(block(&v, 5), vec![7u8; BS]);
     v.mark_repaired().unwrap();

@@ -14,6 +14,7 @@ pub mod delta_map;
 pub mod drl;
 mod error;
 mod ids;
+pub mod intent;
 pub mod manifest;
 pub mod names;
 pub mod record;

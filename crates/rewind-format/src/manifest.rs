@@ -18,11 +18,13 @@
 //! suspects (version 2 on): u32 n, n * { seq_from u64, seq_to u64 (both 0: the base image),
 //!                        reasons u8, marked_ns i64, scan_seq u64,
 //!                        u32 len + portable roaring treemap of the suspect blocks }
+//! intents (version 3 on): see [`crate::intent`]
 //! crc u32 over everything before
 //! ```
 //!
 //! Version history: 1 had no suspects list; it still decodes (with none). Version 2 added
-//! it. Delta map files are immutable, so whether an interval is suspect or a fix-up lives
+//! it. Version 3 added the intents list (work under way that the next opener finishes);
+//! 1 and 2 decode with none. Delta map files are immutable, so whether an interval is suspect or a fix-up lives
 //! here, in its map entry's flags; the suspects list says which blocks and why, and is the
 //! only place the base image is marked suspect.
 
@@ -32,12 +34,13 @@ use crate::codec::{
 use crate::compress::Compression;
 use crate::delta_map::Interval;
 use crate::delta_map::FLAG_SUSPECT;
+use crate::intent::Intent;
 use crate::{DecodeError, Generation, SegmentId, Seq};
 use roaring::RoaringTreemap;
 
 pub const MAGIC: &[u8; 8] = b"RWNDMANI";
 /// The version this build writes.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The oldest version this build still decodes.
 pub const OLDEST_VERSION: u16 = 1;
 const WHAT: &str = "manifest";
@@ -135,6 +138,8 @@ pub struct Manifest {
     pub snapshots: Vec<SnapshotEntry>,
     /// Suspect blocks, per delta map (flagged [`FLAG_SUSPECT`] in `maps`) or the base image.
     pub suspects: Vec<SuspectEntry>,
+    /// Work under way (at most one of each kind).
+    pub intents: Vec<Intent>,
 }
 
 impl Manifest {
@@ -199,6 +204,10 @@ impl Manifest {
             let _ = s.blocks.serialize_into(&mut set);
             w.u32(set.len() as u32);
             w.bytes(&set);
+        }
+        w.u32(self.intents.len() as u32);
+        for i in &self.intents {
+            i.encode(&mut w);
         }
         push_trailing_crc(&mut out);
         out
@@ -286,6 +295,14 @@ impl Manifest {
         } else {
             Vec::new()
         };
+        let intents = if version >= 3 {
+            let n = count(&mut r, 5)?;
+            (0..n)
+                .map(|_| Intent::decode(&mut r))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         if r.pos() != body.len() {
             return Err(DecodeError::invalid(r.pos(), WHAT, "trailing bytes"));
         }
@@ -303,6 +320,7 @@ impl Manifest {
             maps,
             snapshots,
             suspects,
+            intents,
         };
         m.check_chain()?;
         m.check_suspects()?;
@@ -489,6 +507,7 @@ mod tests {
                 app_consistent: true,
             }],
             suspects: Vec::new(),
+            intents: Vec::new(),
         }
     }
 
@@ -543,6 +562,68 @@ mod tests {
         }
     }
 
+    /// Bytes a version 2 build wrote (`with_suspects()` encoded by the code of 660e5c4).
+    const GOLDEN_V2: &[u8] = include_bytes!("../tests/golden/manifest-v2.bin");
+
+    #[test]
+    fn version_2_still_decodes_with_no_intents() {
+        assert_eq!(u16::from_le_bytes([GOLDEN_V2[8], GOLDEN_V2[9]]), 2);
+        let m = Manifest::decode(GOLDEN_V2).expect("version 2 decodes");
+        assert_eq!(m, with_suspects());
+        let again = m.encode();
+        assert_eq!(u16::from_le_bytes([again[8], again[9]]), VERSION);
+        assert_eq!(Manifest::decode(&again), Ok(m));
+        for i in 0..GOLDEN_V2.len() {
+            let mut bad = GOLDEN_V2.to_vec();
+            bad[i] ^= 0x80;
+            assert!(Manifest::decode(&bad).is_err(), "v2 flip at {i}");
+        }
+    }
+
+    fn with_intent() -> Manifest {
+        let mut m = sample();
+        m.intents = vec![Intent::RestoreInPlace(crate::intent::RestoreInPlace {
+            target_seq: Seq(7),
+            target_time_ns: 8,
+            started_ns: 12,
+            undo_snapshot: "undo-restore-at-seq-10".into(),
+            point: "-15m".into(),
+        })];
+        m
+    }
+
+    #[test]
+    fn intents_round_trip_and_damage_is_an_error() {
+        let m = with_intent();
+        let buf = m.encode();
+        assert_eq!(Manifest::decode(&buf), Ok(m));
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x04;
+            assert!(Manifest::decode(&bad).is_err(), "flip at {i}");
+        }
+        for n in 0..buf.len() {
+            assert!(Manifest::decode(&buf[..n]).is_err(), "cut at {n}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_intent_kind_is_refused() {
+        let buf = with_intent().encode();
+        // The kind byte follows the count of intents, 4 bytes after the suspects (none).
+        let body = buf.len() - 4;
+        let payload = 8 + 8 + 8 + 2 + "undo-restore-at-seq-10".len() + 2 + "-15m".len();
+        let kind_at = body - payload - 4 - 1;
+        let mut bad = buf[..body].to_vec();
+        assert_eq!(bad[kind_at], 1);
+        bad[kind_at] = 9;
+        crate::codec::push_trailing_crc(&mut bad);
+        assert!(matches!(
+            Manifest::decode(&bad),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+
     #[test]
     fn suspect_entries_must_agree_with_the_flags() {
         let reseal = |m: &Manifest| Manifest::decode(&m.encode());
@@ -589,7 +670,7 @@ mod tests {
         let mut buf = sample().encode();
         buf[8] = 0;
         buf[9] = 0;
-        // Version 0 was never written: unknown. Version 3 is newer: unknown too.
+        // Version 0 was never written: unknown. Version 4 is newer: unknown too.
         let n = buf.len();
         let crc = crc32c::crc32c(&buf[..n - 4]);
         buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
@@ -597,12 +678,12 @@ mod tests {
             Manifest::decode(&buf),
             Err(DecodeError::UnknownVersion { found: 0, .. })
         ));
-        buf[8] = 3;
+        buf[8] = 4;
         let crc = crc32c::crc32c(&buf[..n - 4]);
         buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             Manifest::decode(&buf),
-            Err(DecodeError::UnknownVersion { found: 3, .. })
+            Err(DecodeError::UnknownVersion { found: 4, .. })
         ));
     }
 }

@@ -115,6 +115,13 @@ pub fn to_json(vault: &Vault) -> Value {
             "suspect": base_suspect.is_some(),
             "suspect_blocks": suspect_json(base_suspect),
         },
+        "interrupted_restore": vault.restore_intent().map(|r| json!({
+            "point": r.point,
+            "seq": r.target_seq.0,
+            "time": format_time(r.target_time_ns),
+            "undo_snapshot": r.undo_snapshot,
+            "started": format_time(r.started_ns),
+        })),
         "snapshots": vault.snapshots().iter().map(|s| json!({
             "name": s.name, "seq": s.seq.0, "time": format_time(s.time_ns), "app_consistent": s.app_consistent,
         })).collect::<Vec<_>>(),
@@ -178,6 +185,17 @@ fn print_human(j: &Value) {
         v["created"].as_str().unwrap_or("?")
     );
     println!("newest   seq {}", v["newest_seq"]);
+    let r = &j["interrupted_restore"];
+    if !r.is_null() {
+        println!(
+            "RESTORE  an in-place restore to {} (seq {}), started {}, was interrupted: the primary is part way\n         between that point and snapshot {}. Finish it: rewind restore --vault {} --in-place --resume",
+            r["point"].as_str().unwrap_or("?"),
+            r["seq"],
+            r["started"].as_str().unwrap_or("?"),
+            r["undo_snapshot"].as_str().unwrap_or("?"),
+            v["dir"].as_str().unwrap_or("?"),
+        );
+    }
     println!();
     let snaps = j["snapshots"].as_array().cloned().unwrap_or_default();
     if snaps.is_empty() {

@@ -22,8 +22,13 @@ pub struct Args {
     #[command(flatten)]
     pub vault: VaultArg,
     /// The point: snapshot name, seq:N, RFC 3339 time, -15m style age, or now
-    #[arg(long, value_name = "POINT", allow_hyphen_values = true)]
-    pub at: String,
+    #[arg(
+        long,
+        value_name = "POINT",
+        allow_hyphen_values = true,
+        required_unless_present = "resume"
+    )]
+    pub at: Option<String>,
     /// Path of the new image
     #[arg(
         long,
@@ -35,6 +40,10 @@ pub struct Args {
     /// Bring the primary itself back to the point (stop `rewind serve` first)
     #[arg(long)]
     pub in_place: bool,
+    /// Finish an in-place restore that was interrupted (Ctrl-C, kill, power cut), to the
+    /// point it was asked for
+    #[arg(long, requires = "in_place", conflicts_with = "at")]
+    pub resume: bool,
     /// Replace --to if it exists
     #[arg(long)]
     pub force: bool,
@@ -48,16 +57,17 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = a.vault.path();
-    let point: Point = a.at.parse()?;
-    let Some(to) = a.to.clone() else {
-        return in_place(&a, &dir, &point);
+    let point: Option<Point> = a.at.as_deref().map(str::parse).transpose()?;
+    let (Some(to), Some(point)) = (a.to.clone(), point.clone()) else {
+        return in_place(&a, &dir, point.as_ref());
     };
+    let at = a.at.clone().unwrap_or_default();
     let vault = Vault::open_read_only(&dir)
         .with_context(|| format!("cannot open vault {}", dir.display()))?;
     let (plan, view) =
         restore::plan(&vault, &point, &to, a.force).context("cannot plan the restore")?;
     let summary = json!({
-        "point": a.at,
+        "point": at,
         "seq": plan.point.seq.0,
         "time": format_time(plan.point.time_ns),
         "to": plan.to,
@@ -69,7 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "suspect": crate::cmd::list::suspect_reads_json(&plan.suspect),
         "dry_run": a.dry_run,
     });
-    crate::cmd::list::warn_suspect_reads(&a.at, &plan.suspect);
+    crate::cmd::list::warn_suspect_reads(&at, &plan.suspect);
     let bs = u64::from(plan.block_size);
     if a.dry_run {
         if a.json {
@@ -77,7 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         println!(
             "Would restore {} (seq {}, {}) to {}:",
-            a.at,
+            at,
             plan.point.seq,
             format_time(plan.point.time_ns),
             plan.to.display()
@@ -115,7 +125,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     println!(
         "Restored {} (seq {}, {}) to {}: {} written, the rest left sparse, in {:.1}s.",
-        a.at,
+        at,
         plan.point.seq,
         format_time(plan.point.time_ns),
         plan.to.display(),
@@ -125,7 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()> {
+fn in_place(a: &Args, dir: &std::path::Path, point: Option<&Point>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let vault = std::sync::Arc::new(
         Vault::open_as(dir, "rewind restore --in-place").with_context(|| {
@@ -137,23 +147,51 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
     );
     let primary = std::path::PathBuf::from(vault.info().primary);
     let volume = LiveVolume::open(&primary, vault.clone())?;
-    if !volume.unclean_regions().is_empty() {
+    let interrupted = vault.restore_intent();
+    if !volume.unclean_regions().is_empty() && interrupted.is_none() {
         anyhow::bail!(
             "rewind serve did not stop cleanly: {} region(s) of {} may differ from the vault. Start `rewind serve` once (it repairs them first) or run `rewind sync`, then restore.",
             volume.unclean_regions().len(),
             primary.display()
         );
     }
+    let point = match (point, &interrupted) {
+        (Some(p), _) => p.clone(),
+        (None, Some(r)) => Point::Seq(r.target_seq),
+        (None, None) => anyhow::bail!(
+            "nothing to resume: no in-place restore of {} was interrupted",
+            primary.display()
+        ),
+    };
     let opened = started.elapsed();
-    let (plan, view) = restore::plan_in_place(&volume, point).context("cannot plan the restore")?;
+    let (mut plan, view) =
+        restore::plan_in_place(&volume, &point).context("cannot plan the restore")?;
+    if a.resume {
+        if let Some(r) = &interrupted {
+            plan.asked = r.point.clone();
+        }
+    }
     tracing::debug!(
         open_ms = opened.as_millis() as u64,
         plan_ms = (started.elapsed() - opened).as_millis() as u64,
         "in-place restore planned"
     );
+    if let Some(r) = &interrupted {
+        if plan.resumes() {
+            eprintln!(
+                "An in-place restore to {} (seq {}) was interrupted; finishing it.",
+                r.point, r.target_seq
+            );
+        } else {
+            eprintln!(
+                "An in-place restore to {} (seq {}) was interrupted; going to {} (seq {}) instead.",
+                r.point, r.target_seq, plan.asked, plan.point.seq
+            );
+        }
+    }
     let bs = u64::from(plan.block_size);
     let summary = json!({
-        "point": a.at,
+        "point": plan.asked,
         "seq": plan.point.seq.0,
         "time": format_time(plan.point.time_ns),
         "primary": plan.primary,
@@ -161,10 +199,15 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
         "blocks_changed_since": plan.blocks,
         "bytes_to_copy": plan.blocks * bs,
         "undo_snapshot": plan.undo_snapshot,
+        "interrupted": interrupted.as_ref().map(|r| json!({
+            "point": r.point,
+            "seq": r.target_seq.0,
+            "started": format_time(r.started_ns),
+        })),
         "suspect": crate::cmd::list::suspect_reads_json(&plan.suspect),
         "dry_run": a.dry_run,
     });
-    crate::cmd::list::warn_suspect_reads(&a.at, &plan.suspect);
+    crate::cmd::list::warn_suspect_reads(&plan.asked, &plan.suspect);
     if a.dry_run {
         if a.json {
             return output::json(&summary);
@@ -172,17 +215,35 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
         println!(
             "Would bring {} back to {} (seq {}, {}): copy {} changed since, after keeping the current state as snapshot {}.",
             plan.primary.display(),
-            a.at,
+            plan.asked,
             plan.point.seq,
             format_time(plan.point.time_ns),
             output::bytes(plan.blocks * bs),
             plan.undo_snapshot
         );
-        volume.stop()?;
+        if interrupted.is_none() {
+            volume.stop()?;
+        }
         return Ok(());
     }
-    let report = restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json))
-        .context("in-place restore failed")?;
+    let cancel = interrupt_flag()?;
+    let report =
+        match restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json), Some(&cancel)) {
+            Ok(r) => r,
+            Err(e @ restore::RestoreError::Interrupted { .. }) => {
+                anyhow::bail!(
+                    "{e}\nTo finish: rewind restore --vault {} --in-place --resume",
+                    dir.display()
+                )
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "in-place restore failed; the primary may be part way to {}. Run `rewind restore --vault {} --in-place --resume` to finish it",
+                    plan.asked,
+                    dir.display()
+                )))
+            }
+        };
     let stopping = std::time::Instant::now();
     volume
         .stop()
@@ -198,13 +259,24 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
         return output::json(&s);
     }
     println!(
-        "{} is back at {} (seq {}): {} copied in {:.2}s. Undo with: rewind restore --at {} --in-place",
+        "{} is back at {} (seq {}): {} copied in {:.2}s. Undo with: rewind restore --vault {} --at {} --in-place",
         plan.primary.display(),
-        a.at,
+        plan.asked,
         plan.point.seq,
         output::bytes(report.bytes_written),
         report.elapsed.as_secs_f64(),
+        dir.display(),
         plan.undo_snapshot
     );
     Ok(())
+}
+
+/// A flag that SIGINT and SIGTERM set (instead of ending the process), so that a long
+/// in-place restore stops between pieces and leaves its intent for a resume.
+fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
+    }
+    Ok(flag)
 }

@@ -117,6 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     check_identity(&primary, &vault.info().primary, a.moved_primary)?;
     let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
+    finish_interrupted_restore(&volume, &vault_dir, &shutdown)?;
     repair_unclean(&volume)?;
     let tcp = if a.listen == "none" {
         None
@@ -228,6 +229,41 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ""
         }
     );
+    Ok(())
+}
+
+/// An in-place restore that was interrupted left the primary part way between two points:
+/// finish it before any client sees that disk.
+fn finish_interrupted_restore(
+    volume: &LiveVolume,
+    vault_dir: &Path,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<()> {
+    let Some(r) = volume.vault().restore_intent() else {
+        return Ok(());
+    };
+    eprintln!(
+        "An in-place restore to {} (seq {}) was interrupted; finishing it before serving...",
+        r.point, r.target_seq
+    );
+    let done = rewind_engine::restore::resume_in_place(volume, &Bar::new(false), Some(shutdown))
+        .with_context(|| {
+            format!(
+                "cannot finish the interrupted in-place restore; the primary is not served until it is (try `rewind restore --vault {} --in-place --resume`)",
+                vault_dir.display()
+            )
+        })?;
+    if let Some((plan, report)) = done {
+        eprintln!(
+            "Restored {} to {} (seq {}): {} copied in {:.2}s; the state before it is snapshot {}.",
+            plan.primary.display(),
+            plan.asked,
+            plan.point.seq,
+            output::bytes(report.bytes_written),
+            report.elapsed.as_secs_f64(),
+            plan.undo_snapshot
+        );
+    }
     Ok(())
 }
 

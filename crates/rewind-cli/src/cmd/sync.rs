@@ -75,6 +75,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 Vault::open_as(&dir, "rewind sync")
                     .with_context(|| format!("cannot open vault {} for sync", dir.display()))?,
             );
+            if let Some(r) = vault.restore_intent() {
+                anyhow::bail!(
+                    "an in-place restore to {} (seq {}) was interrupted: the primary is part way between two points, and syncing it now would copy that mix into the vault. Finish the restore first: rewind restore --vault {} --in-place --resume (or start `rewind serve`, which finishes it)",
+                    r.point,
+                    r.target_seq,
+                    dir.display()
+                );
+            }
             let recorded = vault.info().primary;
             let primary = a
                 .primary

@@ -78,6 +78,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 Vault::open_read_only(&dir)
                     .with_context(|| format!("cannot open vault {}", dir.display()))?,
             );
+            if let Some(r) = vault.restore_intent() {
+                eprintln!(
+                    "warning: an in-place restore to {} (seq {}) was interrupted; the primary is part way between two points until `rewind restore --vault {} --in-place --resume` (or `rewind serve`) finishes it, so it differs from the vault where the restore had not copied yet.",
+                    r.point,
+                    r.target_seq,
+                    dir.display()
+                );
+            }
             let primary = a
                 .primary
                 .clone()

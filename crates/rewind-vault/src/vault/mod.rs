@@ -2,6 +2,7 @@
 //! Listing lives in [`listing`], points and point-in-time views in [`points`].
 
 mod fixup;
+mod intents;
 mod listing;
 mod points;
 mod suspect;
@@ -213,6 +214,7 @@ impl Vault {
             maps: Vec::new(),
             snapshots: Vec::new(),
             suspects: Vec::new(),
+            intents: Vec::new(),
         };
         manifest_store::commit(dir, &m)?;
         fsutil::sync_dir(dir)?;
