@@ -44,11 +44,34 @@ pub enum InterceptError {
     },
     #[error("an earlier flush failed ({0}); nothing written since can be made durable")]
     FlushFailed(String),
+    #[error("no space left: {0}")]
+    NoSpace(String),
     #[error("range {offset}+{len} is outside the {size}-byte volume")]
     OutOfRange { offset: u64, len: u64, size: u64 },
 }
 
 type Result<T> = std::result::Result<T, InterceptError>;
+
+impl InterceptError {
+    /// Whether the error is a full file system (ENOSPC or EDQUOT), of the primary's or the
+    /// vault's: the host should get ENOSPC (qemu's `werror=enospc` pauses the guest), and
+    /// the write may succeed once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            InterceptError::NoSpace(_) => true,
+            InterceptError::Io { source, .. } => io_no_space(source),
+            InterceptError::Vault(v) => v.is_no_space(),
+            _ => false,
+        }
+    }
+}
+
+fn io_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
 
 /// The protected volume: the primary and its vault.
 #[derive(Debug)]
@@ -75,6 +98,10 @@ pub struct LiveVolume {
     flushes: Mutex<Flushes>,
     /// When the primary was last synced for a checkpoint.
     last_checkpoint: Mutex<std::time::Instant>,
+    /// Since when, and why, the primary's file system refuses writes (no space); read
+    /// without the lock on the write path through `primary_full_set`.
+    primary_full: Mutex<Option<(std::time::SystemTime, String)>>,
+    primary_full_set: std::sync::atomic::AtomicBool,
     flushed: std::sync::Condvar,
 }
 
@@ -103,6 +130,9 @@ struct Flushes {
     done: u64,
     /// After a failed flush nothing more can be promised.
     failed: Option<String>,
+    /// The last flush failed for lack of space (its number and why): the callers it
+    /// covered get that error; a later flush may succeed once space is freed.
+    no_space: Option<(u64, String)>,
 }
 
 /// How often idle regions of the dirty region log are cleared.
@@ -185,6 +215,8 @@ impl LiveVolume {
             trackers: Mutex::new(Vec::new()),
             tracking: AtomicUsize::new(0),
             last_checkpoint: Mutex::new(std::time::Instant::now()),
+            primary_full: Mutex::new(None),
+            primary_full_set: std::sync::atomic::AtomicBool::new(false),
         };
         let newest = volume.vault.newest_seq();
         let mut checkpoint = Seq(last_stop.checkpoint_seq);
@@ -374,9 +406,11 @@ impl LiveVolume {
             return Ok(());
         }
         self.check(offset, data.len() as u64)?;
+        self.vault.check_room()?;
         self.make_room(offset, data.len() as u64)?;
         let entered = self.drl.enter(offset, data.len() as u64)?;
         let res = self.write_locked(offset, data);
+        self.note_primary_result(&res);
         // A failed write keeps its region dirty for good: primary and log may differ.
         self.drl
             .leave(entered, res.as_ref().map_or(u64::MAX, |s| s.0));
@@ -448,9 +482,11 @@ impl LiveVolume {
             // No whole block inside: it is a plain write of zeroes.
             return self.write(offset, &vec![0u8; len as usize], fua);
         }
+        self.vault.check_room()?;
         self.make_room(offset, len)?;
         let entered = self.drl.enter(offset, len)?;
         let res = self.zero_locked(offset, end, trim, no_hole);
+        self.note_primary_result(&res);
         self.drl
             .leave(entered, res.as_ref().map_or(u64::MAX, |s| s.0));
         res?;
@@ -566,9 +602,10 @@ impl LiveVolume {
         let need = g.started + 1;
         loop {
             if g.done >= need {
-                return match &g.failed {
-                    Some(e) => Err(InterceptError::FlushFailed(e.clone())),
-                    None => Ok(()),
+                return match (&g.failed, &g.no_space) {
+                    (Some(e), _) => Err(InterceptError::FlushFailed(e.clone())),
+                    (None, Some((n, e))) if *n >= need => Err(InterceptError::NoSpace(e.clone())),
+                    _ => Ok(()),
                 };
             }
             if !g.running {
@@ -580,8 +617,12 @@ impl LiveVolume {
                 g = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
                 g.running = false;
                 g.done = mine;
-                if let Err(e) = &res {
-                    g.failed.get_or_insert_with(|| e.to_string());
+                match &res {
+                    Ok(()) => g.no_space = None,
+                    Err(e) if e.is_no_space() => g.no_space = Some((mine, e.to_string())),
+                    Err(e) => {
+                        g.failed.get_or_insert_with(|| e.to_string());
+                    }
                 }
                 self.flushed.notify_all();
                 return res;
@@ -640,6 +681,46 @@ impl LiveVolume {
         }
         self.drl.clear_idle(self.durable_in_log())?;
         Ok(())
+    }
+
+    /// Keeps whether the primary's file system refuses writes for lack of space (for
+    /// [`LiveVolume::write_refusal`]); costs one atomic load when all is well.
+    fn note_primary_result<T>(&self, res: &Result<T>) {
+        let full = matches!(res, Err(e @ InterceptError::Io { .. }) if e.is_no_space());
+        if !full && !self.primary_full_set.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = self.primary_full.lock().unwrap_or_else(|p| p.into_inner());
+        match res {
+            Err(e) if full => {
+                if g.is_none() {
+                    tracing::error!(path = %self.path.display(), error = %e, "the primary's file system is full: host writes get ENOSPC until space is freed");
+                    *g = Some((std::time::SystemTime::now(), e.to_string()));
+                }
+            }
+            Ok(_) => {
+                if g.take().is_some() {
+                    tracing::warn!(path = %self.path.display(), "the primary's file system has room again; writes go on");
+                }
+            }
+            Err(_) => {}
+        }
+        self.primary_full_set.store(g.is_some(), Ordering::Relaxed);
+    }
+
+    /// Why host writes are refused now, if they are: the vault's write log cannot be
+    /// written (full, or poisoned by a failed sync), or the primary's file system is full.
+    pub fn write_refusal(&self) -> Option<rewind_vault::WriteRefusal> {
+        if let Some(r) = self.vault.write_refusal() {
+            return Some(r);
+        }
+        let g = self.primary_full.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().map(|(since, why)| rewind_vault::WriteRefusal {
+            since: *since,
+            reason: format!("no space left on the primary's file system ({why})"),
+            path: self.path.clone(),
+            retries_by_itself: true,
+        })
     }
 
     /// The dirty region log.

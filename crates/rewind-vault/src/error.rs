@@ -91,6 +91,20 @@ pub enum VaultError {
     Poisoned,
 }
 
+impl VaultError {
+    /// Whether the error is a full file system (ENOSPC or EDQUOT): the operation may succeed
+    /// once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            VaultError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// What exactly is wrong with corrupted bytes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, VaultError};
 
 /// fsyncs a directory so that renames and creations in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
@@ -14,21 +14,50 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .io("fsync directory", dir)
 }
 
+/// How an atomic write failed: before the rename (nothing changed: the temporary file is
+/// removed, so a full disk gets its space back) or after it (the new file is in place but
+/// may not be durable).
+#[derive(Debug)]
+pub(crate) enum AtomicWriteError {
+    Before(VaultError),
+    After(VaultError),
+}
+
+impl AtomicWriteError {
+    pub(crate) fn into_error(self) -> VaultError {
+        match self {
+            AtomicWriteError::Before(e) | AtomicWriteError::After(e) => e,
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync the dir.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_staged(path, bytes).map_err(AtomicWriteError::into_error)
+}
+
+/// [`write_atomic`], saying whether a failure came before or after the rename.
+pub(crate) fn write_atomic_staged(
+    path: &Path,
+    bytes: &[u8],
+) -> std::result::Result<(), AtomicWriteError> {
     let tmp = path.with_file_name(format!(
         "{}{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         rewind_format::names::TMP_SUFFIX
     ));
-    {
+    let staged = (|| {
         let mut f = File::create(&tmp).io("create", &tmp)?;
         f.write_all(bytes).io("write", &tmp)?;
         f.sync_all().io("fsync", &tmp)?;
+        fs::rename(&tmp, path).io("rename into place", path)
+    })();
+    if let Err(e) = staged {
+        let _ = fs::remove_file(&tmp);
+        return Err(AtomicWriteError::Before(e));
     }
-    fs::rename(&tmp, path).io("rename into place", path)?;
     if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+        sync_dir(dir).map_err(AtomicWriteError::After)?;
     }
     Ok(())
 }
@@ -47,55 +76,6 @@ pub(crate) fn read_at_padded(f: &File, buf: &mut [u8], offset: u64) -> std::io::
     }
     buf[done..].fill(0);
     Ok(done)
-}
-
-/// Writes all of `parts`, one after the other, at `offset` (pwritev), without first
-/// copying them into one buffer.
-pub(crate) fn write_all_vectored_at(
-    f: &File,
-    parts: &[&[u8]],
-    mut offset: u64,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
-    while !parts.is_empty() {
-        let iov: Vec<libc::iovec> = parts
-            .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            })
-            .collect();
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: every iovec points into a live slice of `parts` for its length, and
-        // pwritev only reads from them.
-        let n =
-            unsafe { libc::pwritev(f.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, off) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
-        }
-        let mut n = n as usize;
-        offset += n as u64;
-        // Drop what was written; keep the rest of a partly written part.
-        while n > 0 {
-            if n >= parts[0].len() {
-                n -= parts[0].len();
-                parts.remove(0);
-            } else {
-                parts[0] = &parts[0][n..];
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The size of a file or block device in bytes.

@@ -33,7 +33,9 @@ pub use rewind_format::manifest::{
     MapEntry, SealPolicy, SnapshotEntry, SuspectEntry, SUSPECT_DIFFERS, SUSPECT_UNREADABLE,
 };
 pub use rewind_format::Seq;
-pub use vault::{CreateOptions, HostOp, IntervalInfo, LogPosition, SuspectMark, Vault, VaultInfo};
+pub use vault::{
+    CreateOptions, HostOp, IntervalInfo, LogPosition, SuspectMark, Vault, VaultInfo, WriteRefusal,
+};
 pub use view::{BlockSource, Origin, PointView};
 
 /// Reports progress of long work (copying, restoring). Implementations draw bars; the

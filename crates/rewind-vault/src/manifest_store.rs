@@ -74,8 +74,17 @@ pub(crate) fn load(dir: &Path) -> Result<(Manifest, PathBuf)> {
 /// Commits `m` (whose generation must be one more than the current) atomically, then
 /// removes generations older than the previous one.
 pub(crate) fn commit(dir: &Path, m: &Manifest) -> Result<()> {
-    fsutil::write_atomic(&dir.join(names::manifest(m.generation)), &m.encode())?;
-    for g in generations(dir)? {
+    commit_staged(dir, m).map_err(fsutil::AtomicWriteError::into_error)
+}
+
+/// [`commit`], saying whether a failure left the current manifest as it was
+/// ([`fsutil::AtomicWriteError::Before`]: nothing committed) or not.
+pub(crate) fn commit_staged(
+    dir: &Path,
+    m: &Manifest,
+) -> std::result::Result<(), fsutil::AtomicWriteError> {
+    fsutil::write_atomic_staged(&dir.join(names::manifest(m.generation)), &m.encode())?;
+    for g in generations(dir).map_err(fsutil::AtomicWriteError::After)? {
         if g.0 + 1 < m.generation.0 {
             let p = dir.join(names::manifest(g));
             if let Err(e) = std::fs::remove_file(&p) {

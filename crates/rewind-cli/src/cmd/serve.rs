@@ -150,6 +150,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     });
     print_recipes(&primary, &vault_dir, tcp.as_ref(), socket.as_deref());
     let mut last_tick = Instant::now();
+    let mut seal_errors = Repeating::new("time-based seal failed");
+    let mut upkeep_errors = Repeating::new("write log and dirty region log upkeep failed");
     while !shutdown.load(Ordering::Relaxed) {
         let mut idle = true;
         if let Some(l) = &tcp {
@@ -176,12 +178,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
-            if let Err(e) = vault.tick() {
-                tracing::error!(error = %e, "time-based seal failed");
-            }
-            if let Err(e) = server.volume.tick() {
-                tracing::error!(error = %e, "dirty region log upkeep failed");
-            }
+            seal_errors.report(vault.tick().map(|_| ()));
+            upkeep_errors.report(server.volume.tick());
             server
                 .conns
                 .lock()
@@ -265,6 +263,54 @@ fn finish_interrupted_restore(
         );
     }
     Ok(())
+}
+
+/// An error of work done every second (upkeep, seals): logged when it first happens, then
+/// at most once a minute with how often it repeated, and once when it stops, so that a full
+/// disk does not fill the log with the same line.
+struct Repeating {
+    what: &'static str,
+    failing: Option<(Instant, u64)>,
+    logged: Instant,
+}
+
+impl Repeating {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn new(what: &'static str) -> Repeating {
+        Repeating {
+            what,
+            failing: None,
+            logged: Instant::now(),
+        }
+    }
+
+    fn report<E: std::fmt::Display>(&mut self, r: Result<(), E>) {
+        match (r, &mut self.failing) {
+            (Ok(()), None) => {}
+            (Ok(()), Some((since, n))) => {
+                tracing::warn!(
+                    what = self.what,
+                    failures = *n,
+                    seconds = since.elapsed().as_secs(),
+                    "works again"
+                );
+                self.failing = None;
+            }
+            (Err(e), None) => {
+                tracing::error!(error = %e, "{}", self.what);
+                self.failing = Some((Instant::now(), 1));
+                self.logged = Instant::now();
+            }
+            (Err(e), Some((since, n))) => {
+                *n += 1;
+                if self.logged.elapsed() >= Self::EVERY {
+                    tracing::error!(error = %e, failures = *n, seconds = since.elapsed().as_secs(), "{} (still)", self.what);
+                    self.logged = Instant::now();
+                }
+            }
+        }
+    }
 }
 
 /// After an unclean stop, before any client connects: compares the regions the dirty
@@ -570,9 +616,21 @@ fn status(server: &Server) -> Value {
     let info = server.volume.vault().info();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let last_flush = get(&st.last_flush_ns);
+    let refusal = server.volume.write_refusal();
     json!({
         "ok": true,
         "serving": true,
+        "healthy": refusal.is_none(),
+        "write_refusal": refusal.map(|r| json!({
+            "since": format_time(
+                r.since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            ),
+            "reason": r.reason,
+            "path": r.path,
+            "resumes_by_itself": r.retries_by_itself,
+        })),
         "pid": std::process::id(),
         "uptime_seconds": server.started.elapsed().as_secs_f64(),
         "listen": server.listen,

@@ -84,6 +84,20 @@ fn print_human(s: &Value) {
             s["last_flush"].as_str().unwrap_or("never")
         );
         println!("errors    {}", n("errors"));
+        let r = &s["write_refusal"];
+        if r.is_object() {
+            println!(
+                "REFUSING host writes since {}: {}",
+                r["since"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("?")
+            );
+            if r["resumes_by_itself"] == json!(true) {
+                println!(
+                    "          hosts get ENOSPC; free space on the file system holding {}: writes resume by themselves, nothing acknowledged is lost",
+                    r["path"].as_str().unwrap_or("?")
+                );
+            }
+        }
     } else {
         println!("not serving (no `rewind serve` holds this vault)");
     }

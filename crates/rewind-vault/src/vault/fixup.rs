@@ -73,15 +73,21 @@ impl Vault {
             .collect())
     }
 
-    /// Commits `m` as the next generation of the manifest (outside a seal). A failed
-    /// commit poisons the vault, as a failed seal does: memory and disk may disagree.
+    /// Commits `m` as the next generation of the manifest (outside a seal). A commit that
+    /// failed before its rename changed nothing; one that failed after it poisons the
+    /// vault, as a failed seal does: memory and disk may disagree.
     pub(super) fn commit_locked(&self, inner: &mut Inner, mut m: Manifest) -> Result<()> {
         m.generation = Generation(inner.manifest.generation.0 + 1);
-        if let Err(e) = manifest_store::commit(&self.dir, &m) {
-            inner.poisoned = true;
-            return Err(e);
+        match manifest_store::commit_staged(&self.dir, &m) {
+            Ok(()) => {
+                inner.manifest = m;
+                Ok(())
+            }
+            Err(fsutil::AtomicWriteError::Before(e)) => Err(e),
+            Err(fsutil::AtomicWriteError::After(e)) => {
+                inner.poisoned = true;
+                Err(e)
+            }
         }
-        inner.manifest = m;
-        Ok(())
     }
 }

@@ -80,6 +80,19 @@ pub struct IntervalInfo {
     pub flags: u16,
 }
 
+/// How long a seal the policy asked for waits after a failure before it is tried again.
+const SEAL_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why the vault refuses writes (see [`Vault::write_refusal`]).
+#[derive(Debug, Clone)]
+pub struct WriteRefusal {
+    pub since: std::time::SystemTime,
+    pub reason: String,
+    pub path: PathBuf,
+    /// Writes resume by themselves once the cause is gone (space freed).
+    pub retries_by_itself: bool,
+}
+
 /// Where the open segment stands, for tests that simulate crashes.
 #[derive(Debug, Clone)]
 pub struct LogPosition {
@@ -100,6 +113,8 @@ struct Inner {
     crashed: bool,
     last_ts: i64,
     scratch: Vec<u8>,
+    /// When a seal the policy asked for last failed, and how many tries failed in a row.
+    seal_failed: Option<(std::time::Instant, u64)>,
 }
 
 /// An open vault. A writer holds the vault's lock; a read-only vault does not and never
@@ -323,6 +338,7 @@ impl Vault {
                 crashed: false,
                 last_ts,
                 scratch: Vec::new(),
+                seal_failed: None,
             }),
             synced: Condvar::new(),
         };
@@ -334,7 +350,10 @@ impl Vault {
                 .last()
                 .is_some_and(|r| r.kind == RecordKind::Marker);
             if ends_with_marker || vault.policy_wants_seal(&inner) {
-                vault.seal_locked(&mut inner)?;
+                // Not needed to open: a full disk must not keep the vault from opening.
+                if let Err(e) = vault.policy_seal(&mut inner) {
+                    tracing::warn!(error = %e, "could not seal the open interval on opening the vault");
+                }
             }
         }
         Ok(vault)
@@ -451,6 +470,7 @@ impl Vault {
         if Self::find_snapshot(&inner, name).is_some() {
             return Err(VaultError::SnapshotExists(name.to_string()));
         }
+        self.refuse_if_full()?;
         let ts = self.unit_time(&mut inner);
         let seq = self.append_locked(
             &mut inner,
@@ -467,8 +487,19 @@ impl Vault {
             StoredAs::Raw,
             Some(name),
         )?;
-        // Markers always seal, which makes them durable.
-        self.seal_locked(&mut inner)?;
+        // Markers seal, which makes them durable. If the seal fails (a full disk for the
+        // delta map), the marker is still a snapshot once it is durable in the log: the
+        // open interval answers it, and the seal is tried again later.
+        if let Err(e) = self.seal_locked(&mut inner) {
+            inner.open.write_out_and_wait()?;
+            let path = inner.open.path.clone();
+            if let Err(sync) = inner.open.file().sync_data().io("fdatasync", &path) {
+                inner.poisoned = true;
+                return Err(sync);
+            }
+            inner.durable_seq = inner.durable_seq.max(seq);
+            tracing::warn!(error = %e, snapshot = name, "the snapshot is kept in the write log; sealing its interval failed and is tried again later");
+        }
         Self::find_snapshot(&inner, name)
             .filter(|s| s.seq == seq)
             .ok_or(VaultError::UnknownSnapshot(name.to_string()))
@@ -520,9 +551,75 @@ impl Vault {
         let mut inner = self.lock_writable()?;
         inner.last_ts = inner.last_ts.max(now_ns());
         if self.policy_wants_seal(&inner) {
-            return self.seal_locked(&mut inner);
+            return self.policy_seal(&mut inner);
         }
         Ok(None)
+    }
+
+    /// A seal the policy asked for. One that fails (a full disk) leaves the interval open
+    /// and is not tried again for [`SEAL_RETRY`]; the log says so once, and again when a
+    /// seal works. Returns the error of a try, `Ok(None)` when none was due.
+    fn policy_seal(&self, inner: &mut Inner) -> Result<Option<IntervalInfo>> {
+        if inner
+            .seal_failed
+            .is_some_and(|(at, _)| at.elapsed() < SEAL_RETRY)
+        {
+            return Ok(None);
+        }
+        match self.seal_locked(inner) {
+            Ok(sealed) => {
+                if let Some((_, n)) = inner.seal_failed.take() {
+                    tracing::warn!(failed_tries = n, "sealing works again");
+                }
+                Ok(sealed)
+            }
+            Err(e) => {
+                let n = inner.seal_failed.map_or(0, |(_, n)| n) + 1;
+                if n == 1 {
+                    tracing::warn!(error = %e, retry_seconds = SEAL_RETRY.as_secs(), "sealing the interval failed; its records are kept, the interval stays open and the seal is tried again");
+                }
+                inner.seal_failed = Some((std::time::Instant::now(), n));
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a host write would be taken now: an error while the write log's file system
+    /// has no room (see [`Vault::write_refusal`]). The intercept layer asks before it
+    /// writes the primary, so that a refused write changes neither.
+    pub fn check_room(&self) -> Result<()> {
+        self.refuse_if_full()
+    }
+
+    /// Refuses a new host write while the write log's file system has no room (the log
+    /// writer keeps trying what it holds): the host gets ENOSPC, and nothing half-appended.
+    fn refuse_if_full(&self) -> Result<()> {
+        match self.log_writer.as_ref().and_then(|w| w.stall()) {
+            Some(s) => Err(s.error()),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the vault refuses writes now, if it does: the write log's file system is full
+    /// (since when, which file), or the vault is poisoned by a failed sync.
+    pub fn write_refusal(&self) -> Option<WriteRefusal> {
+        if let Some(s) = self.log_writer.as_ref().and_then(|w| w.stall()) {
+            return Some(WriteRefusal {
+                since: s.since,
+                reason: format!("no space left for the write log ({})", s.message),
+                path: s.path,
+                retries_by_itself: true,
+            });
+        }
+        if self.lock().poisoned {
+            return Some(WriteRefusal {
+                since: std::time::SystemTime::now(),
+                reason: "an earlier sync of the write log failed; nothing written since can be promised (restart `rewind serve`)".into(),
+                path: self.dir.join(names::LOG_DIR),
+                retries_by_itself: false,
+            });
+        }
+        None
     }
 
     // ---- durability ------------------------------------------------------------------
@@ -556,8 +653,17 @@ impl Vault {
             let file = inner.open.file();
             let path = inner.open.path.clone();
             drop(inner);
+            // A write the log writer keeps trying for lack of space fails this flush with
+            // that error and promises nothing more; the records are kept, and a later flush
+            // succeeds once space is freed. Any other failure poisons: after a failed
+            // fsync the page cache may have dropped the data (see "fsyncgate").
+            let mut keep_going = false;
             let res = wrote
-                .and_then(|()| pending.map_or(Ok(()), |(w, t)| w.wait(t)))
+                .and_then(|()| {
+                    pending.map_or(Ok(()), |(w, t)| {
+                        w.wait(t).inspect_err(|_| keep_going = w.stall().is_some())
+                    })
+                })
                 .and_then(|()| file.sync_data().io("fdatasync", &path));
             inner = self.lock();
             inner.syncing = false;
@@ -570,8 +676,7 @@ impl Vault {
                         inner.durable_bytes = covered_bytes;
                     }
                 }
-                // After a failed fsync the page cache may have dropped the data: nothing
-                // can be promised any more (see "fsyncgate").
+                Err(_) if keep_going => {}
                 Err(_) => inner.poisoned = true,
             }
             self.synced.notify_all();
@@ -623,7 +728,18 @@ impl Vault {
             .maps_dir
             .join(names::delta_map(interval.seq_from, interval.seq_to));
         fsutil::write_atomic(&map_path, &map.encode())?;
-        inner.open.finish()?;
+        let abandon = |e: VaultError, seg: Option<OpenSegment>| {
+            // Nothing names the map or the next segment yet: take them back (a full disk
+            // gets its space back) and leave the interval open, to be sealed later.
+            let _ = std::fs::remove_file(&map_path);
+            if let Some(seg) = seg {
+                let _ = std::fs::remove_file(&seg.path);
+            }
+            Err(e)
+        };
+        if let Err(e) = inner.open.finish() {
+            return abandon(e, None);
+        }
         if let Err(e) = inner
             .open
             .file()
@@ -634,6 +750,24 @@ impl Vault {
             return Err(e);
         }
         inner.durable_seq = last.seq;
+        // The next segment exists (durably) before the manifest that names it.
+        let next = match OpenSegment::create(
+            &self.dir.join(names::LOG_DIR),
+            SegmentId(last.seq.next()),
+            self.shared.block_size,
+            inner.manifest.vault_id,
+            self.log_writer.as_ref(),
+        ) {
+            Ok(seg) => seg,
+            Err(e) => {
+                let _ = std::fs::remove_file(
+                    self.dir
+                        .join(names::LOG_DIR)
+                        .join(names::segment(SegmentId(last.seq.next()))),
+                );
+                return abandon(e, None);
+            }
+        };
         let mut m = inner.manifest.clone();
         m.generation = Generation(m.generation.0 + 1);
         let length = inner.open.written;
@@ -654,29 +788,18 @@ impl Vault {
         m.snapshots
             .extend(inner.open.markers.iter().map(ScannedMarker::to_snapshot));
         m.next_seq = last.seq.next();
-        if let Err(e) = manifest_store::commit(&self.dir, &m) {
-            inner.poisoned = true;
-            return Err(e);
-        }
-        inner.manifest = m;
-        self.shared.insert(Arc::new(map));
-        let log_dir = self.dir.join(names::LOG_DIR);
-        match OpenSegment::create(
-            &log_dir,
-            SegmentId(last.seq.next()),
-            self.shared.block_size,
-            inner.manifest.vault_id,
-            self.log_writer.as_ref(),
-        ) {
-            Ok(seg) => {
-                inner.durable_bytes = seg.written;
-                inner.open = seg;
-            }
-            Err(e) => {
+        match manifest_store::commit_staged(&self.dir, &m) {
+            Ok(()) => {}
+            Err(fsutil::AtomicWriteError::Before(e)) => return abandon(e, Some(next)),
+            Err(fsutil::AtomicWriteError::After(e)) => {
                 inner.poisoned = true;
                 return Err(e);
             }
         }
+        inner.manifest = m;
+        self.shared.insert(Arc::new(map));
+        inner.durable_bytes = next.written;
+        inner.open = next;
         tracing::debug!(from = %interval.seq_from, to = %interval.seq_to, blocks = map_entry.blocks_changed, micros = started.elapsed().as_micros() as u64, "sealed interval");
         Ok(Some(IntervalInfo {
             seq_from: interval.seq_from,
@@ -728,8 +851,9 @@ impl Drop for Vault {
     }
 }
 
-/// Removes what an interrupted commit or seal left behind: temporary files, and delta maps
-/// the manifest does not list (their interval is still open and will be sealed again).
+/// Removes what an interrupted commit or seal left behind: temporary files, delta maps
+/// the manifest does not list (their interval is still open and will be sealed again) and
+/// segments after the open one.
 fn remove_leftovers(dir: &Path, m: &Manifest) {
     let listed: HashSet<String> = m
         .maps
@@ -748,7 +872,10 @@ fn remove_leftovers(dir: &Path, m: &Manifest) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let stray_map = names::parse_delta_map(&name).is_some() && !listed.contains(&name);
-            if name.ends_with(names::TMP_SUFFIX) || stray_map {
+            // A segment after the open one: a seal created it and failed (or was cut by a
+            // crash) before committing the manifest that names it.
+            let stray_segment = names::parse_segment(&name).is_some_and(|id| id.0 > m.next_seq);
+            if name.ends_with(names::TMP_SUFFIX) || stray_map || stray_segment {
                 tracing::info!(file = %e.path().display(), "removing leftover of an interrupted commit");
                 let _ = std::fs::remove_file(e.path());
             }

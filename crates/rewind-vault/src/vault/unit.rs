@@ -95,6 +95,7 @@ impl Vault {
         data_kind: RecordKind,
     ) -> Result<(Seq, Seq)> {
         let total = self.unit_records(ops)?;
+        self.refuse_if_full()?;
         let ts = self.unit_time(inner);
         let first = inner.open.last_seq().next();
         let mut left = total;
@@ -137,9 +138,9 @@ impl Vault {
             }
         }
         if self.policy_wants_seal(inner) {
-            if let Err(e) = self.seal_locked(inner) {
-                tracing::warn!(error = %e, "sealing the interval failed; the records are kept and the seal is tried again later");
-            }
+            // A failed seal does not fail the write: its records are appended (see
+            // `policy_seal`).
+            let _ = self.policy_seal(inner);
         }
         Ok((first, last))
     }

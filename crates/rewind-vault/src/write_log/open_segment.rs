@@ -1,16 +1,21 @@
 //! The open segment: the one being appended to. Records are encoded into a buffer that is
-//! written to the file when it grows past [`WRITE_OUT_BYTES`] or when a flush or a reader
-//! needs it; the present delta map and a record index are kept alongside.
+//! handed to the log writer (a background thread, [`super::writer`]) when it grows past
+//! [`WRITE_OUT_BYTES`] or when a flush or a reader needs it; the present delta map and a
+//! record index are kept alongside.
 //!
-//! Where the file system allows it, the buffer is written with direct I/O (`O_DIRECT`):
-//! the log is written once and read rarely, so copying it through the page cache only
-//! costs CPU and memory (new page-cache pages are dear, and a growing log dirties new
-//! pages all the time). Direct writes must cover whole aligned blocks: the buffer then
-//! starts at the aligned offset below the end of what is written, carries the bytes of
-//! that last partial block, and each write sends them again with the new records after
-//! them and zeroes up to the next aligned offset. The zeroes past the last record are
-//! what a torn tail looks like, and recovery cuts them. Readers use a second, buffered
-//! handle (the kernel keeps the two coherent).
+//! Where the file system allows it, the log is written with direct I/O (`O_DIRECT`): the
+//! log is written once and read rarely, so copying it through the page cache only costs
+//! CPU and memory (new page-cache pages are dear, and a growing log dirties new pages all
+//! the time); elsewhere (or with `REWIND_DIRECT_LOG=0`) through the page cache, by the
+//! same writer. Writes cover whole aligned blocks: the buffer starts at the aligned offset
+//! below the end of what is written, carries the bytes of that last partial block, and
+//! each write sends them again with the new records after them and zeroes up to the next
+//! aligned offset. The zeroes past the last record are what a torn tail looks like, and
+//! recovery cuts them. Readers use a second, buffered handle (the kernel keeps the two
+//! coherent).
+//!
+//! A write the file system refuses for lack of space is kept by the writer and tried
+//! again: records handed over are never dropped (see [`super::writer`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -37,18 +42,15 @@ pub(crate) const WRITE_OUT_BYTES: usize = 1 << 20;
 /// partial block and the padding.
 pub(crate) const BUFFER_BYTES: usize =
     WRITE_OUT_BYTES + record::MAX_WRITE_PAYLOAD + record::HEADER_LEN + 2 * DIRECT_ALIGN;
-/// Payloads at least this large skip the buffer (one copy less).
-const DIRECT_PAYLOAD_BYTES: usize = 16 << 10;
-/// Once this much has been written since the last time, writeback of it is started (no
-/// wait), so that a flush or a seal finds little left to write.
-const WRITEBACK_BYTES: u64 = 8 << 20;
-
+/// The handle the log writer writes through (direct I/O where the file system has it).
 #[derive(Debug)]
-struct Direct {
+struct Background {
     file: Arc<File>,
     writer: Arc<LogWriter>,
     /// Ticket of the last buffer handed to the writer.
     ticket: u64,
+    /// Whether `file` was opened with `O_DIRECT`.
+    direct: bool,
 }
 
 #[derive(Debug)]
@@ -57,14 +59,12 @@ pub(crate) struct OpenSegment {
     block_size: u32,
     pub path: PathBuf,
     file: Arc<File>,
-    /// Direct I/O, where the file system has it: the handle and the log writer.
-    direct: Option<Direct>,
-    /// Bytes in the file (header and whole records).
+    /// The log writer and its handle (writers only; a reader never appends).
+    background: Option<Background>,
+    /// Bytes in the file (header and whole records), or handed to the log writer.
     pub written: u64,
-    /// Bytes whose writeback has been started (buffered writes only).
-    kicked: u64,
-    /// File offset of `buf[0]`: `written` for buffered writes; with direct I/O the aligned
-    /// offset at or below it (the buffer then starts with that partial block's bytes).
+    /// File offset of `buf[0]`: the aligned offset at or below `written` (the buffer then
+    /// starts with that partial block's bytes).
     buf_start: u64,
     /// Encoded records not yet written to the file (after the carried partial block).
     buf: AlignedBuf,
@@ -104,7 +104,7 @@ impl OpenSegment {
         file.write_all_at(&header.encode(), 0).io("write", &path)?;
         file.sync_all().io("fsync", &path)?;
         fsutil::sync_dir(log_dir)?;
-        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size).use_direct_io(writer)
+        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size).use_writer(writer)
     }
 
     fn new(id: SegmentId, path: PathBuf, file: File, written: u64, block_size: u32) -> OpenSegment {
@@ -113,9 +113,8 @@ impl OpenSegment {
             block_size,
             path,
             file: Arc::new(file),
-            direct: None,
+            background: None,
             written,
-            kicked: written,
             buf_start: written,
             buf: AlignedBuf::new(BUFFER_BYTES),
             records: Vec::new(),
@@ -126,27 +125,37 @@ impl OpenSegment {
         }
     }
 
-    /// Switches to direct I/O through `writer` if the file system supports it (and
-    /// `REWIND_DIRECT_LOG` is not `0`): loads the partial block below `written` into the
-    /// buffer.
-    fn use_direct_io(mut self, writer: Option<&Arc<LogWriter>>) -> Result<OpenSegment> {
+    /// Hands appends to `writer` from now on, through a handle opened with direct I/O if
+    /// the file system supports it (and `REWIND_DIRECT_LOG` is not `0`), else through the
+    /// page cache: loads the partial block below `written` into the buffer.
+    fn use_writer(mut self, writer: Option<&Arc<LogWriter>>) -> Result<OpenSegment> {
         let Some(writer) = writer else {
             return Ok(self);
         };
-        if std::env::var("REWIND_DIRECT_LOG").is_ok_and(|v| v == "0") {
-            return Ok(self);
-        }
         use std::os::unix::fs::OpenOptionsExt;
-        let file = match OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&self.path)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(path = %self.path.display(), error = %e, "no direct I/O for the write log; using the page cache");
-                return Ok(self);
+        let want_direct = !std::env::var("REWIND_DIRECT_LOG").is_ok_and(|v| v == "0");
+        let direct_file = if want_direct {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&self.path)
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::debug!(path = %self.path.display(), error = %e, "no direct I/O for the write log; using the page cache");
+                    None
+                }
             }
+        } else {
+            None
+        };
+        let direct = direct_file.is_some();
+        let file = match direct_file {
+            Some(f) => f,
+            None => OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .io("open", &self.path)?,
         };
         let start = self.written / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
         let mut carried = vec![0u8; (self.written - start) as usize];
@@ -157,10 +166,11 @@ impl OpenSegment {
         buf.extend_from_slice(&carried);
         self.buf = buf;
         self.buf_start = start;
-        self.direct = Some(Direct {
+        self.background = Some(Background {
             file: Arc::new(file),
             writer: writer.clone(),
             ticket: 0,
+            direct,
         });
         Ok(self)
     }
@@ -239,7 +249,7 @@ impl OpenSegment {
         };
         let mut seg = OpenSegment::new(id, path, file, scan.valid_len, block_size);
         if repair {
-            seg = seg.use_direct_io(writer)?;
+            seg = seg.use_writer(writer)?;
         }
         for (r, raw) in scan.records.iter().zip(&scan.raw_payloads) {
             let data = raw.map(|(at, len)| &scan.bytes[at..at + len]);
@@ -327,18 +337,6 @@ impl OpenSegment {
         crcs: Option<&[u32]>,
         marker_name: Option<&str>,
     ) -> Result<()> {
-        if self.direct.is_none() && stored.len() >= DIRECT_PAYLOAD_BYTES {
-            // Large payloads are not copied into the buffer: what is buffered goes out
-            // first (order), then header and payload in one vectored write.
-            self.write_out()?;
-            let offset = self.len();
-            fsutil::write_all_vectored_at(&self.file, &[header, stored], self.written)
-                .io("append to", &self.path)?;
-            self.written += (header.len() + stored.len()) as u64;
-            self.buf_start = self.written;
-            self.start_writeback();
-            return self.indexed(r, offset, stored.len(), crcs, marker_name);
-        }
         if header.len() + stored.len() > self.buf.room() {
             self.write_out()?;
         }
@@ -428,46 +426,39 @@ impl OpenSegment {
         }
     }
 
-    /// Hands the buffer to the file (no fsync): written at once, or with direct I/O handed
-    /// to the log writer (see [`OpenSegment::wait_written`]).
+    /// Hands the buffer to the log writer (no fsync; see [`OpenSegment::pending_write`]).
     pub(crate) fn write_out(&mut self) -> Result<()> {
         let end = self.len();
         if end == self.written {
             return Ok(());
         }
-        match &mut self.direct {
-            Some(d) => {
-                // The next buffer starts with the last partial block: its next write sends
-                // those bytes again, with more records after them.
-                let keep_from = end / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
-                let mut next = d.writer.take_buffer()?;
-                next.extend_from_slice(
-                    &self.buf.as_slice()[(keep_from - self.buf_start) as usize..],
-                );
-                let full = std::mem::replace(&mut self.buf, next);
-                d.ticket =
-                    d.writer
-                        .submit(d.file.clone(), self.path.clone(), full, self.buf_start)?;
-                self.buf_start = keep_from;
-                self.written = end;
-            }
-            None => {
-                self.file
-                    .write_all_at(self.buf.as_slice(), self.written)
-                    .io("append to", &self.path)?;
-                self.written = end;
-                self.buf.truncate(0);
-                self.buf_start = end;
-                self.start_writeback();
-            }
-        }
+        let Some(d) = &mut self.background else {
+            return Err(crate::VaultError::ReadOnly);
+        };
+        // The next buffer starts with the last partial block: its next write sends those
+        // bytes again, with more records after them.
+        let keep_from = end / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+        let mut next = d.writer.take_buffer()?;
+        next.extend_from_slice(&self.buf.as_slice()[(keep_from - self.buf_start) as usize..]);
+        let full = std::mem::replace(&mut self.buf, next);
+        d.ticket = d.writer.submit(
+            d.file.clone(),
+            self.path.clone(),
+            full,
+            self.buf_start,
+            !d.direct,
+        )?;
+        self.buf_start = keep_from;
+        self.written = end;
         Ok(())
     }
 
     /// What to wait for before the bytes handed out so far are in the file: the log writer
     /// and a ticket (`None`: they are).
     pub(crate) fn pending_write(&self) -> Option<(Arc<LogWriter>, u64)> {
-        self.direct.as_ref().map(|d| (d.writer.clone(), d.ticket))
+        self.background
+            .as_ref()
+            .map(|d| (d.writer.clone(), d.ticket))
     }
 
     /// Hands the buffer out and waits until it is in the file (no fsync).
@@ -479,21 +470,11 @@ impl OpenSegment {
         }
     }
 
-    /// Starts writeback of what was written since the last start, once there is enough of
-    /// it. Only a hint: errors are left for the fdatasync of the flush or seal to report.
-    fn start_writeback(&mut self) {
-        if self.written - self.kicked < WRITEBACK_BYTES {
-            return;
-        }
-        fsutil::start_writeback(&self.file, self.kicked, self.written - self.kicked);
-        self.kicked = self.written;
-    }
-
-    /// Writes the buffer out and cuts the zero padding of direct writes: the file then
-    /// ends with its last record (sealing does this before the final fdatasync).
+    /// Writes the buffer out and cuts the zero padding of the writer's aligned writes: the
+    /// file then ends with its last record (sealing does this before the final fdatasync).
     pub(crate) fn finish(&mut self) -> Result<()> {
         self.write_out_and_wait()?;
-        if self.direct.is_some() {
+        if self.background.is_some() {
             self.file
                 .set_len(self.written)
                 .io("truncate padding of", &self.path)?;
@@ -510,7 +491,7 @@ impl OpenSegment {
 impl Drop for OpenSegment {
     fn drop(&mut self) {
         // The buffer came from the log writer's pool: give it back.
-        if let Some(d) = &self.direct {
+        if let Some(d) = &self.background {
             let buf = std::mem::replace(&mut self.buf, AlignedBuf::new(DIRECT_ALIGN));
             d.writer.give_back(buf);
         }
