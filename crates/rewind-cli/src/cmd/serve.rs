@@ -91,6 +91,40 @@ impl Closer {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let (primary, vault_dir, socket) = resolve_paths(&a)?;
+    let shutdown = install_signals()?;
+    let vault = Arc::new(
+        Vault::open_as(&vault_dir, "rewind serve")
+            .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
+    );
+    check_identity(&primary, &vault.info().primary, a.moved_primary)?;
+    let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
+    repair_unclean(&volume)?;
+    let listeners = Listeners::bind(&a.listen, socket.as_deref(), &vault_dir)?;
+    let server = Arc::new(Server {
+        exports: Arc::new(VaultExports::new(volume.clone())),
+        volume,
+        stats: Arc::new(ServerStats::default()),
+        started: Instant::now(),
+        listen: listeners.uris(socket.as_deref())?,
+        conns: Mutex::new(Vec::new()),
+        shutdown: shutdown.clone(),
+        scanning: Mutex::new(()),
+        long_ops: std::sync::atomic::AtomicUsize::new(0),
+    });
+    print_recipes(
+        &primary,
+        &vault_dir,
+        listeners.tcp.as_ref(),
+        socket.as_deref(),
+    );
+    accept_loop(&server, &listeners, &vault, &shutdown);
+    stop(&server, &vault, listeners, socket.as_deref())
+}
+
+/// The primary, the vault and the unix socket to serve; creates the demo volume and its
+/// vault when neither --primary nor --vault is given.
+fn resolve_paths(a: &Args) -> anyhow::Result<(PathBuf, PathBuf, Option<PathBuf>)> {
     let demo = a.primary.is_none() && a.vault.is_none();
     let primary = a
         .primary
@@ -107,68 +141,84 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if demo {
         prepare_demo(&primary, &vault_dir, a.demo_size)?;
     }
+    Ok((primary, vault_dir, socket))
+}
+
+/// SIGINT and SIGTERM set the returned flag: the server stops cleanly.
+fn install_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
-    let vault = Arc::new(
-        Vault::open_as(&vault_dir, "rewind serve")
-            .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
-    );
-    check_identity(&primary, &vault.info().primary, a.moved_primary)?;
-    let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
-    repair_unclean(&volume)?;
-    let tcp = if a.listen == "none" {
-        None
-    } else {
-        let l = TcpListener::bind(&a.listen)
-            .with_context(|| format!("cannot listen on {}", a.listen))?;
-        l.set_nonblocking(true)?;
-        Some(l)
-    };
-    let unix = socket.as_deref().map(bind_unix).transpose()?;
-    let control_path = control::socket_path(&vault_dir);
-    let control = bind_unix(&control_path)?;
-    let mut listen = Vec::new();
-    if let Some(l) = &tcp {
-        listen.push(format!("nbd://{}", l.local_addr()?));
+    Ok(shutdown)
+}
+
+/// What the server accepts connections on.
+struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    control: UnixListener,
+    control_path: PathBuf,
+}
+
+impl Listeners {
+    fn bind(listen: &str, socket: Option<&Path>, vault_dir: &Path) -> anyhow::Result<Listeners> {
+        let tcp = if listen == "none" {
+            None
+        } else {
+            let l = TcpListener::bind(listen)
+                .with_context(|| format!("cannot listen on {}", listen))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        };
+        let unix = socket.map(bind_unix).transpose()?;
+        let control_path = control::socket_path(vault_dir);
+        let control = bind_unix(&control_path)?;
+        Ok(Listeners {
+            tcp,
+            unix,
+            control,
+            control_path,
+        })
     }
-    if let Some(s) = &socket {
-        listen.push(format!("nbd+unix:///?socket={}", s.display()));
+
+    /// The NBD URIs listened on, for `rewind status`.
+    fn uris(&self, socket: Option<&Path>) -> anyhow::Result<Vec<String>> {
+        let mut listen = Vec::new();
+        if let Some(l) = &self.tcp {
+            listen.push(format!("nbd://{}", l.local_addr()?));
+        }
+        if let Some(s) = socket {
+            listen.push(format!("nbd+unix:///?socket={}", s.display()));
+        }
+        Ok(listen)
     }
-    let server = Arc::new(Server {
-        exports: Arc::new(VaultExports::new(volume.clone())),
-        volume,
-        stats: Arc::new(ServerStats::default()),
-        started: Instant::now(),
-        listen,
-        conns: Mutex::new(Vec::new()),
-        shutdown: shutdown.clone(),
-        scanning: Mutex::new(()),
-        long_ops: std::sync::atomic::AtomicUsize::new(0),
-    });
-    print_recipes(&primary, &vault_dir, tcp.as_ref(), socket.as_deref());
+}
+
+/// Accepts NBD and control connections until `shutdown` is set; once a second, seals by
+/// time, keeps the dirty region log and forgets finished connections.
+fn accept_loop(server: &Arc<Server>, l: &Listeners, vault: &Vault, shutdown: &AtomicBool) {
     let mut last_tick = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
         let mut idle = true;
-        if let Some(l) = &tcp {
+        if let Some(l) = &l.tcp {
             if let Ok((s, _)) = l.accept() {
                 idle = false;
                 let _ = s.set_nodelay(true);
                 if let (Ok(r), Ok(c)) = (s.try_clone(), s.try_clone()) {
-                    spawn_conn(&server, r, s, Closer::Tcp(c));
+                    spawn_conn(server, r, s, Closer::Tcp(c));
                 }
             }
         }
-        if let Some(l) = &unix {
+        if let Some(l) = &l.unix {
             if let Ok((s, _)) = l.accept() {
                 idle = false;
                 if let (Ok(r), Ok(c)) = (s.try_clone(), s.try_clone()) {
-                    spawn_conn(&server, r, s, Closer::Unix(c));
+                    spawn_conn(server, r, s, Closer::Unix(c));
                 }
             }
         }
-        if let Ok((s, _)) = control.accept() {
+        if let Ok((s, _)) = l.control.accept() {
             idle = false;
             let server = server.clone();
             std::thread::spawn(move || control_conn(&server, s));
@@ -191,6 +241,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// A clean stop: in-flight requests finish, a running verify or sync winds down, the
+/// sockets go away, the log is flushed and sealed.
+fn stop(server: &Server, vault: &Vault, l: Listeners, socket: Option<&Path>) -> anyhow::Result<()> {
     eprintln!("Stopping: finishing in-flight requests, flushing and sealing the write log...");
     let conns = std::mem::take(&mut *server.conns.lock().unwrap_or_else(|p| p.into_inner()));
     for (_, closer) in &conns {
@@ -212,9 +267,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             LONG_OP_GRACE.as_secs()
         );
     }
-    drop(control);
-    let _ = std::fs::remove_file(&control_path);
-    if let Some(s) = &socket {
+    drop(l.control);
+    let _ = std::fs::remove_file(&l.control_path);
+    if let Some(s) = socket {
         let _ = std::fs::remove_file(s);
     }
     let sealed = server.volume.stop().context("final flush and seal")?;
