@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod names;
 pub mod record;
 pub mod segment;
+pub mod stamp;
 
 pub use error::DecodeError;
 pub use ids::{Generation, SegmentId, Seq};
