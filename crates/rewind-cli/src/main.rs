@@ -141,6 +141,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                     _ => None,
                 })
         });
+    if let Some(rewind_engine::protect::ProtectError::Held { .. }) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<rewind_engine::protect::ProtectError>())
+    {
+        return exit::BUSY;
+    }
     match vault {
         Some(VaultError::Corrupted { .. }) => exit::CORRUPTED,
         Some(VaultError::Locked { .. }) => exit::BUSY,

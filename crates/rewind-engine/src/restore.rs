@@ -41,6 +41,8 @@ pub enum RestoreError {
     Intercept(#[from] InterceptError),
     #[error("a restore worker thread panicked")]
     WorkerPanicked,
+    #[error(transparent)]
+    Protect(#[from] crate::protect::ProtectError),
 }
 
 type Result<T> = std::result::Result<T, RestoreError>;
@@ -90,6 +92,7 @@ pub fn plan(
     to: &Path,
     replace: bool,
 ) -> Result<(RestorePlan, PointView)> {
+    crate::protect::check_restore_target(vault, to)?;
     let view = vault.view(point)?;
     if to.exists() && !replace {
         return Err(RestoreError::Exists {

@@ -9,7 +9,10 @@ pub mod status;
 pub mod sync;
 pub mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rewind_engine::protect::{Claimed, PrimaryLock};
 
 /// The vault a command works on: `--vault`, else `$REWIND_VAULT`, else the demo vault that
 /// `rewind serve` uses.
@@ -26,5 +29,52 @@ impl VaultArg {
             .clone()
             .or_else(|| std::env::var_os("REWIND_VAULT").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(serve::DEFAULT_VAULT))
+    }
+}
+
+/// Takes the primary's lock and makes `vault` its protector (the stamp), saying what was
+/// found; the lock is held while the returned guard lives. `take_over`: replace a stamp
+/// that names another vault (or this vault's original, for a copy) still there.
+pub fn protect(
+    primary: &Path,
+    vault: &rewind_vault::Vault,
+    take_over: bool,
+) -> anyhow::Result<PrimaryLock> {
+    let lock = PrimaryLock::acquire(primary)?;
+    let info = vault.info();
+    let claimed = lock
+        .claim(&info.vault_id, vault.dir(), take_over)
+        .with_context(|| {
+            format!(
+                "cannot protect {} with vault {}",
+                primary.display(),
+                vault.dir().display()
+            )
+        })?;
+    say_claimed(primary, vault.dir(), &claimed);
+    Ok(lock)
+}
+
+/// Tells the user what claiming the primary changed, if anything.
+pub fn say_claimed(primary: &Path, vault: &Path, claimed: &Claimed) {
+    match claimed {
+        Claimed::Replaced { previous } => eprintln!(
+            "note: {} was stamped as protected by vault {}, which is no longer there; vault {} protects it now.",
+            primary.display(),
+            previous.display(),
+            vault.display()
+        ),
+        Claimed::TookOver { previous } if !previous.as_os_str().is_empty() => eprintln!(
+            "warning: vault {} took {} over from vault {}; that vault no longer follows the primary.",
+            vault.display(),
+            primary.display(),
+            previous.display()
+        ),
+        Claimed::Unsupported { why } => tracing::info!(
+            primary = %primary.display(),
+            why,
+            "the primary holds no protection stamp; only the primary lock keeps a second vault off it, while this process runs"
+        ),
+        _ => {}
     }
 }

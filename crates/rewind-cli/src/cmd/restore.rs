@@ -136,6 +136,7 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
         })?,
     );
     let primary = std::path::PathBuf::from(vault.info().primary);
+    let _protected = super::protect(&primary, &vault, false)?;
     let volume = LiveVolume::open(&primary, vault.clone())?;
     if !volume.unclean_regions().is_empty() {
         anyhow::bail!(

@@ -50,6 +50,10 @@ pub struct Args {
     /// image was moved or renamed). The size must still match.
     #[arg(long)]
     pub moved_primary: bool,
+    /// Serve even though the primary's stamp names another vault (or, for a copy of this
+    /// vault, the original) that is still there; that vault then no longer follows it
+    #[arg(long)]
+    pub take_over: bool,
     /// Size of the demo volume when it has to be created
     #[arg(long, default_value = "1G", value_parser = output::parse_size, value_name = "SIZE")]
     pub demo_size: u64,
@@ -98,6 +102,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
     );
     check_identity(&primary, &vault.info().primary, a.moved_primary)?;
+    // Held until the server exits: one primary, one protector.
+    let _protected = super::protect(&primary, &vault, a.take_over)?;
     let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
     repair_unclean(&volume)?;
     let listeners = Listeners::bind(&a.listen, socket.as_deref(), &vault_dir)?;

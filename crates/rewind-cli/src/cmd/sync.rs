@@ -81,6 +81,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&recorded));
             check_primary(&primary, &recorded, a.moved_primary)?;
+            let _protected = super::protect(&primary, &vault, false)?;
             let only_regions =
                 crate::cmd::verify::offline_regions(&dir, a.dirty_only, a.region_size, true)?;
             let vol = OfflineVolume::open(&primary, vault.clone())?;
