@@ -9,6 +9,7 @@
 pub mod base_sums;
 mod codec;
 pub mod compress;
+pub mod control;
 pub mod crc;
 pub mod delta_map;
 pub mod drl;
