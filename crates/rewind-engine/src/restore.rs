@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rewind_vault::{
@@ -41,6 +42,8 @@ pub enum RestoreError {
     Intercept(#[from] InterceptError),
     #[error("a restore worker thread panicked")]
     WorkerPanicked,
+    #[error("the restore was stopped before it finished")]
+    Stopped,
     #[error(transparent)]
     Protect(#[from] crate::protect::ProtectError),
 }
@@ -134,9 +137,20 @@ pub fn execute(
     view: &PointView,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    execute_or_stop(plan, view, progress, &AtomicBool::new(false))
+}
+
+/// [`execute`], stopping with [`RestoreError::Stopped`] once `stop` is set (a signal):
+/// the partial image is removed and nothing appears at `plan.to`.
+pub fn execute_or_stop(
+    plan: &RestorePlan,
+    view: &PointView,
+    progress: &dyn Progress,
+    stop: &AtomicBool,
+) -> Result<RestoreReport> {
     let start = Instant::now();
     let partial = partial_path(&plan.to);
-    let result = write_image(plan, view, &partial, progress);
+    let result = write_image(plan, view, &partial, progress, stop);
     match result {
         Ok((bytes_written, holes)) => {
             if plan.to.exists() && !plan.replace {
@@ -311,6 +325,7 @@ fn write_image(
     view: &PointView,
     path: &Path,
     progress: &dyn Progress,
+    stop: &AtomicBool,
 ) -> Result<(u64, u64)> {
     let out = io(
         OpenOptions::new()
@@ -329,6 +344,9 @@ fn write_image(
     progress.start("restoring", plan.volume_size);
     let mut b = 0;
     while b < blocks {
+        if stop.load(Ordering::Relaxed) {
+            return Err(RestoreError::Stopped);
+        }
         let n = (blocks - b).min(CHUNK_BLOCKS);
         let chunk = &mut buf[..n as usize * bs];
         view.read_into(b, chunk)?;
@@ -357,6 +375,9 @@ fn write_image(
     }
     io(out.sync_all(), "fsync", path)?;
     progress.finish();
+    if stop.load(Ordering::Relaxed) {
+        return Err(RestoreError::Stopped);
+    }
     Ok((written, holes))
 }
 
