@@ -20,8 +20,8 @@ pub struct Args {
     /// Directory for the vault (must be new or empty)
     #[arg(long, value_name = "DIR")]
     pub vault: PathBuf,
-    /// Block size in bytes: a power of two from 512 to 65536
-    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    /// Block size: a power of two from 512 to 64K (4096, 4k, 64K)
+    #[arg(long, default_value = "4096", value_parser = output::parse_block_size, value_name = "SIZE")]
     pub block_size: u32,
     /// Compress write records: none, lz4 (fast) or zstd (smaller)
     #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
@@ -58,7 +58,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let opts = CreateOptions {
         primary: a.primary.clone(),
-        vault: a.vault.clone(),
+        vault: super::absolute(&a.vault),
         block_size: a.block_size,
         compression,
         seal: SealPolicy {
@@ -67,6 +67,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             writes: a.seal_writes,
         },
     };
+    if std::fs::metadata(&a.primary).is_ok_and(|m| m.is_dir()) {
+        return Err(crate::exit::Usage(format!(
+            "--primary {} is a directory; the primary is the volume itself: a raw image file (`truncate -s 10G vm.img` makes one) or a block device",
+            a.primary.display()
+        ))
+        .into());
+    }
     // Held while the base image is copied: no rewind process writes the primary meanwhile.
     let lock = PrimaryLock::acquire(&a.primary)?;
     lock.check_new(&a.vault, a.take_over)

@@ -24,12 +24,23 @@ pub struct VaultArg {
 }
 
 impl VaultArg {
+    /// Absolute (symlinks resolved where it exists), so that reports name the same path
+    /// whether a server or the command itself opened the vault.
     pub fn path(&self) -> PathBuf {
-        self.vault
+        let p = self
+            .vault
             .clone()
             .or_else(|| std::env::var_os("REWIND_VAULT").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(serve::DEFAULT_VAULT))
+            .unwrap_or_else(|| PathBuf::from(serve::DEFAULT_VAULT));
+        absolute(&p)
     }
+}
+
+/// `p` absolute, symlinks resolved where it exists.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Takes the primary's lock and makes `vault` its protector (the stamp), saying what was
@@ -58,13 +69,13 @@ pub fn protect(
 /// Tells the user what claiming the primary changed, if anything.
 pub fn say_claimed(primary: &Path, vault: &Path, claimed: &Claimed) {
     match claimed {
-        Claimed::Replaced { previous } => eprintln!(
+        Claimed::Replaced { previous } => crate::note!(
             "note: {} was stamped as protected by vault {}, which is no longer there; vault {} protects it now.",
             primary.display(),
             previous.display(),
             vault.display()
         ),
-        Claimed::TookOver { previous } if !previous.as_os_str().is_empty() => eprintln!(
+        Claimed::TookOver { previous } if !previous.as_os_str().is_empty() => crate::note!(
             "warning: vault {} took {} over from vault {}; that vault no longer follows the primary.",
             vault.display(),
             primary.display(),

@@ -22,7 +22,7 @@ pub struct Args {
     #[command(flatten)]
     pub vault: VaultArg,
     /// The point: snapshot name, seq:N, RFC 3339 time, -15m style age, or now
-    #[arg(long, value_name = "POINT", allow_hyphen_values = true)]
+    #[arg(long, value_name = "POINT", allow_hyphen_values = true, value_parser = output::parse_point)]
     pub at: String,
     /// Path of the new image
     #[arg(
@@ -100,12 +100,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let report = restore::execute(&plan, &view, &Bar::new(a.json)).with_context(|| {
-        format!(
-            "restore to {} failed; nothing was written there",
-            plan.to.display()
-        )
-    })?;
+    let stop = output::StopSignals::install()?;
+    let report = restore::execute_or_stop(&plan, &view, &Bar::new(a.json), stop.flag())
+        .map_err(|e| stop.exit_code(e))
+        .with_context(|| {
+            format!(
+                "restore to {} failed; nothing was written there",
+                plan.to.display()
+            )
+        })?;
     if a.json {
         let mut s = summary;
         s["bytes_written"] = json!(report.bytes_written);
@@ -199,12 +202,13 @@ fn in_place(a: &Args, dir: &std::path::Path, point: &Point) -> anyhow::Result<()
         return output::json(&s);
     }
     println!(
-        "{} is back at {} (seq {}): {} copied in {:.2}s. Undo with: rewind restore --at {} --in-place",
+        "{} is back at {} (seq {}): {} copied in {:.2}s. Undo with: rewind restore --vault {} --at {} --in-place",
         plan.primary.display(),
         a.at,
         plan.point.seq,
         output::bytes(report.bytes_written),
         report.elapsed.as_secs_f64(),
+        dir.display(),
         plan.undo_snapshot
     );
     Ok(())
