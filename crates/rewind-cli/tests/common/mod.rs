@@ -394,6 +394,11 @@ impl Server {
             let out = File::create(&log).unwrap();
             cmd.stdout(out.try_clone().unwrap()).stderr(out);
         }
+        // Control sockets in the test's directory: a server the test kills leaves its
+        // socket file there, not in the user's runtime directory.
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_RUNTIME_DIR") {
+            cmd.env("XDG_RUNTIME_DIR", vol.dir.path());
+        }
         let child = cmd.stdin(Stdio::null()).spawn().unwrap();
         let mut s = Server {
             child,
