@@ -99,7 +99,7 @@ make_log() {
   make_dense "$1"
   "$R" serve --primary "$1/p.img" --vault "$1/v" --socket "$1/nbd.sock" --listen none >"$1/serve.log" 2>&1 &
   server=$!
-  for _ in $(seq 200); do [[ -S "$1/v/control.sock" ]] && break; sleep 0.05; done
+  for _ in $(seq 200); do [[ -f "$1/v/control" ]] && break; sleep 0.05; done
   qemu-io -f raw "nbd+unix:///live?socket=$1/nbd.sock" \
     -c "write -P 0x5a 0 $((bytes / 4))" -c flush >/dev/null
   kill -TERM "$server"; wait "$server" || true; server=
@@ -112,7 +112,7 @@ make_dirty() {
   make_dense "$1"
   "$R" serve --primary "$1/p.img" --vault "$1/v" --socket "$1/nbd.sock" --listen none >"$1/serve.log" 2>&1 &
   server=$!
-  for _ in $(seq 200); do [[ -S "$1/v/control.sock" ]] && break; sleep 0.05; done
+  for _ in $(seq 200); do [[ -f "$1/v/control" ]] && break; sleep 0.05; done
   qemu-io -f raw "nbd+unix:///live?socket=$1/nbd.sock" \
     -c "write -P 0x5b $((100 << 20)) 1M" -c "write -P 0x5c $((bytes / 2)) 1M" -c flush >/dev/null
   kill -KILL "$server"; wait "$server" 2>/dev/null || true; server=

@@ -16,8 +16,21 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The vault is corrupted: a checksum, magic or structure did not match.
     pub const CORRUPTED: u8 = 3;
-    /// The vault is held by another writer.
+    /// The vault is held by another writer, or the primary by another rewind process.
     pub const BUSY: u8 = 4;
+
+    /// A command line that parsed but makes no sense (a directory where a volume is
+    /// wanted, a region size the vault's block size does not divide): exit code 2.
+    #[derive(Debug)]
+    pub struct Usage(pub String);
+
+    impl std::fmt::Display for Usage {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Usage {}
 
     /// Ends the command with this exit code and no error message (the command already
     /// said why, e.g. verify's report of discrepancies).
@@ -31,6 +44,24 @@ pub mod exit {
     }
 
     impl std::error::Error for Code {}
+
+    /// Work stopped by this signal: exit code 128 + the signal, as a shell reports it.
+    #[derive(Debug)]
+    pub struct Signalled(pub i32);
+
+    impl std::fmt::Display for Signalled {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let name = match self.0 {
+                1 => "SIGHUP",
+                2 => "SIGINT",
+                15 => "SIGTERM",
+                _ => "a signal",
+            };
+            write!(f, "stopped by {name}")
+        }
+    }
+
+    impl std::error::Error for Signalled {}
 }
 
 const AFTER_HELP: &str = "\
@@ -39,7 +70,9 @@ an RFC 3339 time such as 2026-11-21T10:00:00Z; a relative age such as -15m, -2h,
 or now.
 
 Exit codes: 0 ok, 1 failure (verify: discrepancies found), 2 usage, 3 vault corrupted,
-4 vault busy (another writer).
+4 busy (another writer holds the vault, or another rewind process the primary); 128+N
+stopped by signal N. With --json, an error is JSON on stdout:
+{\"ok\": false, \"error\": \"...\", \"exit_code\": N}.
 
 Start with `rewind serve` (no arguments: a demo volume in ./rewind-data), or protect an
 image of your own with `rewind init --primary disk.img --vault disk.vault`.";
@@ -77,15 +110,32 @@ enum Command {
     Sync(cmd::sync::Args),
 }
 
+impl Command {
+    /// Whether the command was asked for JSON (its errors then are JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::Init(a) => a.json,
+            Command::Serve(_) => false,
+            Command::Snapshot(a) => a.json,
+            Command::List(a) => a.json,
+            Command::Restore(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Sync(a) => a.json,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e, std::env::args_os().any(|a| a == "--json")),
+    };
+    if !matches!(cli.command, Command::Serve(_)) {
+        output::default_sigpipe();
+    }
+    init_logging();
+    let json = cli.command.json();
     let result = match cli.command {
         Command::Init(a) => cmd::init::run(a),
         Command::Serve(a) => cmd::serve::run(a),
@@ -96,21 +146,84 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Sync(a) => cmd::sync::run(a),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<exit::Code>().is_some() => ExitCode::from(
-            e.downcast_ref::<exit::Code>()
-                .map_or(exit::FAILURE, |c| c.0),
-        ),
-        Err(e) => {
-            eprintln!("error: {}", output::describe(&e));
-            ExitCode::from(exit_code(&e))
-        }
+    let e = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(e) => e,
+    };
+    if let Some(c) = e.downcast_ref::<exit::Code>() {
+        // The command already said why (e.g. verify's report).
+        return ExitCode::from(c.0);
     }
+    let code = exit_code(&e);
+    fail(&output::describe(&e), code, json)
+}
+
+/// Log lines on stderr, filtered by $REWIND_LOG; coloured only on a terminal (and not
+/// with $NO_COLOR set).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Reports a failure: `error: ...` on stderr, or with --json a JSON object on stdout
+/// (`{"ok": false, "error": "...", "exit_code": N}`); exits with `code`.
+fn fail(message: &str, code: u8, json: bool) -> ExitCode {
+    if json {
+        let v = serde_json::json!({"ok": false, "error": message, "exit_code": code});
+        print_json(&v);
+    } else {
+        note!("error: {message}");
+    }
+    ExitCode::from(code)
+}
+
+fn print_json(v: &serde_json::Value) {
+    say!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// A command line clap refused: exit 2 with its message (JSON with --json); --help and
+/// --version print and exit 0.
+fn usage_error(e: &clap::Error, json: bool) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if json {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or("").trim();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        return fail(message, exit::USAGE, true);
+    }
+    let _ = e.print();
+    ExitCode::from(exit::USAGE)
 }
 
 /// Maps an error to the exit code scripts can act on.
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(s) = e.downcast_ref::<exit::Signalled>() {
+        return 128u8.saturating_add(s.0 as u8);
+    }
+    if e.downcast_ref::<exit::Usage>().is_some()
+        || e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<rewind_engine::verify::VerifyError>(),
+                Some(rewind_engine::verify::VerifyError::RegionSize { .. })
+            )
+        })
+    {
+        return exit::USAGE;
+    }
     use rewind_engine::intercept::InterceptError;
     use rewind_engine::restore::RestoreError;
     use rewind_engine::verify::VerifyError;
@@ -141,6 +254,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                     _ => None,
                 })
         });
+    if let Some(rewind_engine::protect::ProtectError::Held { .. }) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<rewind_engine::protect::ProtectError>())
+    {
+        return exit::BUSY;
+    }
     match vault {
         Some(VaultError::Corrupted { .. }) => exit::CORRUPTED,
         Some(VaultError::Locked { .. }) => exit::BUSY,

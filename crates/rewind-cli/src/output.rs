@@ -4,6 +4,76 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// `println!` that never panics: for the server, whose stdout may be a pipe that was
+/// closed or a terminal that hung up (it ignores SIGPIPE, so a write fails instead).
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`say!`]).
+#[macro_export]
+macro_rules! note {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// Gives SIGPIPE its default action back (Rust ignores it, so that `rewind list | head -1`
+/// would panic on the closed pipe): a command whose reader went away ends quietly, like
+/// any Unix tool. Not for `rewind serve`, whose clients may go away at any time.
+pub fn default_sigpipe() {
+    // SAFETY: installs the default disposition, no handler code; called at the start of
+    // main, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught for long work that must clean up when stopped (a
+/// restore removes its partial image): the work sees [`StopSignals::flag`] and stops.
+pub struct StopSignals {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StopSignals {
+    pub fn install() -> anyhow::Result<StopSignals> {
+        use anyhow::Context;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let s = StopSignals {
+            flag: Default::default(),
+            signal: Default::default(),
+        };
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal_hook::flag::register_usize(sig, s.signal.clone(), sig as usize)
+                .and_then(|_| signal_hook::flag::register(sig, s.flag.clone()))
+                .context("installing signal handlers")?;
+        }
+        Ok(s)
+    }
+
+    pub fn flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.flag
+    }
+
+    /// The work's error; when a signal stopped the work, wrapped in
+    /// [`crate::exit::Signalled`] (exit code 128 + the signal, as a shell reports it).
+    pub fn exit_code<E>(&self, e: E) -> anyhow::Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match self.signal.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => e.into(),
+            sig => anyhow::Error::new(e).context(crate::exit::Signalled(sig as i32)),
+        }
+    }
+}
+
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 pub struct Bar {
     bar: ProgressBar,
@@ -98,6 +168,52 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// A vault block size: "4096", "4k", "64K" -> bytes; a power of two from 512 to 64 KiB.
+pub fn parse_block_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    match u32::try_from(n) {
+        Ok(bs) if rewind_format::valid_block_size(bs) => Ok(bs),
+        _ => Err(format!(
+            "block size {s} is not a power of two from 512 to 64K (e.g. 4096 or 4k)"
+        )),
+    }
+}
+
+/// A verify/sync region size: "64K", "1M" -> bytes; at most 64 MiB, whole 512-byte
+/// sectors (the vault's block size must divide it too; that is checked when the vault is
+/// open).
+pub fn parse_region_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    let max = rewind_engine::verify::MAX_REGION_SIZE;
+    if n > max {
+        return Err(format!(
+            "region size {s} is larger than the largest, {} ({max} bytes)",
+            bytes(max)
+        ));
+    }
+    if n == 0 || n % 512 != 0 {
+        return Err(format!(
+            "region size {s} is not a whole number of blocks (a multiple of the vault's block size, e.g. 64K)"
+        ));
+    }
+    Ok(n)
+}
+
+/// A point as `--at` takes it (kept as written: it is echoed back); a name is checked
+/// when the vault is open.
+pub fn parse_point(s: &str) -> Result<String, String> {
+    s.parse::<rewind_vault::Point>()
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A snapshot name: letters, digits, '.', '_' and '-', starting with a letter or digit.
+pub fn parse_snapshot_name(s: &str) -> Result<String, String> {
+    rewind_vault::check_snapshot_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// "10m", "30s", "2h", "0" -> ns.
 pub fn parse_duration_ns(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -185,5 +301,19 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(parse_duration_ns("10m"), Ok(600_000_000_000));
         assert_eq!(parse_duration_ns("0"), Ok(0));
+    }
+
+    #[test]
+    fn block_and_region_sizes() {
+        assert_eq!(parse_block_size("4k"), Ok(4096));
+        assert_eq!(parse_block_size("512"), Ok(512));
+        assert_eq!(parse_block_size("64K"), Ok(65536));
+        for bad in ["3000", "256", "128K", "1M", "x"] {
+            assert!(parse_block_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_region_size("64M"), Ok(64 << 20));
+        assert!(parse_region_size("128M").is_err_and(|e| e.contains("larger than the largest")));
+        assert!(parse_region_size("1000").is_err());
+        assert!(parse_region_size("0").is_err());
     }
 }

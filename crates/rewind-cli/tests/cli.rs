@@ -228,7 +228,7 @@ fn refusals_are_clear() {
         "--block-size",
         "3000",
     ]);
-    assert_eq!(bad_bs.status.code(), Some(1));
+    assert_eq!(bad_bs.status.code(), Some(2), "a usage error");
     assert!(stderr(&bad_bs).contains("power of two"));
     let odd = tmp.path().join("odd.img");
     std::fs::write(&odd, [1u8; 1000]).unwrap();

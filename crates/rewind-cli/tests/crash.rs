@@ -209,7 +209,10 @@ fn sigterm_and_sigint_seal_and_restart() {
         server.log_text()
     );
     assert!(!vol.socket.exists(), "the NBD socket is removed on exit");
-    assert!(!vol.vault.join("control.sock").exists());
+    assert!(
+        !vol.vault.join("control").exists(),
+        "a clean stop removes the control pointer"
+    );
     drop(q);
 
     let first = assert_sealed(&vol, writes.len() as u64);

@@ -155,7 +155,11 @@ fn ctrl_c_stops_an_in_place_restore_and_serve_finishes_it() {
     run_ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "128 + SIGINT, as a shell reports it: {err}"
+    );
     assert!(err.contains("was interrupted after"), "{err}");
     assert!(
         err.contains(&format!(

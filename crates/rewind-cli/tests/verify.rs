@@ -359,7 +359,7 @@ fn sync_refuses_another_primary_and_verify_compares_any_image() {
         "{o:?}"
     );
     let o = rewind(&["verify", "--vault", vol.v(), "--region-size", "1000"]);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_eq!(o.status.code(), Some(2), "a usage error: {o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("region size 1000"));
 }
 

@@ -3,6 +3,8 @@
 //! - [`intercept`]: the live volume every host write passes through (primary + write log).
 //! - [`drl`]: the dirty region log: which regions an unclean stop may have left differing.
 //! - [`exports`]: the live volume and points in time as NBD exports.
+//! - [`protect`]: one primary, one protector: the primary lock, the protection stamp, and
+//!   the check that a restore target is neither a primary nor inside a vault.
 //! - [`restore`]: new images of past points.
 //! - [`verify`]: verify and sync (scan-compare), fix-up records and suspect marking.
 //!
@@ -11,5 +13,6 @@
 pub mod drl;
 pub mod exports;
 pub mod intercept;
+pub mod protect;
 pub mod restore;
 pub mod verify;

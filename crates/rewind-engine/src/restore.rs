@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rewind_vault::{
@@ -50,6 +51,10 @@ pub enum RestoreError {
         copied: u64,
         total: u64,
     },
+    #[error("the restore was stopped before it finished")]
+    Stopped,
+    #[error(transparent)]
+    Protect(#[from] crate::protect::ProtectError),
 }
 
 type Result<T> = std::result::Result<T, RestoreError>;
@@ -99,6 +104,7 @@ pub fn plan(
     to: &Path,
     replace: bool,
 ) -> Result<(RestorePlan, PointView)> {
+    crate::protect::check_restore_target(vault, to)?;
     let view = vault.view(point)?;
     if to.exists() && !replace {
         return Err(RestoreError::Exists {
@@ -140,9 +146,20 @@ pub fn execute(
     view: &PointView,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    execute_or_stop(plan, view, progress, &AtomicBool::new(false))
+}
+
+/// [`execute`], stopping with [`RestoreError::Stopped`] once `stop` is set (a signal):
+/// the partial image is removed and nothing appears at `plan.to`.
+pub fn execute_or_stop(
+    plan: &RestorePlan,
+    view: &PointView,
+    progress: &dyn Progress,
+    stop: &AtomicBool,
+) -> Result<RestoreReport> {
     let start = Instant::now();
     let partial = partial_path(&plan.to);
-    let result = write_image(plan, view, &partial, progress);
+    let result = write_image(plan, view, &partial, progress, stop);
     match result {
         Ok((bytes_written, holes)) => {
             if plan.to.exists() && !plan.replace {
@@ -189,6 +206,7 @@ fn write_image(
     view: &PointView,
     path: &Path,
     progress: &dyn Progress,
+    stop: &AtomicBool,
 ) -> Result<(u64, u64)> {
     let out = io(
         OpenOptions::new()
@@ -207,6 +225,9 @@ fn write_image(
     progress.start("restoring", plan.volume_size);
     let mut b = 0;
     while b < blocks {
+        if stop.load(Ordering::Relaxed) {
+            return Err(RestoreError::Stopped);
+        }
         let n = (blocks - b).min(CHUNK_BLOCKS);
         let chunk = &mut buf[..n as usize * bs];
         view.read_into(b, chunk)?;
@@ -235,6 +256,9 @@ fn write_image(
     }
     io(out.sync_all(), "fsync", path)?;
     progress.finish();
+    if stop.load(Ordering::Relaxed) {
+        return Err(RestoreError::Stopped);
+    }
     Ok((written, holes))
 }
 

@@ -9,6 +9,7 @@
 pub mod base_sums;
 mod codec;
 pub mod compress;
+pub mod control;
 pub mod crc;
 pub mod delta_map;
 pub mod drl;
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod names;
 pub mod record;
 pub mod segment;
+pub mod stamp;
 
 pub use error::DecodeError;
 pub use ids::{Generation, SegmentId, Seq};

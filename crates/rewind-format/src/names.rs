@@ -6,6 +6,7 @@
 //! maps/map-<from:020>-<to:020>.dmap   the delta map of seq from..=to
 //! base/base.img, base/base.sums       the base image and its per-block checksums
 //! LOCK                                held by the one writer
+//! control                             where a running server's control socket is
 //! ```
 
 use crate::{Generation, SegmentId, Seq};
@@ -16,6 +17,8 @@ pub const BASE_DIR: &str = "base";
 pub const BASE_IMAGE: &str = "base.img";
 pub const BASE_SUMS: &str = "base.sums";
 pub const LOCK: &str = "LOCK";
+/// The control pointer of a running `rewind serve` (see [`crate::control`]).
+pub const CONTROL: &str = "control";
 /// Suffix of files being written; never part of a committed vault.
 pub const TMP_SUFFIX: &str = ".tmp";
 

@@ -26,6 +26,7 @@ pub struct Args {
         long,
         value_name = "POINT",
         allow_hyphen_values = true,
+        value_parser = output::parse_point,
         required_unless_present = "resume"
     )]
     pub at: Option<String>,
@@ -110,12 +111,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let report = restore::execute(&plan, &view, &Bar::new(a.json)).with_context(|| {
-        format!(
-            "restore to {} failed; nothing was written there",
-            plan.to.display()
-        )
-    })?;
+    let stop = output::StopSignals::install()?;
+    let report = restore::execute_or_stop(&plan, &view, &Bar::new(a.json), stop.flag())
+        .map_err(|e| stop.exit_code(e))
+        .with_context(|| {
+            format!(
+                "restore to {} failed; nothing was written there",
+                plan.to.display()
+            )
+        })?;
     if a.json {
         let mut s = summary;
         s["bytes_written"] = json!(report.bytes_written);
@@ -146,6 +150,7 @@ fn in_place(a: &Args, dir: &std::path::Path, point: Option<&Point>) -> anyhow::R
         })?,
     );
     let primary = std::path::PathBuf::from(vault.info().primary);
+    let _protected = super::protect(&primary, &vault, false)?;
     let volume = LiveVolume::open(&primary, vault.clone())?;
     let interrupted = vault.restore_intent();
     if !volume.unclean_regions().is_empty() && interrupted.is_none() {
@@ -226,15 +231,15 @@ fn in_place(a: &Args, dir: &std::path::Path, point: Option<&Point>) -> anyhow::R
         }
         return Ok(());
     }
-    let cancel = interrupt_flag()?;
+    let stop = output::StopSignals::install()?;
     let report =
-        match restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json), Some(&cancel)) {
+        match restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json), Some(stop.flag())) {
             Ok(r) => r,
             Err(e @ restore::RestoreError::Interrupted { .. }) => {
-                anyhow::bail!(
-                    "{e}\nTo finish: rewind restore --vault {} --in-place --resume",
+                return Err(stop.exit_code(e).context(format!(
+                    "stopped; to finish: rewind restore --vault {} --in-place --resume",
                     dir.display()
-                )
+                )))
             }
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!(
@@ -269,14 +274,4 @@ fn in_place(a: &Args, dir: &std::path::Path, point: Option<&Point>) -> anyhow::R
         plan.undo_snapshot
     );
     Ok(())
-}
-
-/// A flag that SIGINT and SIGTERM set (instead of ending the process), so that a long
-/// in-place restore stops between pieces and leaves its intent for a resume.
-fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
-    }
-    Ok(flag)
 }

@@ -21,6 +21,7 @@ pub const DEFAULT_DIR: &str = "rewind-data";
 pub const DEFAULT_VAULT: &str = "rewind-data/vault";
 pub const DEFAULT_PRIMARY: &str = "rewind-data/volume.img";
 pub const DEFAULT_SOCKET: &str = "rewind-data/nbd.sock";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
 /// How long shutdown waits for a running verify or sync to stop.
 const LONG_OP_GRACE: Duration = Duration::from_secs(60);
@@ -30,26 +31,50 @@ const LONG_OP_GRACE: Duration = Duration::from_secs(60);
 /// read-only as export `@POINT`. With no arguments it protects a demo volume,
 /// ./rewind-data/volume.img (1 GiB, sparse, created if missing), in ./rewind-data/vault.
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Exports:\n  live (or the empty name)  the volume, read-write\n  @NAME, @seq:N, @2026-11-21T10:00:00Z, @-15m   that point, read-only\n\nStop with Ctrl-C or SIGTERM: in-flight requests finish, the log is flushed and sealed."
-)]
+#[command(after_help = "\
+Examples:
+  rewind serve                           # demo volume: TCP and ./rewind-data/nbd.sock
+  rewind serve --vault vm.vault --socket /run/vm.sock    # vm.vault's primary, no TCP
+  rewind serve --vault vm.vault --listen 127.0.0.1:10810 # TCP only, another port
+
+Exports:
+  live (or the empty name)  the volume, read-write
+  @NAME, @seq:N, @2026-11-21T10:00:00Z, @-15m   that point, read-only
+
+Listening: TCP 127.0.0.1:10809 unless --socket is given (then none unless --listen
+says); --listen none needs --socket. Beyond loopback there is no TLS yet: it warns.
+
+One primary, one protector: the server holds a lock on the primary while it runs and
+stamps it with the vault (user.rewind.vault); a second server, a second vault or a
+copy of this vault is refused (--take-over to move the protection deliberately).
+
+Stop with Ctrl-C, SIGTERM or SIGHUP: in-flight requests finish, the log is flushed and
+sealed, exit 0.")]
 pub struct Args {
-    /// The primary volume [default: ./rewind-data/volume.img]
+    /// The primary volume [default: the one the vault records; with neither --primary
+    /// nor --vault, the demo volume ./rewind-data/volume.img]
     #[arg(long, value_name = "PATH")]
     pub primary: Option<PathBuf>,
     /// The vault [default: ./rewind-data/vault]
     #[arg(long, value_name = "DIR")]
     pub vault: Option<PathBuf>,
-    /// TCP address to listen on ("none" for no TCP)
-    #[arg(long, default_value = "127.0.0.1:10809", value_name = "HOST:PORT")]
-    pub listen: String,
-    /// Unix socket to listen on [default: ./rewind-data/nbd.sock with the demo volume, none otherwise]
+    /// TCP address to listen on, or "none" [default: 127.0.0.1:10809, none when --socket
+    /// is given]. Beyond loopback anyone who can reach it reads and writes the volume
+    /// (no TLS yet)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Unix socket to listen on [default: ./rewind-data/nbd.sock with the demo volume,
+    /// none otherwise]
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Serve --primary even though the vault was created for a file at another path (the
     /// image was moved or renamed). The size must still match.
     #[arg(long)]
     pub moved_primary: bool,
+    /// Serve even though the primary's stamp names another vault (or, for a copy of this
+    /// vault, the original) that is still there; that vault then no longer follows it
+    #[arg(long)]
+    pub take_over: bool,
     /// Size of the demo volume when it has to be created
     #[arg(long, default_value = "1G", value_parser = output::parse_size, value_name = "SIZE")]
     pub demo_size: u64,
@@ -91,12 +116,68 @@ impl Closer {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let Resolved {
+        primary,
+        vault: vault_dir,
+        socket,
+        listen,
+    } = resolve_paths(&a)?;
+    let shutdown = install_signals()?;
+    // Absolute: the paths in status, list and reports are the same online and offline.
+    let vault_dir = std::fs::canonicalize(&vault_dir).unwrap_or(vault_dir);
+    let vault = Arc::new(
+        Vault::open_as(&vault_dir, "rewind serve")
+            .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
+    );
+    // The vault's own record unless told: `serve --vault X` serves what X protects.
+    let primary = primary.unwrap_or_else(|| PathBuf::from(vault.info().primary));
+    check_identity(&primary, &vault.info().primary, a.moved_primary)?;
+    let primary = std::fs::canonicalize(&primary).unwrap_or(primary);
+    // Held until the server exits: one primary, one protector.
+    let _protected = super::protect(&primary, &vault, a.take_over)?;
+    let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
+    finish_interrupted_restore(&volume, &vault_dir, &shutdown)?;
+    repair_unclean(&volume)?;
+    let listeners = Listeners::bind(&listen, socket.as_deref(), &vault)?;
+    let server = Arc::new(Server {
+        exports: Arc::new(VaultExports::new(volume.clone())),
+        volume,
+        stats: Arc::new(ServerStats::default()),
+        started: Instant::now(),
+        listen: listeners.uris(socket.as_deref())?,
+        conns: Mutex::new(Vec::new()),
+        shutdown: shutdown.clone(),
+        scanning: Mutex::new(()),
+        long_ops: std::sync::atomic::AtomicUsize::new(0),
+    });
+    print_recipes(
+        &primary,
+        &vault_dir,
+        listeners.tcp.as_ref(),
+        socket.as_deref(),
+    );
+    accept_loop(&server, &listeners, &vault, &shutdown);
+    stop(&server, &vault, listeners, socket.as_deref())
+}
+
+/// What `serve` works on, from the command line.
+struct Resolved {
+    /// `None`: the one the vault records.
+    primary: Option<PathBuf>,
+    vault: PathBuf,
+    /// Absolute, so that the printed recipes work from anywhere.
+    socket: Option<PathBuf>,
+    /// A TCP address, or "none".
+    listen: String,
+}
+
+/// The primary, the vault, the unix socket and the TCP address to serve; creates the demo
+/// volume and its vault when neither --primary nor --vault is given. `--socket` alone
+/// means no TCP (a second protected volume must not need --listen none), and there must
+/// be something to listen on.
+fn resolve_paths(a: &Args) -> anyhow::Result<Resolved> {
     let demo = a.primary.is_none() && a.vault.is_none();
-    let primary = a
-        .primary
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PRIMARY));
-    let vault_dir = a
+    let vault = a
         .vault
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_VAULT));
@@ -104,74 +185,124 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .socket
         .clone()
         .or_else(|| demo.then(|| PathBuf::from(DEFAULT_SOCKET)));
-    if demo {
-        prepare_demo(&primary, &vault_dir, a.demo_size)?;
+    let listen = match (&a.listen, &a.socket) {
+        (Some(l), _) => l.clone(),
+        (None, Some(_)) => "none".to_string(),
+        (None, None) => DEFAULT_LISTEN.to_string(),
+    };
+    if listen == "none" && socket.is_none() {
+        return Err(crate::exit::Usage(
+            "nothing to listen on: --listen none needs --socket PATH (or leave --listen out for TCP 127.0.0.1:10809)".into(),
+        )
+        .into());
     }
+    let socket = socket
+        .map(|s| std::path::absolute(&s).with_context(|| format!("socket {}", s.display())))
+        .transpose()?;
+    let primary = if demo {
+        let p = PathBuf::from(DEFAULT_PRIMARY);
+        prepare_demo(&p, &vault, a.demo_size)?;
+        Some(p)
+    } else {
+        a.primary.clone()
+    };
+    Ok(Resolved {
+        primary,
+        vault,
+        socket,
+        listen,
+    })
+}
+
+/// SIGINT, SIGTERM and SIGHUP (the terminal went away) set the returned flag: the server
+/// stops cleanly. SIGPIPE stays ignored: a client that goes away is an error on its
+/// connection, and a closed stdout or stderr costs only the lines written there.
+fn install_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
-    let vault = Arc::new(
-        Vault::open_as(&vault_dir, "rewind serve")
-            .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
-    );
-    check_identity(&primary, &vault.info().primary, a.moved_primary)?;
-    let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
-    finish_interrupted_restore(&volume, &vault_dir, &shutdown)?;
-    repair_unclean(&volume)?;
-    let tcp = if a.listen == "none" {
-        None
-    } else {
-        let l = TcpListener::bind(&a.listen)
-            .with_context(|| format!("cannot listen on {}", a.listen))?;
-        l.set_nonblocking(true)?;
-        Some(l)
-    };
-    let unix = socket.as_deref().map(bind_unix).transpose()?;
-    let control_path = control::socket_path(&vault_dir);
-    let control = bind_unix(&control_path)?;
-    let mut listen = Vec::new();
-    if let Some(l) = &tcp {
-        listen.push(format!("nbd://{}", l.local_addr()?));
+    Ok(shutdown)
+}
+
+/// What the server accepts connections on.
+struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    control: control::Listening,
+}
+
+impl Listeners {
+    fn bind(listen: &str, socket: Option<&Path>, vault: &Vault) -> anyhow::Result<Listeners> {
+        let tcp = if listen == "none" {
+            None
+        } else {
+            let l = TcpListener::bind(listen)
+                .with_context(|| format!("cannot listen on {}", listen))?;
+            l.set_nonblocking(true)?;
+            warn_beyond_loopback(&l);
+            Some(l)
+        };
+        let unix = socket.map(control::bind_unix).transpose()?;
+        // Bound last: once the pointer is there, everything listens.
+        let control = control::Listening::bind(vault.dir(), &vault.info().vault_id)?;
+        Ok(Listeners { tcp, unix, control })
     }
-    if let Some(s) = &socket {
-        listen.push(format!("nbd+unix:///?socket={}", s.display()));
+
+    /// The NBD URIs listened on, for `rewind status`.
+    fn uris(&self, socket: Option<&Path>) -> anyhow::Result<Vec<String>> {
+        let mut listen = Vec::new();
+        if let Some(l) = &self.tcp {
+            listen.push(format!("nbd://{}", l.local_addr()?));
+        }
+        if let Some(s) = socket {
+            listen.push(format!("nbd+unix:///?socket={}", s.display()));
+        }
+        Ok(listen)
     }
-    let server = Arc::new(Server {
-        exports: Arc::new(VaultExports::new(volume.clone())),
-        volume,
-        stats: Arc::new(ServerStats::default()),
-        started: Instant::now(),
-        listen,
-        conns: Mutex::new(Vec::new()),
-        shutdown: shutdown.clone(),
-        scanning: Mutex::new(()),
-        long_ops: std::sync::atomic::AtomicUsize::new(0),
-    });
-    print_recipes(&primary, &vault_dir, tcp.as_ref(), socket.as_deref());
+}
+
+/// NBD over TCP has no TLS in rewind yet: beyond loopback, anyone who reaches the port
+/// reads and writes the volume. The warning for `addr`, if it needs one.
+fn tcp_warning(addr: std::net::SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| format!(
+        "warning: listening on {addr}, beyond loopback, without TLS (rewind has none yet): anyone who can reach this port can read and write the volume. Prefer --socket, or 127.0.0.1 and an SSH tunnel (ssh -L 10809:127.0.0.1:10809 host)."
+    ))
+}
+
+fn warn_beyond_loopback(l: &TcpListener) {
+    if let Some(w) = l.local_addr().ok().and_then(tcp_warning) {
+        crate::note!("{w}");
+    }
+}
+
+/// Accepts NBD and control connections until `shutdown` is set; once a second, seals by
+/// time, keeps the dirty region log and forgets finished connections.
+fn accept_loop(server: &Arc<Server>, l: &Listeners, vault: &Vault, shutdown: &AtomicBool) {
     let mut last_tick = Instant::now();
     let mut seal_errors = Repeating::new("time-based seal failed");
     let mut upkeep_errors = Repeating::new("write log and dirty region log upkeep failed");
     while !shutdown.load(Ordering::Relaxed) {
         let mut idle = true;
-        if let Some(l) = &tcp {
+        if let Some(l) = &l.tcp {
             if let Ok((s, _)) = l.accept() {
                 idle = false;
                 let _ = s.set_nodelay(true);
                 if let (Ok(r), Ok(c)) = (s.try_clone(), s.try_clone()) {
-                    spawn_conn(&server, r, s, Closer::Tcp(c));
+                    spawn_conn(server, r, s, Closer::Tcp(c));
                 }
             }
         }
-        if let Some(l) = &unix {
+        if let Some(l) = &l.unix {
             if let Ok((s, _)) = l.accept() {
                 idle = false;
                 if let (Ok(r), Ok(c)) = (s.try_clone(), s.try_clone()) {
-                    spawn_conn(&server, r, s, Closer::Unix(c));
+                    spawn_conn(server, r, s, Closer::Unix(c));
                 }
             }
         }
-        if let Ok((s, _)) = control.accept() {
+        if let Ok((s, _)) = l.control.listener.accept() {
             idle = false;
             let server = server.clone();
             std::thread::spawn(move || control_conn(&server, s));
@@ -190,7 +321,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    eprintln!("Stopping: finishing in-flight requests, flushing and sealing the write log...");
+}
+
+/// A clean stop: in-flight requests finish, a running verify or sync winds down, the
+/// sockets go away, the log is flushed and sealed.
+fn stop(server: &Server, vault: &Vault, l: Listeners, socket: Option<&Path>) -> anyhow::Result<()> {
+    crate::note!("Stopping: finishing in-flight requests, flushing and sealing the write log...");
     let conns = std::mem::take(&mut *server.conns.lock().unwrap_or_else(|p| p.into_inner()));
     for (_, closer) in &conns {
         closer.close();
@@ -211,14 +347,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             LONG_OP_GRACE.as_secs()
         );
     }
-    drop(control);
-    let _ = std::fs::remove_file(&control_path);
-    if let Some(s) = &socket {
+    l.control.close();
+    if let Some(s) = socket {
         let _ = std::fs::remove_file(s);
     }
     let sealed = server.volume.stop().context("final flush and seal")?;
     let info = vault.info();
-    eprintln!(
+    crate::note!(
         "Stopped cleanly at seq {}{}.",
         info.newest_seq,
         if sealed.is_some() {
@@ -325,7 +460,7 @@ fn repair_unclean(volume: &LiveVolume) -> anyhow::Result<()> {
     }
     let drl = volume.drl();
     let bytes = (dirty.len() as u64 * drl.region_size()).min(volume.size());
-    eprintln!(
+    crate::note!(
         "The last stop was not clean: comparing the {} region(s) ({}) the dirty region log lists...",
         dirty.len(),
         output::bytes(bytes)
@@ -345,7 +480,7 @@ fn repair_unclean(volume: &LiveVolume) -> anyhow::Result<()> {
     volume
         .mark_repaired()
         .context("clearing the dirty region log")?;
-    eprintln!(
+    crate::note!(
         "Repaired: {} block(s) the primary had and the write log had lost copied into the vault as fix-ups ({:.2}s).",
         r.fixup_blocks,
         r.elapsed.as_secs_f64()
@@ -365,20 +500,6 @@ fn check_identity(primary: &Path, recorded: &str, moved: bool) -> anyhow::Result
         "this vault protects {recorded}, not {}.\nServing another image would mix two volumes' histories. If you moved or renamed the image, pass --moved-primary.",
         actual.display()
     )
-}
-
-fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            bail!("{} is in use by another server", path.display());
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
-    }
-    let l =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    l.set_nonblocking(true)?;
-    Ok(l)
 }
 
 fn spawn_conn<S>(server: &Arc<Server>, reader: S, writer: S, closer: Closer)
@@ -617,7 +738,7 @@ fn status(server: &Server) -> Value {
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let last_flush = get(&st.last_flush_ns);
     let refusal = server.volume.write_refusal();
-    json!({
+    let mut v = json!({
         "ok": true,
         "serving": true,
         "healthy": refusal.is_none(),
@@ -634,10 +755,6 @@ fn status(server: &Server) -> Value {
         "pid": std::process::id(),
         "uptime_seconds": server.started.elapsed().as_secs_f64(),
         "listen": server.listen,
-        "vault": info.dir,
-        "primary": server.volume.primary_path(),
-        "volume_size": info.volume_size,
-        "block_size": info.block_size,
         "clients": get(&st.clients),
         "connections_total": get(&st.connections_total),
         "writes": get(&st.writes),
@@ -649,9 +766,6 @@ fn status(server: &Server) -> Value {
         "zeroes": get(&st.zeroes),
         "errors": get(&st.errors),
         "last_flush": if last_flush == 0 { Value::Null } else { json!(format_time(last_flush as i64)) },
-        "newest_seq": info.newest_seq.0,
-        "durable_seq": info.durable_seq.0,
-        "open_interval": {"records": info.open_records, "bytes": info.open_bytes},
         "dirty_region_log": {
             "clean_stop": false,
             "region_size": server.volume.drl().region_size(),
@@ -662,52 +776,77 @@ fn status(server: &Server) -> Value {
             "mark_wait_seconds": server.volume.drl().mark_wait().as_secs_f64(),
         },
         "now": format_time(now_ns()),
-    })
+    });
+    // The fields `rewind status` shows without a server too, named the same.
+    crate::cmd::status::add_vault_fields(&mut v, &info);
+    v
 }
 
 fn print_recipes(primary: &Path, vault: &Path, tcp: Option<&TcpListener>, socket: Option<&Path>) {
-    println!(
-        "rewind serve: protecting {} with vault {}",
-        primary.display(),
-        vault.display()
+    let addr = tcp.and_then(|l| l.local_addr().ok());
+    crate::say!("{}", recipes(primary, vault, addr, socket));
+}
+
+/// What the server prints when it starts: where it listens, and commands to paste (with
+/// absolute paths, so that they work from any directory).
+fn recipes(
+    primary: &Path,
+    vault: &Path,
+    tcp: Option<std::net::SocketAddr>,
+    socket: Option<&Path>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let v = vault.display();
+    let _ = writeln!(
+        o,
+        "rewind serve: protecting {} with vault {v}",
+        primary.display()
     );
     let mut uri = String::new();
-    if let Some(addr) = tcp.and_then(|l| l.local_addr().ok()) {
-        println!("  listening on nbd://{addr}");
-        uri = format!("nbd://{addr}");
+    if let Some(addr) = tcp {
+        let _ = writeln!(o, "  listening on nbd://{addr}");
+        uri = format!("nbd://{addr}/live");
     }
     if let Some(s) = socket {
-        println!("  listening on nbd+unix:///?socket={}", s.display());
+        let _ = writeln!(o, "  listening on nbd+unix:///?socket={}", s.display());
         uri = format!("nbd+unix:///live?socket={}", s.display());
     }
-    println!();
-    println!("Connect:");
-    println!("  nbdinfo --list '{uri}'                   # exports: live and @snapshots");
-    println!("  qemu-io -f raw '{uri}'                   # or: qemu-system-x86_64 -drive file={uri},format=raw");
-    println!("  nbdfuse /mnt/rewind/disk '{uri}' &       # the volume as a file");
-    if let Some(addr) = tcp.and_then(|l| l.local_addr().ok()) {
-        println!(
-            "  nbd-client {} {} /dev/nbd0 -N live      # kernel client",
+    let past = uri.replace("/live", "/@before-upgrade");
+    let _ = writeln!(o, "\nConnect:");
+    let _ = writeln!(
+        o,
+        "  nbdinfo --list '{uri}'    # exports: live and @snapshots"
+    );
+    let _ = writeln!(
+        o,
+        "  qemu-io -f raw '{uri}'    # or: qemu-system-x86_64 -drive file={uri},format=raw"
+    );
+    let _ = writeln!(o, "  mkdir -p /tmp/rewind-fuse && nbdfuse /tmp/rewind-fuse '{uri}' &    # the volume as the file /tmp/rewind-fuse/nbd");
+    if let Some(addr) = tcp {
+        let _ = writeln!(
+            o,
+            "  nbd-client {} {} /dev/nbd0 -N live    # kernel client",
             addr.ip(),
             addr.port()
         );
     }
-    println!();
-    println!("Snapshot and go back:");
-    println!(
-        "  rewind snapshot before-upgrade --vault {}",
-        vault.display()
+    let _ = writeln!(o, "\nSnapshot and go back:");
+    let _ = writeln!(o, "  rewind snapshot before-upgrade --vault {v}");
+    let _ = writeln!(
+        o,
+        "  qemu-img convert -O raw '{past}' before.img    # read a point without restoring"
     );
-    println!(
-        "  qemu-img convert -O raw '{}' before.img   # read a point without restoring",
-        uri.replace("/live", "/@before-upgrade")
+    let _ = writeln!(
+        o,
+        "  rewind restore --vault {v} --at before-upgrade --to restored.img"
     );
-    println!(
-        "  rewind restore --vault {} --at before-upgrade --to restored.img",
-        vault.display()
+    let _ = writeln!(o, "  rewind restore --vault {v} --at before-upgrade --in-place    # the primary itself, after stopping this server");
+    let _ = write!(
+        o,
+        "\nCtrl-C stops: in-flight requests finish, the log is flushed and sealed."
     );
-    println!();
-    println!("Ctrl-C stops: in-flight requests finish, the log is flushed and sealed.");
+    o
 }
 
 /// Creates the demo volume and its vault if they are missing.
@@ -718,7 +857,7 @@ fn prepare_demo(primary: &Path, vault: &Path, size: u64) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", primary.display()))?;
         f.set_len(size)
             .with_context(|| format!("cannot size {}", primary.display()))?;
-        println!(
+        crate::say!(
             "Created demo volume {} ({}, sparse).",
             primary.display(),
             output::bytes(size)
@@ -738,7 +877,58 @@ fn prepare_demo(primary: &Path, vault: &Path, size: u64) -> anyhow::Result<()> {
         Vault::create(&opts, &Bar::new(false))
             .with_context(|| format!("cannot create vault {}", vault.display()))?
             .close()?;
-        println!("Created vault {}.", vault.display());
+        crate::say!("Created vault {}.", vault.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipes_work_from_anywhere() {
+        let r = recipes(
+            Path::new("/data/vm.img"),
+            Path::new("/data/vm.vault"),
+            None,
+            Some(Path::new("/run/vm.sock")),
+        );
+        assert!(
+            r.contains("nbdinfo --list 'nbd+unix:///live?socket=/run/vm.sock'"),
+            "{r}"
+        );
+        assert!(
+            r.contains("mkdir -p /tmp/rewind-fuse && nbdfuse /tmp/rewind-fuse"),
+            "{r}"
+        );
+        assert!(
+            r.contains("--vault /data/vm.vault --at before-upgrade --in-place"),
+            "{r}"
+        );
+        let tcp = recipes(
+            Path::new("/data/vm.img"),
+            Path::new("/data/vm.vault"),
+            Some("127.0.0.1:10809".parse().unwrap_or_else(|e| panic!("{e}"))),
+            None,
+        );
+        assert!(
+            tcp.contains("'nbd://127.0.0.1:10809/@before-upgrade' before.img"),
+            "{tcp}"
+        );
+        assert!(
+            tcp.contains("nbd-client 127.0.0.1 10809 /dev/nbd0 -N live"),
+            "{tcp}"
+        );
+    }
+
+    #[test]
+    fn tcp_beyond_loopback_warns() {
+        let warn = |a: &str| tcp_warning(a.parse().unwrap_or_else(|e| panic!("{a}: {e}")));
+        assert!(warn("127.0.0.1:10809").is_none());
+        assert!(warn("[::1]:10809").is_none());
+        for a in ["0.0.0.0:10809", "192.168.1.5:10809", "[::]:10809"] {
+            assert!(warn(a).is_some_and(|w| w.contains("without TLS")), "{a}");
+        }
+    }
 }

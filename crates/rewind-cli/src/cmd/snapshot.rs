@@ -13,6 +13,7 @@ use crate::output;
 )]
 pub struct Args {
     /// Name: letters, digits, '.', '_' and '-', starting with a letter or digit
+    #[arg(value_parser = output::parse_snapshot_name)]
     pub name: String,
     #[command(flatten)]
     pub vault: VaultArg,

@@ -18,7 +18,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = a.vault.path();
-    let s = match crate::control::request(&dir, &json!({"op": "status"}))? {
+    let mut s = match crate::control::request(&dir, &json!({"op": "status"}))? {
         Some(s) => s,
         None => {
             let v = Vault::open_read_only(&dir)
@@ -26,7 +26,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let info = v.info();
             let drl = rewind_engine::drl::DirtyRegionLog::peek(&dir)
                 .context("cannot read the dirty region log")?;
-            json!({
+            let mut s = json!({
                 "dirty_region_log": drl.map(|d| json!({
                     "clean_stop": d.clean,
                     "region_size": d.region_size,
@@ -34,22 +34,38 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     "checkpoint_seq": d.checkpoint_seq,
                 })),
                 "serving": false,
-                "vault": info.dir,
-                "primary": info.primary,
-                "volume_size": info.volume_size,
-                "block_size": info.block_size,
-                "newest_seq": info.newest_seq.0,
-                "durable_seq": info.durable_seq.0,
-                "open_interval": {"records": info.open_records, "bytes": info.open_bytes},
-                "created": format_time(info.created_ns),
-            })
+            });
+            add_vault_fields(&mut s, &info);
+            s
         }
     };
+    // A server's reply carries "ok"; what is printed is the same online and offline.
+    if let Some(m) = s.as_object_mut() {
+        m.remove("ok");
+    }
     if a.json {
         return output::json(&s);
     }
     print_human(&s);
     Ok(())
+}
+
+/// The vault's fields of a status, the same whether a server answers or not.
+pub fn add_vault_fields(v: &mut Value, info: &rewind_vault::VaultInfo) {
+    let fields = json!({
+        "vault": info.dir,
+        "vault_id": info.vault_id,
+        "primary": info.primary,
+        "volume_size": info.volume_size,
+        "block_size": info.block_size,
+        "newest_seq": info.newest_seq.0,
+        "durable_seq": info.durable_seq.0,
+        "open_interval": {"records": info.open_records, "bytes": info.open_bytes},
+        "created": format_time(info.created_ns),
+    });
+    if let (Some(v), Value::Object(f)) = (v.as_object_mut(), fields) {
+        v.extend(f);
+    }
 }
 
 fn print_human(s: &Value) {

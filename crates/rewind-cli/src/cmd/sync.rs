@@ -52,7 +52,7 @@ pub struct Args {
     pub moved_primary: bool,
     /// Size of the regions compared and reported: a multiple of the block size, at most
     /// 64M
-    #[arg(long, default_value = "64K", value_parser = output::parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "64K", value_parser = output::parse_region_size, value_name = "SIZE")]
     pub region_size: u64,
     /// Worker threads reading and comparing (0: one per CPU, at most 4; at most 64)
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(0..=64), usize::from))]
@@ -89,6 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&recorded));
             check_primary(&primary, &recorded, a.moved_primary)?;
+            let _protected = super::protect(&primary, &vault, false)?;
             let only_regions =
                 crate::cmd::verify::offline_regions(&dir, a.dirty_only, a.region_size, true)?;
             let vol = OfflineVolume::open(&primary, vault.clone())?;
@@ -104,7 +105,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             if let Ok(v) = Arc::try_unwrap(vault) {
                 v.close().context("closing the vault")?;
             }
-            report_json_sync(&r, &dir, &primary, false)
+            report_json_sync(&r, &dir, &super::absolute(&primary), false)
         }
     };
     if a.json {

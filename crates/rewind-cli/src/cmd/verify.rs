@@ -51,7 +51,7 @@ pub struct Args {
     pub primary: Option<PathBuf>,
     /// Size of the regions compared and reported: a multiple of the block size, at most
     /// 64M
-    #[arg(long, default_value = "64K", value_parser = output::parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "64K", value_parser = output::parse_region_size, value_name = "SIZE")]
     pub region_size: u64,
     /// Worker threads reading and comparing (0: one per CPU, at most 4; at most 64)
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(0..=64), usize::from))]
@@ -101,7 +101,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             };
             let r = verify::verify(Target::Offline(&vol), &opts, &Bar::new(a.json))
                 .context("verify failed")?;
-            report_json(&r, &dir, &primary, false)
+            report_json(&r, &dir, &super::absolute(&primary), false)
         }
     };
     if a.json {

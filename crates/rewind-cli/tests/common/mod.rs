@@ -232,6 +232,14 @@ pub fn qemu_io(uri: &str, cmds: &[String]) -> String {
 
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
 
+/// Where the control pointer `<vault>/control` says the server's control socket is.
+pub fn control_socket(vault: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = std::fs::read(vault.join("control")).ok()?;
+    let p = rewind_format::control::ControlPointer::decode(&bytes).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(p.socket_path)))
+}
+
 /// A primary, its vault and the server's socket, in a temporary directory.
 pub struct Vol {
     pub dir: tempfile::TempDir,
@@ -367,21 +375,31 @@ pub struct Server {
 
 impl Server {
     fn start(vol: &Vol, listen: &str) -> Server {
-        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
-        let log = vol.path(&format!("serve-{n}.log"));
-        let out = File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", listen, "--primary"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", listen, "--primary"])
             .arg(&vol.primary)
             .arg("--vault")
             .arg(&vol.vault)
             .arg("--socket")
-            .arg(&vol.socket)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+            .arg(&vol.socket);
+        Server::spawn(vol, cmd, true)
+    }
+
+    /// Starts `cmd` (a `rewind serve` of `vol.vault`; its output into `server.log` when
+    /// `log_output`) and waits until its control socket answers.
+    pub fn spawn(vol: &Vol, mut cmd: Command, log_output: bool) -> Server {
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        let log = vol.path(&format!("serve-{n}.log"));
+        if log_output {
+            let out = File::create(&log).unwrap();
+            cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        }
+        // Control sockets in the test's directory: a server the test kills leaves its
+        // socket file there, not in the user's runtime directory.
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_RUNTIME_DIR") {
+            cmd.env("XDG_RUNTIME_DIR", vol.dir.path());
+        }
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap();
         let mut s = Server {
             child,
             log,
@@ -389,15 +407,14 @@ impl Server {
             exited: None,
         };
         // The control socket is bound last: once it answers, everything listens. (A stale
-        // socket file left by a killed server refuses connections.)
-        let control = vol.vault.join("control.sock");
+        // pointer left by a killed server names a socket that refuses connections.)
         let start = Instant::now();
         loop {
             if let Ok(Some(st)) = s.child.try_wait() {
                 s.exited = Some(st);
                 panic!("rewind serve exited with {st}:\n{}", s.log_text());
             }
-            if UnixStream::connect(&control).is_ok() {
+            if control_socket(&vol.vault).is_some_and(|c| UnixStream::connect(c).is_ok()) {
                 break;
             }
             assert!(

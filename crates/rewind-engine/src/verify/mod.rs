@@ -61,7 +61,7 @@ pub enum VerifyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("region size {region_size} is not a multiple of the block size {block_size} in {block_size}..={max}", max = MAX_REGION_SIZE)]
+    #[error("region size {region_size} {}", region_size_problem(*region_size, *block_size))]
     RegionSize { region_size: u64, block_size: u32 },
     #[error("region {region} is outside the volume ({regions} regions of {region_size} bytes)")]
     RegionOutOfRange {
@@ -400,6 +400,18 @@ fn check_options(opts: &VerifyOptions, block_size: u32) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// What is wrong with a region size, for [`VerifyError::RegionSize`].
+fn region_size_problem(region_size: u64, block_size: u32) -> String {
+    let bs = u64::from(block_size);
+    if region_size > MAX_REGION_SIZE {
+        format!("is larger than the largest, {MAX_REGION_SIZE} (64 MiB)")
+    } else if region_size < bs {
+        format!("is smaller than the vault's block size, {bs}")
+    } else {
+        format!("is not a multiple of the vault's block size, {bs}")
+    }
 }
 
 fn check_region_size(region_size: u64, block_size: u32) -> Result<()> {
