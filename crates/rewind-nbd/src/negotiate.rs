@@ -40,8 +40,6 @@ pub fn greeting() -> [u8; 18] {
 /// Why a connection is dropped during negotiation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NegotiateError {
-    #[error("client does not speak fixed newstyle (flags {0:#x})")]
-    NotFixedNewstyle(u32),
     #[error("unknown client flags {0:#x}")]
     UnknownClientFlags(u32),
     #[error("bad option magic {0:#x}")]
@@ -50,10 +48,12 @@ pub enum NegotiateError {
 
 impl Negotiation {
     /// Takes the client's 32-bit flags.
+    ///
+    /// The server "MUST drop the TCP connection if the client sets an unknown flag"; a
+    /// client that leaves NBD_FLAG_C_FIXED_NEWSTYLE clear is served ("Servers MAY choose
+    /// to honour fixed newstyle from clients that didn't set this bit"): such a client
+    /// sends NBD_OPT_EXPORT_NAME, which is answered the same either way.
     pub fn client_flags(&mut self, flags: u32) -> Result<(), NegotiateError> {
-        if flags & CLIENT_FIXED_NEWSTYLE == 0 {
-            return Err(NegotiateError::NotFixedNewstyle(flags));
-        }
         if flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
             return Err(NegotiateError::UnknownClientFlags(flags));
         }
