@@ -191,7 +191,13 @@ impl Negotiation {
         d.extend_from_slice(&export.size().to_be_bytes());
         d.extend_from_slice(&self.flags(export.as_ref()).to_be_bytes());
         reply(out, opt, REP_INFO, &d);
+        // Each info is sent once, however often it is asked for (NBD_INFO_EXPORT is
+        // always sent, above). Known types are below 16.
+        let mut sent: u16 = 1 << INFO_EXPORT;
         for info in infos {
+            if info < 16 && sent & (1 << info) != 0 {
+                continue;
+            }
             let mut d = info.to_be_bytes().to_vec();
             match info {
                 INFO_NAME => d.extend_from_slice(export.name().as_bytes()),
@@ -205,6 +211,7 @@ impl Negotiation {
                 }
                 _ => continue,
             }
+            sent |= 1 << info;
             reply(out, opt, REP_INFO, &d);
         }
         reply(out, opt, REP_ACK, &[]);

@@ -219,6 +219,35 @@ fn info_reports_export_name_description_and_block_size() {
     abort(c);
 }
 
+/// An info asked for twice (or NBD_INFO_EXPORT, which is always sent) is sent once: a
+/// client that reads NBD_INFO_BLOCK_SIZE twice may take the second as a protocol error.
+#[test]
+fn each_info_is_sent_once_even_when_asked_twice() {
+    let asked = [
+        INFO_BLOCK_SIZE,
+        INFO_NAME,
+        INFO_BLOCK_SIZE,
+        INFO_EXPORT,
+        INFO_DESCRIPTION,
+        INFO_NAME,
+        INFO_DESCRIPTION,
+        INFO_BLOCK_SIZE,
+    ];
+    let mut c = started();
+    for o in [OPT_INFO, OPT_GO] {
+        let r = c.haggle(o, &info_data("live", &asked));
+        assert_eq!(r.last().unwrap().typ, REP_ACK, "{r:?}");
+        let mut types: Vec<u16> = infos(&r).iter().map(|(t, _)| *t).collect();
+        types.sort_unstable();
+        assert_eq!(
+            types,
+            [INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE],
+            "{o}"
+        );
+    }
+    check_transmitting(&mut c, "live");
+}
+
 #[test]
 fn info_and_go_for_an_unknown_export_fail_and_the_session_continues() {
     let mut c = started();
