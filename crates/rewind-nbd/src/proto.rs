@@ -98,6 +98,28 @@ pub enum Errno {
     Shutdown = 108,
 }
 
+impl Errno {
+    /// The C name, which error replies' text starts with ("EINVAL: ...").
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::Perm => "EPERM",
+            Errno::Io => "EIO",
+            Errno::NoMem => "ENOMEM",
+            Errno::Inval => "EINVAL",
+            Errno::NoSpc => "ENOSPC",
+            Errno::Overflow => "EOVERFLOW",
+            Errno::NotSup => "ENOTSUP",
+            Errno::Shutdown => "ESHUTDOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Largest request payload we accept (a WRITE or a READ length).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 /// Longest option payload we read.

@@ -415,14 +415,13 @@ fn next_request<R: Read, W: Write>(
                     in_buffer,
                 }))
             }
-            Err(errno) => {
+            Err(refusal) => {
                 if in_buffer {
                     reader.consume(req.length as usize);
                 }
                 conn.pool.give(payload);
                 conn.stats.errors.fetch_add(1, Ordering::Relaxed);
-                let msg = format!("request refused: {errno:?}");
-                conn.reply_error(req.cookie, errno, &msg)?;
+                conn.reply_error(req.cookie, refusal.errno, &refusal.to_string())?;
             }
         }
     }
@@ -549,7 +548,8 @@ impl<W: Write> Conn<'_, '_, W> {
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(cookie = r.cookie, offset = r.offset, length = r.length, error = %e, "request failed");
-                self.reply_error(r.cookie, e.errno(), &e.to_string())
+                let errno = e.errno();
+                self.reply_error(r.cookie, errno, &format!("{errno}: {e}"))
             }
         }
     }

@@ -248,7 +248,18 @@ fn zero_length_requests_do_not_disconnect() {
     }
 }
 
-/// Sends one request that must fail with `want`, then checks the connection still works.
+fn errno_name(e: u32) -> &'static str {
+    match e {
+        EPERM => "EPERM",
+        EIO => "EIO",
+        EINVAL => "EINVAL",
+        ENOSPC => "ENOSPC",
+        _ => panic!("errno {e} not expected here"),
+    }
+}
+
+/// Sends one request that must fail with `want`, then checks the connection still works
+/// (and, with structured replies, that the error's text starts with the errno's name).
 fn refused(c: &mut Conn, cookie: u64, f: impl FnOnce(&mut Conn), want: u32) {
     f(c);
     let r = c.reply_to(cookie);
@@ -260,6 +271,15 @@ fn refused(c: &mut Conn, cookie: u64, f: impl FnOnce(&mut Conn), want: u32) {
         assert!(data.is_empty(), "an error reply carries no data");
     }
     assert_eq!(r[0].error(), want, "cookie {cookie}: {r:?}");
+    if let Reply::Chunk { payload, .. } = &r[0] {
+        // The text names the errno plainly, then says why.
+        let msg = std::str::from_utf8(&payload[6..]).unwrap();
+        let name = errno_name(want);
+        assert!(
+            msg.starts_with(&format!("{name}: ")) && msg.len() > name.len() + 2,
+            "cookie {cookie}: message {msg:?}"
+        );
+    }
     let probe = cookie + 1_000_000;
     assert_eq!(
         c.read_data(0, probe, 512, 16).unwrap(),
