@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::proto::*;
-use crate::server::{Export, ExportError, Exports};
+use crate::server::{Export, Exports};
 
 /// What the connection does after an option.
 pub enum Step {
@@ -178,11 +178,7 @@ impl Negotiation {
         let export = match exports.open(name) {
             Ok(e) => e,
             Err(e) => {
-                let code = match e {
-                    ExportError::Unknown(_) => REP_ERR_UNKNOWN,
-                    _ => REP_ERR_POLICY,
-                };
-                error(out, opt, code, &e.to_string());
+                error(out, opt, e.option_reply(), &e.to_string());
                 return Step::Continue;
             }
         };
@@ -264,7 +260,7 @@ impl Negotiation {
             return;
         };
         if let Err(e) = exports.open(name) {
-            error(out, opt, REP_ERR_UNKNOWN, &e.to_string());
+            error(out, opt, e.option_reply(), &e.to_string());
             return;
         }
         let wanted = if opt == OPT_LIST_META_CONTEXT {

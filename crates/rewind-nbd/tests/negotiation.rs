@@ -273,6 +273,41 @@ fn info_and_go_for_an_unknown_export_fail_and_the_session_continues() {
     check_transmitting(&mut c, "live");
 }
 
+/// An export that cannot be opened is refused with the NBD_REP_ERR_* of its reason, and the
+/// reason's own text (clients print it: qemu as "server reported: ..."), for every option
+/// that opens one.
+#[test]
+fn refused_exports_say_why_with_the_code_of_the_reason() {
+    let mut c = started();
+    assert_eq!(c.haggle(OPT_STRUCTURED_REPLY, &[])[0].typ, REP_ACK);
+    for (name, code, text) in [
+        ("nope", REP_ERR_UNKNOWN, "no export named \"nope\""),
+        ("@bad", REP_ERR_INVALID, REFUSED_BAD),
+        (
+            "@io",
+            REP_ERR_UNKNOWN,
+            "I/O error: vault corrupted at byte 7",
+        ),
+        ("@stopping", REP_ERR_SHUTDOWN, "server is shutting down"),
+    ] {
+        for (o, data) in [
+            (OPT_INFO, info_data(name, &[INFO_NAME])),
+            (OPT_GO, info_data(name, &[])),
+            (OPT_LIST_META_CONTEXT, meta_data(name, &[])),
+            (OPT_SET_META_CONTEXT, meta_data(name, &[BASE_ALLOCATION])),
+        ] {
+            let r = c.haggle(o, &data);
+            assert_eq!(r.len(), 1, "{name} {o}: {r:?}");
+            assert_eq!(r[0].typ, code, "{name} {o}");
+            assert_eq!(std::str::from_utf8(&r[0].data).unwrap(), text, "{name} {o}");
+        }
+    }
+    let r = c.haggle(OPT_GO, &info_data("live", &[]));
+    assert_eq!(r.last().unwrap().typ, REP_ACK);
+    c.structured = true;
+    check_transmitting(&mut c, "live");
+}
+
 #[test]
 fn go_enters_transmission_without_padding() {
     for name in ["live", "@snap"] {

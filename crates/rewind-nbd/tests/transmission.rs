@@ -401,8 +401,13 @@ fn spec_errors_on_live(structured: bool) {
         EIO,
     );
 
+    // An export with no room left: ENOSPC (28), in both reply forms.
+    c.exports.live.set_full(true);
+    refused(&mut c, 30, |c| c.write(0, 30, 4096, &big), ENOSPC);
+    c.exports.live.set_full(false);
+
     // None of the refused mutations reached the export (the double also panics on any
-    // out-of-range call).
+    // out-of-range call); the export refused the last two itself.
     let muts: Vec<_> = c
         .exports
         .live
@@ -412,11 +417,18 @@ fn spec_errors_on_live(structured: bool) {
         .collect();
     assert_eq!(
         muts,
-        vec![Call::Write {
-            offset: BAD_SECTOR + 511,
-            len: 2,
-            fua: false
-        }]
+        vec![
+            Call::Write {
+                offset: BAD_SECTOR + 511,
+                len: 2,
+                fua: false
+            },
+            Call::Write {
+                offset: 4096,
+                len: 1024,
+                fua: false
+            }
+        ]
     );
     assert!(c.stats.errors.load(Ordering::Relaxed) >= 20);
     disc(c);
