@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::proto::*;
-use crate::server::{Export, Exports};
+use crate::server::{Export, ExportError, Exports};
 
 /// What the connection does after an option.
 pub enum Step {
@@ -82,8 +82,8 @@ impl Negotiation {
         out: &mut Vec<u8>,
     ) -> Step {
         match opt {
-            OPT_EXPORT_NAME => match std::str::from_utf8(data).ok().map(|n| exports.open(n)) {
-                Some(Ok(export)) => {
+            OPT_EXPORT_NAME => match std::str::from_utf8(data).map(|n| (n, exports.open(n))) {
+                Ok((_, Ok(export))) => {
                     out.extend_from_slice(&export.size().to_be_bytes());
                     out.extend_from_slice(&self.flags(export.as_ref()).to_be_bytes());
                     if !self.no_zeroes {
@@ -91,8 +91,16 @@ impl Negotiation {
                     }
                     Step::Transmit(export)
                 }
-                // NBD_OPT_EXPORT_NAME has no way to say no: the spec says close.
-                _ => Step::Close,
+                // NBD_OPT_EXPORT_NAME has no way to say no: the spec says close. The
+                // server's log is the only place that says why.
+                Ok((name, Err(e))) => {
+                    refused(opt, name, &e);
+                    Step::Close
+                }
+                Err(_) => {
+                    tracing::warn!("export name is not UTF-8; closing");
+                    Step::Close
+                }
             },
             OPT_ABORT => {
                 reply(out, opt, REP_ACK, &[]);
@@ -178,6 +186,7 @@ impl Negotiation {
         let export = match exports.open(name) {
             Ok(e) => e,
             Err(e) => {
+                refused(opt, name, &e);
                 error(out, opt, e.option_reply(), &e.to_string());
                 return Step::Continue;
             }
@@ -260,6 +269,7 @@ impl Negotiation {
             return;
         };
         if let Err(e) = exports.open(name) {
+            refused(opt, name, &e);
             error(out, opt, e.option_reply(), &e.to_string());
             return;
         }
@@ -286,6 +296,18 @@ impl Negotiation {
             reply(out, opt, REP_META_CONTEXT, &d);
         }
         reply(out, opt, REP_ACK, &[]);
+    }
+}
+
+/// Logs why an export was refused: as a warning when the client meant to use it (GO,
+/// EXPORT_NAME; clients ask INFO and META_CONTEXT about it first, which is only debug).
+/// libnbd's tools (nbdinfo, nbdcopy, nbdfuse) print only the errno the reply code stands
+/// for, and the reason with LIBNBD_DEBUG=1; the server's log says it too.
+fn refused(opt: u32, name: &str, e: &ExportError) {
+    if opt == OPT_GO || opt == OPT_EXPORT_NAME {
+        tracing::warn!(export = name, reason = %e, "export refused");
+    } else {
+        tracing::debug!(export = name, option = opt, reason = %e, "export refused");
     }
 }
 
