@@ -820,7 +820,7 @@ fn a_write_over_the_maximum_closes() {
 
 #[test]
 fn a_write_at_the_maximum_is_read_whole_and_refused_past_the_end() {
-    // MAX_PAYLOAD (32 MiB) is allowed on the wire; past the 1 MiB export it is ENOSPC,
+    // MAX_PAYLOAD (64 MiB) is allowed on the wire; past the 1 MiB export it is ENOSPC,
     // and its payload must be consumed so the next request parses.
     let (mut c, _, _) = Conn::transmit("live", true, false);
     let mut w = c.s.try_clone().unwrap();
