@@ -142,8 +142,16 @@ pub fn validate(r: &Request, l: &Limits) -> Result<Command, Refusal> {
         }
     }
     if matches!(cmd, Command::Read | Command::Write { .. }) && r.length > MAX_PAYLOAD {
+        // With structured replies (and so DF) a server "is also permitted to reject large
+        // read requests up front with NBD_EOVERFLOW, so a client should be prepared to
+        // retry with smaller requests"; with simple replies such a request "will fail".
+        let errno = if l.structured && cmd == Command::Read {
+            Overflow
+        } else {
+            Inval
+        };
         return Err(refuse(
-            Inval,
+            errno,
             "longer than the maximum payload (NBD_INFO_BLOCK_SIZE)",
         ));
     }
@@ -336,6 +344,18 @@ mod tests {
         );
         assert_eq!(
             validate(&req(CMD_BLOCK_STATUS, 0, 0, 0), &L),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(&req(CMD_READ, 0, 0, MAX_PAYLOAD + 1), &L),
+            Err(Errno::Overflow)
+        );
+        let simple = Limits {
+            structured: false,
+            ..L
+        };
+        assert_eq!(
+            validate(&req(CMD_READ, 0, 0, MAX_PAYLOAD + 1), &simple),
             Err(Errno::Inval)
         );
         assert_eq!(validate(&req(CMD_WRITE, 0, 0, 512), &ro), Err(Errno::Perm));

@@ -18,6 +18,7 @@ const EPERM: u32 = Errno::Perm as u32;
 const EIO: u32 = Errno::Io as u32;
 const EINVAL: u32 = Errno::Inval as u32;
 const ENOSPC: u32 = Errno::NoSpc as u32;
+const EOVERFLOW: u32 = Errno::Overflow as u32;
 const B: u64 = BS as u64;
 
 fn disc(mut c: Conn) {
@@ -254,6 +255,7 @@ fn errno_name(e: u32) -> &'static str {
         EIO => "EIO",
         EINVAL => "EINVAL",
         ENOSPC => "ENOSPC",
+        EOVERFLOW => "EOVERFLOW",
         _ => panic!("errno {e} not expected here"),
     }
 }
@@ -380,12 +382,13 @@ fn spec_errors_on_live(structured: bool) {
         |c| c.request(0, CMD_BLOCK_STATUS, 26, 0, 4096),
         EINVAL,
     );
-    // A READ longer than the maximum is refused; the connection stays.
+    // A READ longer than the maximum is refused (EOVERFLOW where DF exists: "retry with
+    // smaller requests"); the connection stays.
     refused(
         &mut c,
         27,
         |c| c.request(0, CMD_READ, 27, 0, MAX_PAYLOAD + 1),
-        EINVAL,
+        if structured { EOVERFLOW } else { EINVAL },
     );
     // The export's own errors.
     refused(
