@@ -8,7 +8,7 @@
 # TESTER     a built nbd-tester-client (in an nbd checkout: ./autogen.sh && ./configure &&
 #            make && make -C tests/run nbd-tester-client)
 # TRACE_DIR  where integrity-test.tr and integrityhuge-test.tr are (default: TESTER's dir)
-# --rewind   the rewind binary (default: target/debug/rewind, built if missing)
+# --rewind   the rewind binary (default: target/debug/rewind, built first)
 # --nbd-client  nbd-client for the `list` test's `nbd-client -l` (default: TESTER's
 #            ../../nbd-client, then PATH; without one, `list` runs only its tester part)
 # --keep     keep the scratch directory (primary, vault, server log) of every test
@@ -37,7 +37,7 @@ TRACES="$(realpath "${2:-$(dirname "$TESTER")}")"
 [ -x "$TESTER" ] || { echo "nbd-conformance: $TESTER is not an executable" >&2; exit 2; }
 if [ -z "$REWIND" ]; then
   REWIND=target/debug/rewind
-  [ -x "$REWIND" ] || cargo build -q -p rewind-cli || exit 2
+  cargo build -q -p rewind-cli || exit 2
 fi
 REWIND="$(realpath "$REWIND")"
 if [ -z "$NBD_CLIENT" ]; then
