@@ -131,6 +131,13 @@ pub fn validate(r: &Request, l: &Limits) -> Result<Command, Refusal> {
     if writes && l.read_only {
         return Err(refuse(Perm, "the export is read-only"));
     }
+    check_lengths(cmd, r, l)?;
+    Ok(cmd)
+}
+
+/// The checks of a valid command's length and range.
+fn check_lengths(cmd: Command, r: &Request, l: &Limits) -> Result<(), Refusal> {
+    use Errno::*;
     // A status of nothing cannot be answered: descriptors MUST be nonzero and, with
     // REQ_ONE, no longer than the request (behaviour for length 0 is unspecified).
     if matches!(cmd, Command::BlockStatus { .. }) {
@@ -163,7 +170,7 @@ pub fn validate(r: &Request, l: &Limits) -> Result<Command, Refusal> {
         };
         return Err(refuse(errno, "the request runs past the end of the export"));
     }
-    Ok(cmd)
+    Ok(())
 }
 
 /// Writes a simple reply header into `out[..16]`.
