@@ -135,18 +135,29 @@ impl Export for PointExport {
     fn block_size(&self) -> u32 {
         self.view.block_size()
     }
+    /// Reads the whole blocks inside the range straight into `buf`, and a partial block
+    /// at either end through a one-block buffer: an unaligned read of 64 MiB is not held
+    /// twice.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ExportError> {
-        if buf.is_empty() {
-            return Ok(());
+        let bs = self.view.block_size() as usize;
+        let mut edge = Vec::new();
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let (block, within) = (at / bs as u64, (at % bs as u64) as usize);
+            let whole = (buf.len() - done) / bs * bs;
+            if within == 0 && whole > 0 {
+                let part = &mut buf[done..done + whole];
+                self.view.read_into(block, part).map_err(vault_error)?;
+                done += whole;
+                continue;
+            }
+            edge.resize(bs, 0);
+            self.view.read_into(block, &mut edge).map_err(vault_error)?;
+            let n = (bs - within).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&edge[within..within + n]);
+            done += n;
         }
-        let bs = u64::from(self.view.block_size());
-        let (first, end) = self.blocks(offset, buf.len() as u64);
-        if offset.is_multiple_of(bs) && (buf.len() as u64).is_multiple_of(bs) {
-            return self.view.read_into(first, buf).map_err(vault_error);
-        }
-        let whole = self.view.read(first, end - first).map_err(vault_error)?;
-        let at = (offset - first * bs) as usize;
-        buf.copy_from_slice(&whole[at..at + buf.len()]);
         Ok(())
     }
     fn write(&self, _: u64, _: &[u8], _: bool) -> Result<(), ExportError> {
@@ -241,17 +252,96 @@ impl Exports for VaultExports {
         }
         let Some(point) = name.strip_prefix('@') else {
             return Err(ExportError::Unknown(format!(
-                "{name}: exports are 'live' and '@POINT' (a snapshot, seq:N, an RFC 3339 time, or -15m)"
+                "no export named {name:?}: exports are 'live' and '@POINT' (a snapshot, seq:N, an RFC 3339 time, or -15m)"
             )));
         };
-        let point: Point = point
-            .parse()
-            .map_err(|e: VaultError| ExportError::Unknown(e.to_string()))?;
+        let point: Point = point.parse().map_err(|e| refusal(name, e))?;
         let vault = self.volume.vault();
-        let view = vault
-            .view(&point)
-            .map_err(|e| ExportError::Unknown(e.to_string()))?;
+        let view = vault.view(&point).map_err(|e| refusal(name, e))?;
         warn_suspect(vault, name, &view);
         Ok(Arc::new(PointExport::new(name.to_string(), view)))
+    }
+}
+
+/// Why the point export `name` cannot be opened, as its client is told: the code says what
+/// kind of refusal it is (NBD_REP_ERR_INVALID: the name is not a point, or names one that
+/// has not happened; NBD_REP_ERR_UNKNOWN: no such point is kept, or the vault failed), the
+/// text says what to do.
+fn refusal(name: &str, e: VaultError) -> ExportError {
+    match e {
+        VaultError::BadPoint { .. } | VaultError::FutureTime { .. } => {
+            ExportError::Invalid(e.to_string())
+        }
+        VaultError::SeqAfterNewest { seq, newest } => ExportError::Invalid(format!(
+            "point seq:{seq} is after the newest record (seq:{newest})"
+        )),
+        VaultError::UnknownSnapshot(_) => ExportError::Unknown(e.to_string()),
+        VaultError::BeforeBase { point, base } => ExportError::Unknown(format!(
+            "point {point} is before the base image (oldest point {base}, @seq:0)"
+        )),
+        other => ExportError::Io(format!("cannot open {name}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rewind_format::Seq;
+    use rewind_nbd::proto::{REP_ERR_INVALID, REP_ERR_UNKNOWN};
+
+    /// Each kind of refusal gets its code, and its text is the reason itself.
+    #[test]
+    fn refusals_are_coded_by_kind_and_say_why() {
+        let io = VaultError::Io {
+            op: "read",
+            path: "v/maps/map-1-2.dmap".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        for (e, rep, text) in [
+            (
+                "x:".parse::<Point>().unwrap_err(),
+                REP_ERR_INVALID,
+                "cannot understand point",
+            ),
+            (
+                VaultError::FutureTime {
+                    point: "2099-01-01T00:00:00Z".into(),
+                    now: "2026-12-01T00:00:00Z".into(),
+                },
+                REP_ERR_INVALID,
+                "point 2099-01-01T00:00:00Z is in the future (now is 2026-12-01T00:00:00Z)",
+            ),
+            (
+                VaultError::SeqAfterNewest {
+                    seq: Seq(9),
+                    newest: Seq(4),
+                },
+                REP_ERR_INVALID,
+                "point seq:9 is after the newest record (seq:4)",
+            ),
+            (
+                VaultError::UnknownSnapshot("s".into()),
+                REP_ERR_UNKNOWN,
+                "no snapshot named \"s\"",
+            ),
+            (
+                VaultError::BeforeBase {
+                    point: "2026-01-01T00:00:00Z".into(),
+                    base: "2026-02-01T00:00:00Z".into(),
+                },
+                REP_ERR_UNKNOWN,
+                "point 2026-01-01T00:00:00Z is before the base image (oldest point 2026-02-01T00:00:00Z, @seq:0)",
+            ),
+            (
+                io,
+                REP_ERR_UNKNOWN,
+                "I/O error: cannot open @p: read v/maps/map-1-2.dmap: disk on fire",
+            ),
+        ] {
+            let r = refusal("@p", e);
+            assert_eq!(r.option_reply(), rep, "{r}");
+            assert!(r.to_string().starts_with(text), "{r}");
+        }
     }
 }

@@ -40,8 +40,6 @@ pub fn greeting() -> [u8; 18] {
 /// Why a connection is dropped during negotiation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NegotiateError {
-    #[error("client does not speak fixed newstyle (flags {0:#x})")]
-    NotFixedNewstyle(u32),
     #[error("unknown client flags {0:#x}")]
     UnknownClientFlags(u32),
     #[error("bad option magic {0:#x}")]
@@ -50,10 +48,12 @@ pub enum NegotiateError {
 
 impl Negotiation {
     /// Takes the client's 32-bit flags.
+    ///
+    /// The server "MUST drop the TCP connection if the client sets an unknown flag"; a
+    /// client that leaves NBD_FLAG_C_FIXED_NEWSTYLE clear is served ("Servers MAY choose
+    /// to honour fixed newstyle from clients that didn't set this bit"): such a client
+    /// sends NBD_OPT_EXPORT_NAME, which is answered the same either way.
     pub fn client_flags(&mut self, flags: u32) -> Result<(), NegotiateError> {
-        if flags & CLIENT_FIXED_NEWSTYLE == 0 {
-            return Err(NegotiateError::NotFixedNewstyle(flags));
-        }
         if flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
             return Err(NegotiateError::UnknownClientFlags(flags));
         }
@@ -82,8 +82,8 @@ impl Negotiation {
         out: &mut Vec<u8>,
     ) -> Step {
         match opt {
-            OPT_EXPORT_NAME => match std::str::from_utf8(data).ok().map(|n| exports.open(n)) {
-                Some(Ok(export)) => {
+            OPT_EXPORT_NAME => match std::str::from_utf8(data).map(|n| (n, exports.open(n))) {
+                Ok((_, Ok(export))) => {
                     out.extend_from_slice(&export.size().to_be_bytes());
                     out.extend_from_slice(&self.flags(export.as_ref()).to_be_bytes());
                     if !self.no_zeroes {
@@ -91,8 +91,16 @@ impl Negotiation {
                     }
                     Step::Transmit(export)
                 }
-                // NBD_OPT_EXPORT_NAME has no way to say no: the spec says close.
-                _ => Step::Close,
+                // NBD_OPT_EXPORT_NAME has no way to say no: the spec says close. The
+                // server's log is the only place that says why.
+                Ok((name, Err(e))) => {
+                    refused(opt, name, &e);
+                    Step::Close
+                }
+                Err(_) => {
+                    tracing::warn!("export name is not UTF-8; closing");
+                    Step::Close
+                }
             },
             OPT_ABORT => {
                 reply(out, opt, REP_ACK, &[]);
@@ -178,11 +186,8 @@ impl Negotiation {
         let export = match exports.open(name) {
             Ok(e) => e,
             Err(e) => {
-                let code = match e {
-                    ExportError::Unknown(_) => REP_ERR_UNKNOWN,
-                    _ => REP_ERR_POLICY,
-                };
-                error(out, opt, code, &e.to_string());
+                refused(opt, name, &e);
+                error(out, opt, e.option_reply(), &e.to_string());
                 return Step::Continue;
             }
         };
@@ -191,7 +196,13 @@ impl Negotiation {
         d.extend_from_slice(&export.size().to_be_bytes());
         d.extend_from_slice(&self.flags(export.as_ref()).to_be_bytes());
         reply(out, opt, REP_INFO, &d);
+        // Each info is sent once, however often it is asked for (NBD_INFO_EXPORT is
+        // always sent, above). Known types are below 16.
+        let mut sent: u16 = 1 << INFO_EXPORT;
         for info in infos {
+            if info < 16 && sent & (1 << info) != 0 {
+                continue;
+            }
             let mut d = info.to_be_bytes().to_vec();
             match info {
                 INFO_NAME => d.extend_from_slice(export.name().as_bytes()),
@@ -205,6 +216,7 @@ impl Negotiation {
                 }
                 _ => continue,
             }
+            sent |= 1 << info;
             reply(out, opt, REP_INFO, &d);
         }
         reply(out, opt, REP_ACK, &[]);
@@ -257,7 +269,8 @@ impl Negotiation {
             return;
         };
         if let Err(e) = exports.open(name) {
-            error(out, opt, REP_ERR_UNKNOWN, &e.to_string());
+            refused(opt, name, &e);
+            error(out, opt, e.option_reply(), &e.to_string());
             return;
         }
         let wanted = if opt == OPT_LIST_META_CONTEXT {
@@ -283,6 +296,18 @@ impl Negotiation {
             reply(out, opt, REP_META_CONTEXT, &d);
         }
         reply(out, opt, REP_ACK, &[]);
+    }
+}
+
+/// Logs why an export was refused: as a warning when the client meant to use it (GO,
+/// EXPORT_NAME; clients ask INFO and META_CONTEXT about it first, which is only debug).
+/// libnbd's tools (nbdinfo, nbdcopy, nbdfuse) print only the errno the reply code stands
+/// for, and the reason with LIBNBD_DEBUG=1; the server's log says it too.
+fn refused(opt: u32, name: &str, e: &ExportError) {
+    if opt == OPT_GO || opt == OPT_EXPORT_NAME {
+        tracing::warn!(export = name, reason = %e, "export refused");
+    } else {
+        tracing::debug!(export = name, option = opt, reason = %e, "export refused");
     }
 }
 

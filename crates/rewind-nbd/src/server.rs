@@ -12,16 +12,23 @@ use crate::negotiate::{greeting, Negotiation, Step};
 use crate::proto::*;
 use crate::transmission::*;
 
-/// Why an export operation failed; mapped to the spec's error numbers.
+/// Why an export could not be opened or an operation on it failed. [`ExportError::errno`]
+/// and [`ExportError::option_reply`] are the one place each maps to the protocol's numbers.
+/// The text is for humans: clients print it (qemu as "server reported: ..."), so it says
+/// what is wrong without the variant's name around it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExportError {
-    #[error("no export named {0:?}")]
+    /// No export by that name is available (a name that is not served, a point that is
+    /// not kept); the text says why.
+    #[error("{0}")]
     Unknown(String),
+    /// The request, or the export name, is malformed or asks for what cannot be.
     #[error("{0}")]
     Invalid(String),
     #[error("export is read-only")]
     ReadOnly,
+    /// The volume or the vault has no room for the write.
     #[error("no space: {0}")]
     NoSpace(String),
     #[error("I/O error: {0}")]
@@ -31,13 +38,28 @@ pub enum ExportError {
 }
 
 impl ExportError {
-    pub(crate) fn errno(&self) -> Errno {
+    /// The error number a request that failed this way is answered with.
+    pub fn errno(&self) -> Errno {
         match self {
             ExportError::Unknown(_) | ExportError::Invalid(_) => Errno::Inval,
             ExportError::ReadOnly => Errno::Perm,
             ExportError::NoSpace(_) => Errno::NoSpc,
             ExportError::Io(_) => Errno::Io,
             ExportError::Shutdown => Errno::Shutdown,
+        }
+    }
+
+    /// The NBD_REP_ERR_* an option (NBD_OPT_INFO, GO, *_META_CONTEXT) whose export could
+    /// not be opened this way is answered with. The spec has no error for a server that
+    /// failed: those are "the requested export is not available".
+    pub fn option_reply(&self) -> u32 {
+        match self {
+            ExportError::Unknown(_) | ExportError::NoSpace(_) | ExportError::Io(_) => {
+                REP_ERR_UNKNOWN
+            }
+            ExportError::Invalid(_) => REP_ERR_INVALID,
+            ExportError::ReadOnly => REP_ERR_POLICY,
+            ExportError::Shutdown => REP_ERR_SHUTDOWN,
         }
     }
 }
@@ -182,4 +204,36 @@ fn send<W: Write>(writer: &Mutex<W>, bytes: &[u8]) -> io::Result<()> {
     let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
     w.write_all(bytes)?;
     w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant, and what it is answered with in transmission and in haggling. The
+    /// match makes a new variant fail to compile here until it is added.
+    #[test]
+    fn every_export_error_maps_to_one_errno_and_one_option_reply() {
+        let all = [
+            ExportError::Unknown("u".into()),
+            ExportError::Invalid("i".into()),
+            ExportError::ReadOnly,
+            ExportError::NoSpace("n".into()),
+            ExportError::Io("e".into()),
+            ExportError::Shutdown,
+        ];
+        for e in all {
+            let (errno, errno_value, rep) = match e {
+                ExportError::Unknown(_) => (Errno::Inval, 22, REP_ERR_UNKNOWN),
+                ExportError::Invalid(_) => (Errno::Inval, 22, REP_ERR_INVALID),
+                ExportError::ReadOnly => (Errno::Perm, 1, REP_ERR_POLICY),
+                ExportError::NoSpace(_) => (Errno::NoSpc, 28, REP_ERR_UNKNOWN),
+                ExportError::Io(_) => (Errno::Io, 5, REP_ERR_UNKNOWN),
+                ExportError::Shutdown => (Errno::Shutdown, 108, REP_ERR_SHUTDOWN),
+            };
+            assert_eq!(e.errno(), errno, "{e:?}");
+            assert_eq!(e.errno() as u32, errno_value, "{e:?}");
+            assert_eq!(e.option_reply(), rep, "{e:?}");
+        }
+    }
 }

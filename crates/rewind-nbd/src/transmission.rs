@@ -67,9 +67,23 @@ pub struct Limits {
     pub base_allocation: bool,
 }
 
+/// Why a request is refused: the error the spec asks for, and what was wrong, for the
+/// error reply's text (`EINVAL: the request runs past the end of the export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{errno}: {why}")]
+pub struct Refusal {
+    pub errno: Errno,
+    pub why: &'static str,
+}
+
+fn refuse(errno: Errno, why: &'static str) -> Refusal {
+    Refusal { errno, why }
+}
+
 /// Checks a request against the spec and the export: the command to run, or the error
 /// the spec asks for (the connection goes on).
-pub fn validate(r: &Request, l: &Limits) -> Result<Command, Errno> {
+pub fn validate(r: &Request, l: &Limits) -> Result<Command, Refusal> {
+    use Errno::*;
     // FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA has been negotiated,
     // in which case the server MUST accept all commands with this bit set" (proto.md,
     // command flags); we advertise SEND_FUA exactly on writable exports.
@@ -86,10 +100,13 @@ pub fn validate(r: &Request, l: &Limits) -> Result<Command, Errno> {
         CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
         CMD_BLOCK_STATUS => fua_ok | CMD_FLAG_REQ_ONE,
         CMD_DISC | CMD_FLUSH | CMD_CACHE => fua_ok,
-        _ => return Err(Errno::Inval),
+        _ => return Err(refuse(Inval, "unknown command")),
     };
     if r.flags & !allowed != 0 {
-        return Err(Errno::Inval);
+        return Err(refuse(
+            Inval,
+            "a command flag this command does not take on this connection",
+        ));
     }
     let fua = r.flags & CMD_FLAG_FUA != 0;
     let cmd = match r.kind {
@@ -112,24 +129,48 @@ pub fn validate(r: &Request, l: &Limits) -> Result<Command, Errno> {
         Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. }
     );
     if writes && l.read_only {
-        return Err(Errno::Perm);
+        return Err(refuse(Perm, "the export is read-only"));
     }
+    check_lengths(cmd, r, l)?;
+    Ok(cmd)
+}
+
+/// The checks of a valid command's length and range.
+fn check_lengths(cmd: Command, r: &Request, l: &Limits) -> Result<(), Refusal> {
+    use Errno::*;
     // A status of nothing cannot be answered: descriptors MUST be nonzero and, with
     // REQ_ONE, no longer than the request (behaviour for length 0 is unspecified).
-    if matches!(cmd, Command::BlockStatus { .. }) && (!l.base_allocation || r.length == 0) {
-        return Err(Errno::Inval);
+    if matches!(cmd, Command::BlockStatus { .. }) {
+        if !l.base_allocation {
+            return Err(refuse(Inval, "no metadata context was negotiated"));
+        }
+        if r.length == 0 {
+            return Err(refuse(Inval, "a block status of length 0"));
+        }
     }
     if matches!(cmd, Command::Read | Command::Write { .. }) && r.length > MAX_PAYLOAD {
-        return Err(Errno::Inval);
+        // With structured replies (and so DF) a server "is also permitted to reject large
+        // read requests up front with NBD_EOVERFLOW, so a client should be prepared to
+        // retry with smaller requests"; with simple replies such a request "will fail".
+        let errno = if l.structured && cmd == Command::Read {
+            Overflow
+        } else {
+            Inval
+        };
+        return Err(refuse(
+            errno,
+            "longer than the maximum payload (NBD_INFO_BLOCK_SIZE)",
+        ));
     }
     let end = r.offset.checked_add(u64::from(r.length));
     if end.is_none_or(|e| e > l.size) {
-        return Err(match cmd {
-            Command::Write { .. } | Command::WriteZeroes { .. } => Errno::NoSpc,
-            _ => Errno::Inval,
-        });
+        let errno = match cmd {
+            Command::Write { .. } | Command::WriteZeroes { .. } => NoSpc,
+            _ => Inval,
+        };
+        return Err(refuse(errno, "the request runs past the end of the export"));
     }
-    Ok(cmd)
+    Ok(())
 }
 
 /// Writes a simple reply header into `out[..16]`.
@@ -201,9 +242,14 @@ pub fn fit_extents(extents: &mut Vec<(u32, u32)>, len: u32, req_one: bool) {
     extents.truncate(keep);
 }
 
-/// A final ERROR chunk.
+/// A final ERROR chunk. The message is cut to the spec's longest string, at a character
+/// boundary (it "MUST be valid UTF-8").
 pub fn structured_error(cookie: u64, error: Errno, msg: &str) -> Vec<u8> {
-    let msg = &msg.as_bytes()[..msg.len().min(MAX_STRING)];
+    let mut cut = msg.len().min(MAX_STRING);
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let msg = &msg.as_bytes()[..cut];
     let mut b = vec![0u8; CHUNK_LEN];
     chunk_header(
         &mut b,
@@ -258,6 +304,11 @@ mod tests {
         base_allocation: true,
     };
 
+    /// The errno of a refusal (its reason is for humans).
+    fn validate(r: &Request, l: &Limits) -> Result<Command, Errno> {
+        super::validate(r, l).map_err(|e| e.errno)
+    }
+
     #[test]
     fn errors_follow_the_spec() {
         assert_eq!(
@@ -302,6 +353,18 @@ mod tests {
             validate(&req(CMD_BLOCK_STATUS, 0, 0, 0), &L),
             Err(Errno::Inval)
         );
+        assert_eq!(
+            validate(&req(CMD_READ, 0, 0, MAX_PAYLOAD + 1), &L),
+            Err(Errno::Overflow)
+        );
+        let simple = Limits {
+            structured: false,
+            ..L
+        };
+        assert_eq!(
+            validate(&req(CMD_READ, 0, 0, MAX_PAYLOAD + 1), &simple),
+            Err(Errno::Inval)
+        );
         assert_eq!(validate(&req(CMD_WRITE, 0, 0, 512), &ro), Err(Errno::Perm));
         assert_eq!(validate(&req(CMD_TRIM, 0, 0, 512), &ro), Err(Errno::Perm));
         assert_eq!(validate(&req(CMD_READ, 0, 0, 512), &ro), Ok(Command::Read));
@@ -338,11 +401,22 @@ mod tests {
         assert!(e.is_empty());
     }
 
+    #[test]
+    fn a_long_error_message_is_cut_at_a_character_boundary() {
+        let msg = "\u{20ac}".repeat(2000); // 3 bytes each: 4096 is not a boundary
+        let b = structured_error(9, Errno::Io, &msg);
+        let len = usize::from(u16::from_be_bytes([b[24], b[25]]));
+        assert!(len <= MAX_STRING);
+        assert_eq!(b.len(), CHUNK_LEN + 6 + len);
+        let text = std::str::from_utf8(&b[26..]).expect("the message must stay UTF-8");
+        assert!(msg.starts_with(text) && text.len() > MAX_STRING - 3);
+    }
+
     proptest::proptest! {
         #[test]
         fn any_header_parses_or_is_refused_without_panic(bytes in proptest::array::uniform28(proptest::num::u8::ANY)) {
             if let Ok(r) = parse_request(&bytes) {
-                let _ = validate(&r, &L);
+                let _ = super::validate(&r, &L);
             }
         }
     }

@@ -14,10 +14,19 @@
 //! leader writes everything queued before it would block reading the socket, and a worker
 //! that finishes while the leader is blocked writes its reply (and whatever else is
 //! queued) itself. So a burst of requests costs one read and one write, not one each.
+//!
+//! Each request's payload is held in one buffer, once: a WRITE's payload is read into its
+//! own buffer (or run from the request buffer when it is small and already there), a
+//! READ's data is read into the buffer its reply is written from, and a READ reply longer
+//! than the queue's limit is never copied into the queue (its worker waits for the socket
+//! instead). A connection holds at most one request per worker, so the payloads it pins
+//! are at most [`WORKERS`] x [`MAX_PAYLOAD`] (32 x 64 MiB), plus the reply queue (each
+//! reply in it at most [`QUEUE_LIMIT`]) and the pool of reused WRITE buffers
+//! ([`POOL_BYTES`]).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::negotiate::Negotiation;
 use crate::proto::*;
@@ -137,14 +146,19 @@ struct Queue {
     /// The leader is blocked reading the socket: nobody will write replies for it.
     reading: bool,
     failed: bool,
+    /// Workers waiting in [`Replies::send_large`] for the sender to finish.
+    waiting: usize,
 }
 
 /// The reply side of a connection: replies are queued, and whoever finds nobody sending
-/// becomes the sender and writes out everything queued until the queue is empty. No
-/// worker ever waits for another's reply to be written.
+/// becomes the sender and writes out everything queued until the queue is empty. The
+/// leader never waits for another's reply to be written; a worker with a large reply
+/// does (see [`Replies::send_large`]).
 pub(crate) struct Replies<'a, W> {
     writer: &'a Mutex<W>,
     queue: Mutex<Queue>,
+    /// Signalled when the sender stops while workers wait in `send_large`.
+    idle: Condvar,
 }
 
 impl<'a, W: Write> Replies<'a, W> {
@@ -152,6 +166,7 @@ impl<'a, W: Write> Replies<'a, W> {
         Replies {
             writer,
             queue: Mutex::new(Queue::default()),
+            idle: Condvar::new(),
         }
     }
 
@@ -176,6 +191,39 @@ impl<'a, W: Write> Replies<'a, W> {
         }
         q.bytes.extend_from_slice(bytes);
         self.drain(q, None)
+    }
+
+    /// Sends a large reply (a READ's data) from its own buffer, never copying it into the
+    /// queue, where a 64 MiB reply would be held twice (and the queue's buffer would keep
+    /// that size): waits until nobody is sending, then writes it and whatever is queued.
+    ///
+    /// Only for workers that are not leading: the leader must never wait for the socket's
+    /// writer, or a client that writes all its requests before reading replies would stall
+    /// both sides.
+    fn send_large(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut q = self.lock();
+        while q.sending && !q.failed {
+            q.waiting += 1;
+            q = self.idle.wait(q).unwrap_or_else(|p| p.into_inner());
+            q.waiting -= 1;
+        }
+        if q.failed {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        self.drain(q, Some(bytes))
+    }
+
+    /// The sender has stopped: a worker waiting to send a large reply may go (all of
+    /// them when the connection failed).
+    fn stopped_sending(&self, q: &mut Queue) {
+        q.sending = false;
+        if q.waiting > 0 {
+            if q.failed {
+                self.idle.notify_all();
+            } else {
+                self.idle.notify_one();
+            }
+        }
     }
 
     /// Writes out the queue (and `first`, before it) unless someone else is at it.
@@ -212,12 +260,12 @@ impl<'a, W: Write> Replies<'a, W> {
             }
             if let Err(e) = res {
                 q.failed = true;
-                q.sending = false;
+                self.stopped_sending(&mut q);
                 q.bytes = Vec::new();
                 return Err(e);
             }
             if q.bytes.is_empty() {
-                q.sending = false;
+                self.stopped_sending(&mut q);
                 return Ok(());
             }
         }
@@ -415,14 +463,13 @@ fn next_request<R: Read, W: Write>(
                     in_buffer,
                 }))
             }
-            Err(errno) => {
+            Err(refusal) => {
                 if in_buffer {
                     reader.consume(req.length as usize);
                 }
                 conn.pool.give(payload);
                 conn.stats.errors.fetch_add(1, Ordering::Relaxed);
-                let msg = format!("request refused: {errno:?}");
-                conn.reply_error(req.cookie, errno, &msg)?;
+                conn.reply_error(req.cookie, refusal.errno, &refusal.to_string())?;
             }
         }
     }
@@ -469,7 +516,7 @@ impl<W: Write> Conn<'_, '_, W> {
         let mut buf = vec![0u8; hdr + len];
         match self.export.read_nowait(r.offset, &mut buf[hdr..]) {
             Ok(true) => {
-                if let Err(e) = self.reply_read(r, buf) {
+                if let Err(e) = self.reply_read(r, buf, true) {
                     tracing::debug!(error = %e, "could not send a reply; the client has gone");
                 }
                 true
@@ -479,7 +526,9 @@ impl<W: Write> Conn<'_, '_, W> {
         }
     }
 
-    fn reply_read(&self, r: &Request, mut buf: Vec<u8>) -> io::Result<()> {
+    /// Sends a READ's reply from `buf` (header space, then the data). `leading`: the
+    /// leader is sending, which must not wait for the socket.
+    fn reply_read(&self, r: &Request, mut buf: Vec<u8>, leading: bool) -> io::Result<()> {
         let len = r.length as usize;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -489,6 +538,9 @@ impl<W: Write> Conn<'_, '_, W> {
             offset_data_header(&mut buf, r.cookie, r.offset, len);
         } else {
             simple_reply_header(&mut buf, r.cookie, 0);
+        }
+        if !leading && buf.len() > QUEUE_LIMIT {
+            return self.replies.send_large(&buf);
         }
         self.replies.send(&buf)
     }
@@ -502,8 +554,9 @@ impl<W: Write> Conn<'_, '_, W> {
             Command::Read => {
                 let hdr = self.read_header_len();
                 let mut buf = vec![0u8; hdr + r.length as usize];
+                // READs never run on the leader (`Job::runs_inline`).
                 match export.read(r.offset, &mut buf[hdr..]) {
-                    Ok(()) => return self.reply_read(r, buf),
+                    Ok(()) => return self.reply_read(r, buf, false),
                     Err(e) => Err(e),
                 }
             }
@@ -549,8 +602,113 @@ impl<W: Write> Conn<'_, '_, W> {
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(cookie = r.cookie, offset = r.offset, length = r.length, error = %e, "request failed");
-                self.reply_error(r.cookie, e.errno(), &e.to_string())
+                let errno = e.errno();
+                self.reply_error(r.cookie, errno, &format!("{errno}: {e}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A socket's writing half that keeps what is written and can be held shut (a client
+    /// that does not read).
+    #[derive(Clone, Default)]
+    struct Gate {
+        out: Arc<Mutex<Vec<u8>>>,
+        held: Arc<AtomicBool>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            while self.held.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.out.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A large reply that finds another worker sending waits for it and is then written
+    /// from its own buffer: it is never copied into the queue, and the queue does not
+    /// keep a buffer of its size afterwards.
+    #[test]
+    fn a_large_reply_is_not_copied_into_the_queue() {
+        let gate = Gate::default();
+        let writer = Mutex::new(gate.clone());
+        let replies = Replies::new(&writer);
+        let small = [7u8; 16];
+        let large: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        gate.held.store(true, Ordering::SeqCst);
+        std::thread::scope(|s| {
+            // The leader is blocked reading: a small reply is written by its worker, who
+            // stays in the socket's write while the client does not read.
+            replies.lock().reading = true;
+            s.spawn(|| replies.send(&small).unwrap());
+            wait_for("the small reply is being written", || {
+                gate.writes.load(Ordering::SeqCst) > 0
+            });
+            let t = s.spawn(|| replies.send_large(&large).unwrap());
+            // Until the large reply waits, or was put in the queue (as it once was).
+            wait_for("the large reply waits for the sender", || {
+                let q = replies.lock();
+                q.waiting == 1 || !q.bytes.is_empty()
+            });
+            let queued = replies.lock().bytes.len();
+            gate.held.store(false, Ordering::SeqCst);
+            t.join().unwrap();
+            assert_eq!(queued, 0, "the large reply was copied into the queue");
+        });
+        let out = gate.out.lock().unwrap();
+        assert_eq!(out.len(), small.len() + large.len());
+        assert_eq!(&out[..small.len()], &small);
+        assert!(out[small.len()..] == large[..]);
+        let q = replies.lock();
+        assert!(!q.sending && q.waiting == 0);
+        assert!(q.bytes.capacity() < QUEUE_LIMIT && q.spare.capacity() < QUEUE_LIMIT);
+    }
+
+    /// A worker waiting to send a large reply is let go when the connection fails.
+    #[test]
+    fn a_waiting_large_reply_fails_with_the_connection() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(50));
+                Err(io::ErrorKind::ConnectionReset.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let writer = Mutex::new(Broken);
+        let replies = Replies::new(&writer);
+        replies.lock().reading = true;
+        std::thread::scope(|s| {
+            let a = s.spawn(|| replies.send(&[1u8; 16]));
+            wait_for("sending", || replies.lock().sending);
+            let b = s.spawn(|| replies.send_large(&[2u8; QUEUE_LIMIT + 1]));
+            assert!(a.join().unwrap().is_err());
+            assert!(b.join().unwrap().is_err());
+        });
     }
 }

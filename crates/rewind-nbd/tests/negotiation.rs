@@ -67,15 +67,21 @@ fn greeting_announces_fixed_newstyle_and_no_zeroes() {
     abort(c);
 }
 
+/// NBD_FLAG_C_FIXED_NEWSTYLE is a SHOULD for clients; only unknown flags may be dropped.
+/// A plain newstyle client (as old nbd-client and nbd-tester-client against a server that
+/// did not offer fixed newstyle send) ends haggling with NBD_OPT_EXPORT_NAME.
 #[test]
-fn client_without_fixed_newstyle_is_dropped() {
-    let mut c = Conn::start(RamExports::new());
-    c.greeting();
-    c.send(&be32(0));
-    c.expect_eof();
-    match c.join() {
-        Err(ConnError::Negotiate(NegotiateError::NotFixedNewstyle(0))) => {}
-        r => panic!("{r:?}"),
+fn client_without_fixed_newstyle_is_served() {
+    for (flags, padded) in [(0, true), (CLIENT_NO_ZEROES, false)] {
+        let mut c = Conn::start(RamExports::new());
+        c.greeting();
+        c.send(&be32(flags));
+        c.option(OPT_EXPORT_NAME, b"live");
+        let r = c.read(if padded { 8 + 2 + 124 } else { 8 + 2 });
+        assert_eq!(be_u64(&r), SIZE);
+        assert_eq!(be_u16(&r[8..]), LIVE_FLAGS);
+        assert!(r[10..].iter().all(|b| *b == 0));
+        check_transmitting(&mut c, "live");
     }
 }
 
@@ -213,6 +219,35 @@ fn info_reports_export_name_description_and_block_size() {
     abort(c);
 }
 
+/// An info asked for twice (or NBD_INFO_EXPORT, which is always sent) is sent once: a
+/// client that reads NBD_INFO_BLOCK_SIZE twice may take the second as a protocol error.
+#[test]
+fn each_info_is_sent_once_even_when_asked_twice() {
+    let asked = [
+        INFO_BLOCK_SIZE,
+        INFO_NAME,
+        INFO_BLOCK_SIZE,
+        INFO_EXPORT,
+        INFO_DESCRIPTION,
+        INFO_NAME,
+        INFO_DESCRIPTION,
+        INFO_BLOCK_SIZE,
+    ];
+    let mut c = started();
+    for o in [OPT_INFO, OPT_GO] {
+        let r = c.haggle(o, &info_data("live", &asked));
+        assert_eq!(r.last().unwrap().typ, REP_ACK, "{r:?}");
+        let mut types: Vec<u16> = infos(&r).iter().map(|(t, _)| *t).collect();
+        types.sort_unstable();
+        assert_eq!(
+            types,
+            [INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE],
+            "{o}"
+        );
+    }
+    check_transmitting(&mut c, "live");
+}
+
 #[test]
 fn info_and_go_for_an_unknown_export_fail_and_the_session_continues() {
     let mut c = started();
@@ -235,6 +270,41 @@ fn info_and_go_for_an_unknown_export_fail_and_the_session_continues() {
 
     let r = c.haggle(OPT_GO, &info_data("live", &[]));
     assert_eq!(r.last().unwrap().typ, REP_ACK);
+    check_transmitting(&mut c, "live");
+}
+
+/// An export that cannot be opened is refused with the NBD_REP_ERR_* of its reason, and the
+/// reason's own text (clients print it: qemu as "server reported: ..."), for every option
+/// that opens one.
+#[test]
+fn refused_exports_say_why_with_the_code_of_the_reason() {
+    let mut c = started();
+    assert_eq!(c.haggle(OPT_STRUCTURED_REPLY, &[])[0].typ, REP_ACK);
+    for (name, code, text) in [
+        ("nope", REP_ERR_UNKNOWN, "no export named \"nope\""),
+        ("@bad", REP_ERR_INVALID, REFUSED_BAD),
+        (
+            "@io",
+            REP_ERR_UNKNOWN,
+            "I/O error: vault corrupted at byte 7",
+        ),
+        ("@stopping", REP_ERR_SHUTDOWN, "server is shutting down"),
+    ] {
+        for (o, data) in [
+            (OPT_INFO, info_data(name, &[INFO_NAME])),
+            (OPT_GO, info_data(name, &[])),
+            (OPT_LIST_META_CONTEXT, meta_data(name, &[])),
+            (OPT_SET_META_CONTEXT, meta_data(name, &[BASE_ALLOCATION])),
+        ] {
+            let r = c.haggle(o, &data);
+            assert_eq!(r.len(), 1, "{name} {o}: {r:?}");
+            assert_eq!(r[0].typ, code, "{name} {o}");
+            assert_eq!(std::str::from_utf8(&r[0].data).unwrap(), text, "{name} {o}");
+        }
+    }
+    let r = c.haggle(OPT_GO, &info_data("live", &[]));
+    assert_eq!(r.last().unwrap().typ, REP_ACK);
+    c.structured = true;
     check_transmitting(&mut c, "live");
 }
 

@@ -180,7 +180,7 @@ fn allowed_errors(r: &Req, s: &Setup) -> Vec<u32> {
         e.push(Inval);
     }
     if r.kind == CMD_READ && r.length > MAX_PAYLOAD {
-        e.push(Inval);
+        e.push(if s.structured { Overflow } else { Inval });
     }
     let past_end = r
         .offset

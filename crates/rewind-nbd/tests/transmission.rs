@@ -18,6 +18,7 @@ const EPERM: u32 = Errno::Perm as u32;
 const EIO: u32 = Errno::Io as u32;
 const EINVAL: u32 = Errno::Inval as u32;
 const ENOSPC: u32 = Errno::NoSpc as u32;
+const EOVERFLOW: u32 = Errno::Overflow as u32;
 const B: u64 = BS as u64;
 
 fn disc(mut c: Conn) {
@@ -248,7 +249,19 @@ fn zero_length_requests_do_not_disconnect() {
     }
 }
 
-/// Sends one request that must fail with `want`, then checks the connection still works.
+fn errno_name(e: u32) -> &'static str {
+    match e {
+        EPERM => "EPERM",
+        EIO => "EIO",
+        EINVAL => "EINVAL",
+        ENOSPC => "ENOSPC",
+        EOVERFLOW => "EOVERFLOW",
+        _ => panic!("errno {e} not expected here"),
+    }
+}
+
+/// Sends one request that must fail with `want`, then checks the connection still works
+/// (and, with structured replies, that the error's text starts with the errno's name).
 fn refused(c: &mut Conn, cookie: u64, f: impl FnOnce(&mut Conn), want: u32) {
     f(c);
     let r = c.reply_to(cookie);
@@ -260,6 +273,15 @@ fn refused(c: &mut Conn, cookie: u64, f: impl FnOnce(&mut Conn), want: u32) {
         assert!(data.is_empty(), "an error reply carries no data");
     }
     assert_eq!(r[0].error(), want, "cookie {cookie}: {r:?}");
+    if let Reply::Chunk { payload, .. } = &r[0] {
+        // The text names the errno plainly, then says why.
+        let msg = std::str::from_utf8(&payload[6..]).unwrap();
+        let name = errno_name(want);
+        assert!(
+            msg.starts_with(&format!("{name}: ")) && msg.len() > name.len() + 2,
+            "cookie {cookie}: message {msg:?}"
+        );
+    }
     let probe = cookie + 1_000_000;
     assert_eq!(
         c.read_data(0, probe, 512, 16).unwrap(),
@@ -360,12 +382,13 @@ fn spec_errors_on_live(structured: bool) {
         |c| c.request(0, CMD_BLOCK_STATUS, 26, 0, 4096),
         EINVAL,
     );
-    // A READ longer than the maximum is refused; the connection stays.
+    // A READ longer than the maximum is refused (EOVERFLOW where DF exists: "retry with
+    // smaller requests"); the connection stays.
     refused(
         &mut c,
         27,
         |c| c.request(0, CMD_READ, 27, 0, MAX_PAYLOAD + 1),
-        EINVAL,
+        if structured { EOVERFLOW } else { EINVAL },
     );
     // The export's own errors.
     refused(
@@ -381,8 +404,13 @@ fn spec_errors_on_live(structured: bool) {
         EIO,
     );
 
+    // An export with no room left: ENOSPC (28), in both reply forms.
+    c.exports.live.set_full(true);
+    refused(&mut c, 30, |c| c.write(0, 30, 4096, &big), ENOSPC);
+    c.exports.live.set_full(false);
+
     // None of the refused mutations reached the export (the double also panics on any
-    // out-of-range call).
+    // out-of-range call); the export refused the last two itself.
     let muts: Vec<_> = c
         .exports
         .live
@@ -392,11 +420,18 @@ fn spec_errors_on_live(structured: bool) {
         .collect();
     assert_eq!(
         muts,
-        vec![Call::Write {
-            offset: BAD_SECTOR + 511,
-            len: 2,
-            fua: false
-        }]
+        vec![
+            Call::Write {
+                offset: BAD_SECTOR + 511,
+                len: 2,
+                fua: false
+            },
+            Call::Write {
+                offset: 4096,
+                len: 1024,
+                fua: false
+            }
+        ]
     );
     assert!(c.stats.errors.load(Ordering::Relaxed) >= 20);
     disc(c);
@@ -788,7 +823,7 @@ fn a_write_over_the_maximum_closes() {
 
 #[test]
 fn a_write_at_the_maximum_is_read_whole_and_refused_past_the_end() {
-    // MAX_PAYLOAD (32 MiB) is allowed on the wire; past the 1 MiB export it is ENOSPC,
+    // MAX_PAYLOAD (64 MiB) is allowed on the wire; past the 1 MiB export it is ENOSPC,
     // and its payload must be consumed so the next request parses.
     let (mut c, _, _) = Conn::transmit("live", true, false);
     let mut w = c.s.try_clone().unwrap();

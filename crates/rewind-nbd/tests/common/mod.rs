@@ -100,6 +100,8 @@ pub struct RamDisk {
     delay: Mutex<Duration>,
     /// Writes panic (a bug in an export, as the server sees it).
     panic_on_write: AtomicBool,
+    /// Writes fail with NoSpace (the volume or the vault is full).
+    full: AtomicBool,
 }
 
 impl RamDisk {
@@ -115,6 +117,7 @@ impl RamDisk {
             calls: Mutex::new(Vec::new()),
             delay: Mutex::new(Duration::ZERO),
             panic_on_write: AtomicBool::new(false),
+            full: AtomicBool::new(false),
         }
     }
 
@@ -128,6 +131,10 @@ impl RamDisk {
 
     pub fn set_panic_on_write(&self, on: bool) {
         self.panic_on_write.store(on, Ordering::SeqCst);
+    }
+
+    pub fn set_full(&self, on: bool) {
+        self.full.store(on, Ordering::SeqCst);
     }
 
     pub fn set_delay(&self, d: Duration) {
@@ -247,6 +254,9 @@ impl Export for RamDisk {
             "the test export panics on write"
         );
         self.pause();
+        if self.full.load(Ordering::SeqCst) {
+            return Err(ExportError::NoSpace("the test disk is full".into()));
+        }
         if Self::touches_bad_sector(offset, data.len() as u64) {
             return Err(ExportError::Io("bad sector".into()));
         }
@@ -318,12 +328,17 @@ impl Export for RamDisk {
     }
 }
 
-/// "live" (read-write) and "@snap" (read-only).
+/// "live" (read-write) and "@snap" (read-only); opening "@bad", "@io" or "@stopping"
+/// fails with Invalid, Io or Shutdown, any other name with Unknown.
 pub struct RamExports {
     pub live: Arc<RamDisk>,
     pub snap: Arc<RamDisk>,
     pub opened: Mutex<Vec<String>>,
 }
+
+/// Why "@bad" and "@io" are refused (the other names: unknown, "@stopping": shutting down).
+pub const REFUSED_BAD: &str = "cannot understand point \"bad\"";
+pub const REFUSED_IO: &str = "vault corrupted at byte 7";
 
 pub const LIVE_DESC: &str = "the live volume";
 pub const SNAP_DESC: &str = "a point in time, read-only";
@@ -360,7 +375,10 @@ impl Exports for RamExports {
         match name {
             "live" => Ok(self.live.clone()),
             "@snap" => Ok(self.snap.clone()),
-            _ => Err(ExportError::Unknown(name.to_string())),
+            "@bad" => Err(ExportError::Invalid(REFUSED_BAD.into())),
+            "@io" => Err(ExportError::Io(REFUSED_IO.into())),
+            "@stopping" => Err(ExportError::Shutdown),
+            _ => Err(ExportError::Unknown(format!("no export named {name:?}"))),
         }
     }
 }
