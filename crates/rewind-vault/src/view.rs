@@ -7,7 +7,9 @@
 //! - and falls through to the base image.
 //!
 //! A block is answered by the first of these that has it. The cost of a read grows with
-//! the blocks read and the delta maps consulted, not with the length of history.
+//! the blocks read and the delta maps consulted, not with the length of history. Ranges
+//! (extents, reads of more than a few blocks) are answered with set operations over the
+//! sources' block sets rather than block by block: see `view/extents.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -278,6 +280,21 @@ impl PointView {
         }
     }
 
+    /// Where each of `count` blocks from `first_block` lives (`None`: the base image).
+    fn locations(&self, first_block: u64, count: u64) -> Result<Vec<Option<Location>>> {
+        let maps = self.maps()?;
+        if count <= LOOKUP_PER_BLOCK_UPTO {
+            return (first_block..first_block + count)
+                .map(|b| self.locate(&maps, b))
+                .collect();
+        }
+        let mut locs = vec![None; count as usize];
+        self.resolve(&maps, first_block, count, |b, l| {
+            locs[(b - first_block) as usize] = Some(l);
+        })?;
+        Ok(locs)
+    }
+
     /// Reads `count` blocks from `first_block` as they were at the point.
     pub fn read(&self, first_block: u64, count: u64) -> Result<Vec<u8>> {
         let bs = self.shared.block_size as usize;
@@ -302,18 +319,7 @@ impl PointView {
         }
         let count = (out.len() / bs) as u64;
         self.check_range(first_block, count)?;
-        let maps = self.maps()?;
-        let locs: Vec<Option<Location>> = if count <= LOOKUP_PER_BLOCK_UPTO {
-            (first_block..first_block + count)
-                .map(|b| self.locate(&maps, b))
-                .collect::<Result<_>>()?
-        } else {
-            let mut locs = vec![None; count as usize];
-            self.resolve(&maps, first_block, count, |b, l| {
-                locs[(b - first_block) as usize] = Some(l);
-            })?;
-            locs
-        };
+        let locs = self.locations(first_block, count)?;
         let mut rec = DecodedRecord::default();
         let mut crcs = Vec::new();
         let mut i = 0usize;
