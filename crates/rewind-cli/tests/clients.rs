@@ -283,6 +283,96 @@ fn nbdinfo_describes_lists_and_maps() {
     }
 }
 
+/// `(offset, length, type)` of every extent `nbdinfo --map` lists.
+fn nbdinfo_map(uri: &str) -> Vec<(u64, u64, u64)> {
+    let out = run_ok(Command::new("nbdinfo").args(["--map", "--json"]).arg(uri));
+    let extents: Vec<Value> = serde_json::from_str(&out).unwrap();
+    extents
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `(start, length, data, zero)` of every extent `qemu-img map` lists (it walks the export
+/// one extent per request, NBD_CMD_FLAG_REQ_ONE).
+fn qemu_img_map(uri: &str) -> Vec<(u64, u64, bool, bool)> {
+    let out = run_ok(
+        Command::new("qemu-img")
+            .args(["map", "-f", "raw", "--output=json"])
+            .arg(uri),
+    );
+    let extents: Vec<Value> = serde_json::from_str(&out).unwrap();
+    extents
+        .iter()
+        .map(|e| {
+            (
+                e["start"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["data"] == true,
+                e["zero"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Point exports map from extents: the base image of an empty sparse volume is one hole,
+/// and after a whole-volume trim and a few writes, exactly the writes are data.
+#[test]
+fn point_exports_map_base_holes_and_trims() {
+    if !have(&["nbdinfo", "qemu-io", "qemu-img"]) {
+        return;
+    }
+    let size = 256 * MIB;
+    let (vol, mut model) = Vol::new(size, None);
+    let _server = vol.serve();
+    let hole = 3; // STATE_HOLE | STATE_ZERO
+    assert_eq!(nbdinfo_map(&vol.uri("@seq:0")), vec![(0, size, hole)]);
+    assert_eq!(
+        qemu_img_map(&vol.uri("@seq:0")),
+        vec![(0, size, false, true)]
+    );
+    apply(
+        &vol,
+        &mut model,
+        &[
+            Op::Discard(0, 128 * MIB),
+            Op::Discard(128 * MIB, 128 * MIB),
+            Op::Write(MIB, MIB, 0x31),
+            Op::Write(100 * MIB, 64 << 10, 0x32),
+            Op::Write(size - 4096, 4096, 0x33),
+        ],
+    );
+    vol.snapshot("after");
+    let want = vec![
+        (0, MIB, hole),
+        (MIB, MIB, 0),
+        (2 * MIB, 98 * MIB, hole),
+        (100 * MIB, 64 << 10, 0),
+        (
+            100 * MIB + (64 << 10),
+            size - 4096 - 100 * MIB - (64 << 10),
+            hole,
+        ),
+        (size - 4096, 4096, 0),
+    ];
+    assert_eq!(nbdinfo_map(&vol.uri("@after")), want);
+    let qemu: Vec<(u64, u64, bool, bool)> = want
+        .iter()
+        .map(|&(o, l, t)| (o, l, t == 0, t != 0))
+        .collect();
+    assert_eq!(qemu_img_map(&vol.uri("@after")), qemu);
+    let got = convert(&vol.uri("@after"), &vol.path("after.img"));
+    assert_same(&got, &model.0, "@after through qemu-img convert");
+    // The live volume was never written before the trim: seq:0 is still one hole.
+    assert_eq!(nbdinfo_map(&vol.uri("@seq:0")), vec![(0, size, hole)]);
+}
+
 /// nbdcopy into live (multi-conn, zeroes for holes), out of live and out of a snapshot,
 /// and a snapshot copied back over live (a rollback through NBD).
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rewind_nbd::proto::{STATE_HOLE, STATE_ZERO};
 use rewind_nbd::{Export, ExportError, Exports};
-use rewind_vault::{format_time, BlockSource, Point, PointView, VaultError};
+use rewind_vault::{format_time, Point, PointView, VaultError};
 
 use crate::intercept::{InterceptError, LiveVolume};
 
@@ -73,7 +73,12 @@ impl Export for LiveExport {
             .zero(offset, u64::from(len), false, no_hole, fua)
             .map_err(export_error)
     }
-    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<(u32, u32)>, ExportError> {
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        _req_one: bool,
+    ) -> Result<Vec<(u32, u32)>, ExportError> {
         Ok(self
             .volume
             .allocation(offset, u64::from(len))
@@ -82,6 +87,10 @@ impl Export for LiveExport {
             .collect())
     }
 }
+
+/// Extents one BLOCK_STATUS reply of a point export holds at most (8 bytes each on the
+/// wire); a client asks again from where the answer ends.
+const MAX_STATUS_EXTENTS: usize = 1024;
 
 /// A point in time, read-only.
 #[derive(Debug)]
@@ -172,25 +181,37 @@ impl Export for PointExport {
     fn write_zeroes(&self, _: u64, _: u32, _: bool, _: bool) -> Result<(), ExportError> {
         Err(ExportError::ReadOnly)
     }
-    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<(u32, u32)>, ExportError> {
+    /// From the view's extents: runs that read as zeroes without reading (zeroed, trimmed,
+    /// holes of the base image) are holes that read as zeroes, the rest data. At most
+    /// [`MAX_STATUS_EXTENTS`] (one with REQ_ONE), so a request costs what its answer holds.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    ) -> Result<Vec<(u32, u32)>, ExportError> {
         let bs = u64::from(self.view.block_size());
-        let (first, end) = self.blocks(offset, u64::from(len));
-        let sources = self.view.sources(first, end - first).map_err(vault_error)?;
+        let end = offset + u64::from(len);
+        let (first, last) = self.blocks(offset, u64::from(len));
+        let want = if req_one { 1 } else { MAX_STATUS_EXTENTS };
+        let extents = self
+            .view
+            .extents_upto(first, last - first, want)
+            .map_err(vault_error)?;
         let mut out: Vec<(u32, u32)> = Vec::new();
-        let mut at = offset;
-        for (i, s) in sources.iter().enumerate() {
-            let block_end = ((first + i as u64 + 1) * bs).min(offset + u64::from(len));
-            let flags = if *s == BlockSource::Zero {
+        for e in extents {
+            let (from, to) = ((e.first_block * bs).max(offset), (e.end() * bs).min(end));
+            let flags = if e.kind.reads_as_zero() {
                 STATE_HOLE | STATE_ZERO
             } else {
                 0
             };
-            let n = (block_end - at) as u32;
+            // Within the request, so it fits the wire's u32.
+            let n = (to - from) as u32;
             match out.last_mut() {
                 Some((l, f)) if *f == flags => *l += n,
                 _ => out.push((n, flags)),
             }
-            at = block_end;
         }
         Ok(out)
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rewind_vault::{
-    BlockSource, Point, PointView, Progress, ResolvedPoint, SuspectEntry, Vault, VaultError,
+    ExtentKind, Point, PointView, Progress, ResolvedPoint, SuspectEntry, Vault, VaultError,
 };
 
 use crate::intercept::InterceptError;
@@ -26,6 +26,8 @@ pub use in_place::{execute_in_place, plan_in_place, resume_in_place, InPlacePlan
 
 /// Blocks read per step.
 const CHUNK_BLOCKS: u64 = 256;
+/// Blocks whose extents a restore asks for at once (bounds the extents held in memory).
+const PLAN_STEP_BLOCKS: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -77,6 +79,8 @@ pub struct RestorePlan {
     pub block_size: u32,
     /// Blocks that come unchanged from the base image.
     pub from_base: u64,
+    /// Of those, blocks in holes of the base image: known to be zero, never read.
+    pub base_holes: u64,
     /// Blocks that come from write log records.
     pub from_log: u64,
     /// Blocks that were zeroed or trimmed (written as holes).
@@ -111,16 +115,20 @@ pub fn plan(
             path: to.to_path_buf(),
         });
     }
-    let (mut from_base, mut from_log, mut zeroed) = (0, 0, 0);
+    let (mut from_base, mut base_holes, mut from_log, mut zeroed) = (0, 0, 0, 0);
     let blocks = view.blocks();
     let mut b = 0;
     while b < blocks {
-        let n = (blocks - b).min(64 * 1024);
-        for s in view.sources(b, n)? {
-            match s {
-                BlockSource::Base => from_base += 1,
-                BlockSource::Record => from_log += 1,
-                BlockSource::Zero => zeroed += 1,
+        let n = (blocks - b).min(PLAN_STEP_BLOCKS);
+        for e in view.extents(b, n)? {
+            match e.kind {
+                ExtentKind::Base => from_base += e.count,
+                ExtentKind::BaseHole => {
+                    from_base += e.count;
+                    base_holes += e.count;
+                }
+                ExtentKind::Record => from_log += e.count,
+                ExtentKind::Zero => zeroed += e.count,
             }
         }
         b += n;
@@ -132,6 +140,7 @@ pub fn plan(
         volume_size: blocks * u64::from(view.block_size()),
         block_size: view.block_size(),
         from_base,
+        base_holes,
         from_log,
         zeroed,
         maps_consulted: view.maps_consulted(),
@@ -218,46 +227,75 @@ fn write_image(
         path,
     )?;
     io(out.set_len(plan.volume_size), "size", path)?;
-    let bs = plan.block_size as usize;
+    let bs = u64::from(plan.block_size);
     let blocks = view.blocks();
-    let mut buf = vec![0u8; CHUNK_BLOCKS as usize * bs];
+    let mut buf = vec![0u8; (CHUNK_BLOCKS * bs) as usize];
     let (mut written, mut holes) = (0u64, 0u64);
     progress.start("restoring", plan.volume_size);
     let mut b = 0;
     while b < blocks {
-        if stop.load(Ordering::Relaxed) {
-            return Err(RestoreError::Stopped);
-        }
-        let n = (blocks - b).min(CHUNK_BLOCKS);
-        let chunk = &mut buf[..n as usize * bs];
-        view.read_into(b, chunk)?;
-        // Write runs of non-zero blocks; leave zero blocks as holes.
-        let mut i = 0;
-        while i < n as usize {
-            if is_zero(&chunk[i * bs..(i + 1) * bs]) {
-                holes += 1;
-                i += 1;
+        let n = (blocks - b).min(PLAN_STEP_BLOCKS);
+        for e in view.extents(b, n)? {
+            if e.kind.reads_as_zero() {
+                // Zeroed, trimmed or a hole of the base image: nothing to read, a hole.
+                holes += e.count;
+                progress.advance(e.count * bs);
                 continue;
             }
-            let run_end = (i..n as usize)
-                .find(|&j| is_zero(&chunk[j * bs..(j + 1) * bs]))
-                .unwrap_or(n as usize);
-            let bytes = &chunk[i * bs..run_end * bs];
-            io(
-                out.write_all_at(bytes, (b + i as u64) * bs as u64),
-                "write",
-                path,
-            )?;
-            written += bytes.len() as u64;
-            i = run_end;
+            let mut at = e.first_block;
+            while at < e.end() {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(RestoreError::Stopped);
+                }
+                let k = (e.end() - at).min(CHUNK_BLOCKS);
+                let chunk = &mut buf[..(k * bs) as usize];
+                view.read_into(at, chunk)?;
+                let (w, h) = write_nonzero(&out, path, chunk, at * bs, bs as usize)?;
+                written += w;
+                holes += h;
+                progress.advance(k * bs);
+                at += k;
+            }
         }
-        progress.advance(n * bs as u64);
         b += n;
     }
     io(out.sync_all(), "fsync", path)?;
     progress.finish();
     if stop.load(Ordering::Relaxed) {
         return Err(RestoreError::Stopped);
+    }
+    Ok((written, holes))
+}
+
+/// Writes the runs of non-zero blocks of `chunk` (at byte `offset` of the image), leaving
+/// zero blocks as holes. Returns the bytes written and the zero blocks left.
+fn write_nonzero(
+    out: &File,
+    path: &Path,
+    chunk: &[u8],
+    offset: u64,
+    bs: usize,
+) -> Result<(u64, u64)> {
+    let n = chunk.len() / bs;
+    let (mut written, mut holes) = (0u64, 0u64);
+    let mut i = 0;
+    while i < n {
+        if is_zero(&chunk[i * bs..(i + 1) * bs]) {
+            holes += 1;
+            i += 1;
+            continue;
+        }
+        let run_end = (i..n)
+            .find(|&j| is_zero(&chunk[j * bs..(j + 1) * bs]))
+            .unwrap_or(n);
+        let bytes = &chunk[i * bs..run_end * bs];
+        io(
+            out.write_all_at(bytes, offset + (i * bs) as u64),
+            "write",
+            path,
+        )?;
+        written += bytes.len() as u64;
+        i = run_end;
     }
     Ok((written, holes))
 }
@@ -317,6 +355,62 @@ mod tests {
             "trimmed block reads as zeroes"
         );
         assert!(img[2048..2560].iter().all(|&b| b == 1));
+    }
+
+    /// The holes of the base image, and trimmed runs, are known zero: a restore leaves them
+    /// as holes without reading them. Only the base's data blocks are read.
+    #[test]
+    fn restore_of_a_sparse_volume_reads_only_its_data() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let bs = 4096u64;
+        let blocks = 1u64 << 18; // 1 GiB
+        let primary = tmp.path().join("primary.img");
+        let f = File::create(&primary).unwrap();
+        f.set_len(blocks * bs).unwrap();
+        for b in [7, 100_000] {
+            f.write_all_at(&[3u8; 4096], b * bs).unwrap();
+        }
+        drop(f);
+        let v = Vault::create(
+            &CreateOptions {
+                primary,
+                vault: tmp.path().join("vault"),
+                block_size: bs as u32,
+                compression: Compression::None,
+                seal: SealPolicy::default(),
+            },
+            &NoProgress,
+        )
+        .unwrap();
+        v.write(200_000, &[4u8; 8192]).unwrap();
+        v.snapshot("s", false).unwrap();
+        v.trim(0, 50_000).unwrap();
+        let reads_before = v.base_blocks_read();
+        for (point, base_data) in [("seq:0", 2), ("s", 2), ("now", 1)] {
+            let to = tmp.path().join(format!("{point}.img"));
+            let (p, view) = plan(&v, &point.parse().unwrap(), &to, false).unwrap();
+            let r = execute(&p, &view, &NoProgress).unwrap();
+            assert_eq!(p.base_holes, p.from_base - base_data, "{point}");
+            let image = std::fs::metadata(&to).unwrap();
+            assert_eq!(image.len(), blocks * bs);
+            let logged = if point == "seq:0" { 0 } else { 2 };
+            assert_eq!(r.bytes_written, (base_data + logged) * bs, "{point}");
+            assert!(image.blocks() * 512 <= 64 * bs, "{point}: not sparse");
+            let img = File::open(&to).unwrap();
+            let byte = |b: u64| {
+                let mut x = [0u8; 1];
+                img.read_exact_at(&mut x, b * bs).unwrap();
+                x[0]
+            };
+            assert_eq!(byte(100_000), 3, "{point}");
+            assert_eq!(byte(7), u8::from(point != "now") * 3, "{point}");
+            assert_eq!(byte(200_000), u8::from(point != "seq:0") * 4, "{point}");
+        }
+        // Blocks 7 and 100000 (twice), 100000: at most a file system block's worth each,
+        // never the volume.
+        let read = v.base_blocks_read() - reads_before;
+        assert!((5..=5 * 16).contains(&read), "{read} base blocks read");
     }
 
     #[test]

@@ -260,6 +260,26 @@ impl DeltaMap {
             .filter_map(|(i, b)| self.entry_location(i).map(|l| (b, l)))
     }
 
+    /// The entries of the blocks at or after `first`, in block order, found with one rank
+    /// in the block set and then read one after the other (a run of the set's blocks has
+    /// consecutive entries): walking `n` blocks from `first` costs `n` entry reads, not `n`
+    /// lookups. `None` while the entries are not loaded.
+    pub fn entries_from(&self, first: u64) -> Option<impl Iterator<Item = (u64, Location)> + '_> {
+        if !self.has_entries() {
+            return None;
+        }
+        // The index of the first entry at or after `first`: the blocks before it.
+        let start = first.checked_sub(1).map_or(0, |b| self.blocks.rank(b));
+        let start = usize::try_from(start).ok()?;
+        let mut blocks = self.blocks.iter();
+        blocks.advance_to(first);
+        Some(
+            blocks
+                .zip(start..)
+                .map_while(|(b, i)| self.entry_location(i).map(|l| (b, l))),
+        )
+    }
+
     /// The highest block the map names.
     pub fn last_block(&self) -> Option<u64> {
         self.blocks.max()
@@ -657,6 +677,28 @@ mod tests {
             Lookup::Found(Location::Data { offset: 4200, .. })
         ));
         assert_eq!(back.iter().count(), 4);
+    }
+
+    #[test]
+    fn entries_from_walks_the_entries_in_block_order() {
+        let m = sample();
+        let all: Vec<(u64, Location)> = m.iter().collect();
+        let head_len = DeltaMap::head_len(&m.encode()[..HEAD_FIXED_LEN])
+            .expect("head length")
+            .expect("version 3");
+        let head = DeltaMap::decode_head(&m.encode()[..head_len]).expect("head");
+        assert!(head.entries_from(0).is_none(), "entries not loaded");
+        // Owned (built in memory), version 3 in place, version 2 in place.
+        let v3 = DeltaMap::decode(&m.encode()).expect("v3");
+        let v2 = DeltaMap::decode(GOLDEN_V2).expect("v2");
+        for map in [&m, &v3, &v2] {
+            for first in [0, 3, 4, 5, 7, 8, 1 << 40, (1 << 40) + 1] {
+                let want: Vec<(u64, Location)> =
+                    all.iter().copied().filter(|(b, _)| *b >= first).collect();
+                let got: Vec<(u64, Location)> = map.entries_from(first).expect("loaded").collect();
+                assert_eq!(got, want, "from {first}");
+            }
+        }
     }
 
     #[test]

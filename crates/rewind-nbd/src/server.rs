@@ -92,8 +92,16 @@ pub trait Export: Send + Sync {
         no_hole: bool,
     ) -> Result<(), ExportError>;
     /// base:allocation extents covering at least the first byte of the range:
-    /// (length, STATE_HOLE | STATE_ZERO bits).
-    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<(u32, u32)>, ExportError>;
+    /// (length, STATE_HOLE | STATE_ZERO bits). They may stop short of the range's end (the
+    /// client asks again from there). `req_one`: the client asked for one extent only
+    /// (NBD_CMD_FLAG_REQ_ONE), so an export may stop working after the first: a client
+    /// that walks the export one extent per request then costs one walk in all.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    ) -> Result<Vec<(u32, u32)>, ExportError>;
     /// A hint to bring the range into cache.
     fn cache(&self, _offset: u64, _len: u32) -> Result<(), ExportError> {
         Ok(())

@@ -584,17 +584,19 @@ impl<W: Write> Conn<'_, '_, W> {
                     stats.zeroes.fetch_add(1, Ordering::Relaxed);
                 }),
             Command::Cache => export.cache(r.offset, r.length),
-            Command::BlockStatus { req_one } => match export.block_status(r.offset, r.length) {
-                Ok(mut extents) => {
-                    fit_extents(&mut extents, r.length, req_one);
-                    if extents.is_empty() {
-                        Err(ExportError::Io("no extents".into()))
-                    } else {
-                        return self.replies.send(&block_status_reply(r.cookie, &extents));
+            Command::BlockStatus { req_one } => {
+                match export.block_status(r.offset, r.length, req_one) {
+                    Ok(mut extents) => {
+                        fit_extents(&mut extents, r.length, req_one);
+                        if extents.is_empty() {
+                            Err(ExportError::Io("no extents".into()))
+                        } else {
+                            return self.replies.send(&block_status_reply(r.cookie, &extents));
+                        }
                     }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Command::Disc => Ok(()),
         };
         match result {

@@ -78,7 +78,7 @@ impl Export for PatternDisk {
     fn write_zeroes(&self, _: u64, _: u32, _: bool, _: bool) -> Result<(), ExportError> {
         Ok(())
     }
-    fn block_status(&self, _: u64, len: u32) -> Result<Vec<(u32, u32)>, ExportError> {
+    fn block_status(&self, _: u64, len: u32, _: bool) -> Result<Vec<(u32, u32)>, ExportError> {
         Ok(vec![(len, 0)])
     }
 }

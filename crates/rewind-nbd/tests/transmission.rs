@@ -574,6 +574,21 @@ fn block_status_reports_base_allocation() {
     let ctx = ctx.unwrap();
     let hz = STATE_HOLE | STATE_ZERO;
     let half = (ALLOCATED_BLOCKS * B) as u32;
+    // The export hears whether the client wants one extent (it may then stop after it).
+    c.exports.live.clear_calls();
+    block_status(&mut c, 20, CMD_FLAG_REQ_ONE, 0, 4096, ctx);
+    block_status(&mut c, 21, 0, 0, 4096, ctx);
+    let heard: Vec<bool> = c
+        .exports
+        .live
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::BlockStatus { req_one, .. } => Some(req_one),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heard, vec![true, false]);
     assert_eq!(
         block_status(&mut c, 1, 0, 0, SIZE as u32, ctx),
         vec![(half, 0), (half, hz)]

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rewind_format::base_sums::BaseSums;
 
@@ -22,6 +23,8 @@ pub(crate) struct BaseImage {
     sums: Vec<u32>,
     /// The crc32c of an all-zero block.
     zero_sum: u32,
+    /// Blocks read from the file since it was opened (reads are what holes save).
+    blocks_read: AtomicU64,
 }
 
 impl BaseImage {
@@ -104,26 +107,61 @@ impl BaseImage {
             block_size,
             sums: sums.sums,
             zero_sum: crc32c::crc32c(&vec![0u8; block_size as usize]),
+            blocks_read: AtomicU64::new(0),
         })
     }
 
-    /// Whether blocks first..first+count read as zeroes, verified, without reading them:
-    /// the file has a hole there and every block's checksum is that of a zero block (a
-    /// hole reads as zeroes, so a read would pass its checksum). `false` when in doubt.
-    pub(crate) fn reads_as_zero(&self, first: u64, count: u64) -> bool {
-        let (Ok(a), Ok(b)) = (usize::try_from(first), usize::try_from(first + count)) else {
-            return false;
-        };
+    /// Splits blocks first..first+count into runs that read as zeroes, verified, without
+    /// reading (`true`: the file has a hole there and base.sums has the zero block's
+    /// checksum for each) and runs that must be read (`false`), in block order. Costs a
+    /// seek per data region of the file and a look at each block's checksum in holes.
+    pub(crate) fn extents(&self, first: u64, count: u64, mut run: impl FnMut(u64, u64, bool)) {
         let bs = u64::from(self.block_size);
-        self.sums
-            .get(a..b)
-            .is_some_and(|s| s.iter().all(|&x| x == self.zero_sum))
-            && next_data(&self.file, first * bs, (first + count) * bs).is_none()
+        let end = first + count;
+        let mut at = first;
+        while at < end {
+            let Some((data_start, data_end)) = next_data(&self.file, at * bs, end * bs) else {
+                self.hole_extents(at, end, &mut run);
+                return;
+            };
+            let (data_first, data_last) = ((data_start / bs).max(at), data_end.div_ceil(bs));
+            let data_last = data_last.clamp(data_first + 1, end);
+            self.hole_extents(at, data_first, &mut run);
+            run(data_first, data_last - data_first, false);
+            at = data_last;
+        }
+    }
+
+    /// The runs of a hole of the file, first..end: zero where base.sums agrees.
+    fn hole_extents(&self, first: u64, end: u64, run: &mut impl FnMut(u64, u64, bool)) {
+        let mut at = first;
+        while at < end {
+            let zero = self.sum_is_zero(at);
+            let n = (at + 1..end)
+                .position(|b| self.sum_is_zero(b) != zero)
+                .map_or(end - at, |i| i as u64 + 1);
+            run(at, n, zero);
+            at += n;
+        }
+    }
+
+    fn sum_is_zero(&self, block: u64) -> bool {
+        usize::try_from(block)
+            .ok()
+            .and_then(|b| self.sums.get(b))
+            .is_some_and(|&s| s == self.zero_sum)
+    }
+
+    /// Blocks read from the base image since the vault was opened.
+    pub(crate) fn blocks_read(&self) -> u64 {
+        self.blocks_read.load(Ordering::Relaxed)
     }
 
     /// Reads `out.len() / block_size` blocks starting at `first`, verifying each.
     pub(crate) fn read(&self, first: u64, out: &mut [u8]) -> Result<()> {
         let bs = u64::from(self.block_size);
+        self.blocks_read
+            .fetch_add(out.len() as u64 / bs, Ordering::Relaxed);
         read_at_padded(&self.file, out, first * bs).io("read", &self.path)?;
         for (i, block) in out.chunks(self.block_size as usize).enumerate() {
             let b = first + i as u64;

@@ -36,7 +36,7 @@ pub use rewind_format::Seq;
 pub use vault::{
     CreateOptions, HostOp, IntervalInfo, LogPosition, SuspectMark, Vault, VaultInfo, WriteRefusal,
 };
-pub use view::{BlockSource, Origin, PointView};
+pub use view::{BlockSource, Extent, ExtentKind, Origin, PointView};
 
 /// Reports progress of long work (copying, restoring). Implementations draw bars; the
 /// library only counts.

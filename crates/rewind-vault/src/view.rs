@@ -7,7 +7,9 @@
 //! - and falls through to the base image.
 //!
 //! A block is answered by the first of these that has it. The cost of a read grows with
-//! the blocks read and the delta maps consulted, not with the length of history.
+//! the blocks read and the delta maps consulted, not with the length of history. Ranges
+//! (extents, reads of more than a few blocks) are answered with set operations over the
+//! sources' block sets rather than block by block: see `view/extents.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,12 +23,19 @@ use crate::point::ResolvedPoint;
 use crate::shared::Shared;
 use crate::write_log::reader::DecodedRecord;
 
+mod extents;
+
+pub use extents::{Extent, ExtentKind};
+
 /// The chain's delta maps, loaded (newest first).
 type LoadedChain = Arc<[Arc<DeltaMap>]>;
 /// Chains at least this long are loaded by several threads.
 const PARALLEL_LOAD_FROM: usize = 4;
 /// Threads loading one chain at most.
 const MAX_LOAD_THREADS: usize = 8;
+/// Reads of at most this many blocks look each block up in the maps; longer ones resolve
+/// the range with set operations (see `extents.rs`), which cost more to set up.
+const LOOKUP_PER_BLOCK_UPTO: u64 = 8;
 
 /// The volume as it was at one point. Cheap to clone; safe to share between threads.
 #[derive(Debug, Clone)]
@@ -156,16 +165,25 @@ impl PointView {
     /// that its workers do not queue behind those loads.
     pub fn prefetch(&self, runs: &[(u64, u64)]) -> Result<()> {
         let maps = self.maps()?;
-        let mut wanted = vec![false; maps.len()];
+        // Each map, newest first, is wanted for the still-unanswered blocks it holds.
+        let mut unclaimed = roaring::RoaringTreemap::new();
         for &(first, count) in runs {
             self.check_range(first, count)?;
-            for b in first..first + count {
-                if self.partial.contains_key(&b) {
-                    continue;
-                }
-                if let Some(i) = maps.iter().position(|m| m.blocks.contains(b)) {
-                    wanted[i] = true;
-                }
+            unclaimed.insert_range(first..first + count);
+            for b in self.partial.range(first..first + count).map(|e| *e.0) {
+                unclaimed.remove(b);
+            }
+        }
+        let mut wanted = vec![false; maps.len()];
+        for (m, w) in maps.iter().zip(wanted.iter_mut()) {
+            if unclaimed.is_empty() {
+                break;
+            }
+            let mut claimed = unclaimed.clone();
+            claimed &= &m.blocks;
+            if !claimed.is_empty() {
+                *w = true;
+                unclaimed -= &claimed;
             }
         }
         let todo: Vec<&Arc<DeltaMap>> = maps
@@ -215,15 +233,7 @@ impl PointView {
                     if let Lookup::Found(l) = m.find(block) {
                         return Ok(Some(l));
                     }
-                    return Err(VaultError::Corrupted {
-                        path: self
-                            .shared
-                            .map_path((m.interval.seq_from, m.interval.seq_to)),
-                        offset: m.entries_range().0,
-                        reason: crate::error::Corruption::Inconsistent(
-                            "a delta map's entries do not hold a block its set has",
-                        ),
-                    });
+                    return Err(self.entries_disagree(m));
                 }
             }
         }
@@ -243,32 +253,6 @@ impl PointView {
                 })
             })
             .collect()
-    }
-
-    /// Whether `count` blocks from `first_block` read as zeroes at the point, known without
-    /// reading data: each is zeroed or trimmed, or comes from a hole of the base image
-    /// whose checksums are those of zero blocks. `false` when reading would be needed.
-    pub fn reads_as_zero(&self, first_block: u64, count: u64) -> Result<bool> {
-        self.check_range(first_block, count)?;
-        let maps = self.maps()?;
-        let mut run: Option<(u64, u64)> = None;
-        for b in first_block..first_block + count {
-            match self.locate(&maps, b)? {
-                Some(Location::Data { .. } | Location::Block { .. }) => return Ok(false),
-                Some(Location::Zero) => {}
-                None => match &mut run {
-                    Some((f, n)) if *f + *n == b => *n += 1,
-                    Some((f, n)) => {
-                        if !self.shared.base.reads_as_zero(*f, *n) {
-                            return Ok(false);
-                        }
-                        run = Some((b, 1));
-                    }
-                    None => run = Some((b, 1)),
-                },
-            }
-        }
-        Ok(run.is_none_or(|(f, n)| self.shared.base.reads_as_zero(f, n)))
     }
 
     /// The interval `block` was last changed in, as of the point (or the base image).
@@ -296,6 +280,21 @@ impl PointView {
         }
     }
 
+    /// Where each of `count` blocks from `first_block` lives (`None`: the base image).
+    fn locations(&self, first_block: u64, count: u64) -> Result<Vec<Option<Location>>> {
+        let maps = self.maps()?;
+        if count <= LOOKUP_PER_BLOCK_UPTO {
+            return (first_block..first_block + count)
+                .map(|b| self.locate(&maps, b))
+                .collect();
+        }
+        let mut locs = vec![None; count as usize];
+        self.resolve(&maps, first_block, count, |b, l| {
+            locs[(b - first_block) as usize] = Some(l);
+        })?;
+        Ok(locs)
+    }
+
     /// Reads `count` blocks from `first_block` as they were at the point.
     pub fn read(&self, first_block: u64, count: u64) -> Result<Vec<u8>> {
         let bs = self.shared.block_size as usize;
@@ -320,10 +319,7 @@ impl PointView {
         }
         let count = (out.len() / bs) as u64;
         self.check_range(first_block, count)?;
-        let maps = self.maps()?;
-        let locs: Vec<Option<Location>> = (first_block..first_block + count)
-            .map(|b| self.locate(&maps, b))
-            .collect::<Result<_>>()?;
+        let locs = self.locations(first_block, count)?;
         let mut rec = DecodedRecord::default();
         let mut crcs = Vec::new();
         let mut i = 0usize;

@@ -11,7 +11,10 @@ mod common;
 use common::{check_everything, check_point, check_snapshots, Model, Rng};
 use proptest::prelude::*;
 use rewind_format::record::MAX_WRITE_PAYLOAD;
-use rewind_vault::{format_time, Compression, Point, SealPolicy, Seq, Vault, VaultError};
+use rewind_vault::{
+    format_time, Compression, Extent, ExtentKind, Point, PointView, SealPolicy, Seq, Vault,
+    VaultError,
+};
 
 #[derive(Debug, Clone)]
 struct Config {
@@ -255,6 +258,7 @@ fn spot_check(vault: &Vault, model: &Model, pick: u64, what: &str) {
         model.sources(s),
         "{what}: sources at seq:{s}"
     );
+    check_extents(&view, model, s, &mut rng, what);
     // The cost of the view: the maps before the interval holding the point, and a replay
     // of that interval up to the point (none when the point ends a sealed interval).
     let ivs = vault.intervals();
@@ -277,6 +281,68 @@ fn spot_check(vault: &Vault, model: &Model, pick: u64, what: &str) {
             assert_eq!((seq, newest), (Seq(n + 1), Seq(n)), "{what}");
         }
         other => panic!("{what}: seq:{} gave {:?}", n + 1, other.map(|v| v.point())),
+    }
+}
+
+/// The view's extents against the model's per-block sources at `seq`: they tile the
+/// volume in order, adjacent ones differ in kind, each block's kind is its source, a base
+/// hole is a zero block of the base image; a random range gives the same extents cut to
+/// it, a bounded ask a prefix of them, and `reads_as_zero` agrees.
+fn check_extents(view: &PointView, model: &Model, seq: u64, rng: &mut Rng, what: &str) {
+    let what = format!("{what}: extents at seq:{seq}");
+    let blocks = model.blocks();
+    let sources = model.sources(seq);
+    let bs = model.bs;
+    let all = view.extents(0, blocks).unwrap();
+    let mut at = 0;
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.first_block, at, "{what}: {all:?}");
+        assert!(e.count > 0, "{what}: {all:?}");
+        assert!(
+            i == 0 || all[i - 1].kind != e.kind,
+            "{what}: not merged: {all:?}"
+        );
+        for b in e.first_block..e.end() {
+            assert_eq!(e.kind.source(), sources[b as usize], "{what}: block {b}");
+            if e.kind == ExtentKind::BaseHole {
+                let block = &model.image(0)[b as usize * bs..(b as usize + 1) * bs];
+                assert!(block.iter().all(|&x| x == 0), "{what}: block {b}");
+            }
+        }
+        at = e.end();
+    }
+    assert_eq!(at, blocks, "{what}: {all:?}");
+    for _ in 0..4 {
+        let first = rng.below(blocks);
+        let count = 1 + rng.below(blocks - first);
+        let end = first + count;
+        let cut: Vec<Extent> = all
+            .iter()
+            .filter(|e| e.end() > first && e.first_block < end)
+            .map(|e| {
+                let f = e.first_block.max(first);
+                Extent {
+                    first_block: f,
+                    count: e.end().min(end) - f,
+                    kind: e.kind,
+                }
+            })
+            .collect();
+        let got = view.extents(first, count).unwrap();
+        assert_eq!(got, cut, "{what}: range {first}+{count}");
+        for max in [1, 2, 3] {
+            let got = view.extents_upto(first, count, max).unwrap();
+            assert_eq!(
+                got,
+                cut[..max.min(cut.len())],
+                "{what}: range {first}+{count}, at most {max}"
+            );
+        }
+        assert_eq!(
+            view.reads_as_zero(first, count).unwrap(),
+            cut.iter().all(|e| e.kind.reads_as_zero()),
+            "{what}: reads_as_zero {first}+{count}"
+        );
     }
 }
 

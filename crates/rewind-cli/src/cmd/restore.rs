@@ -74,6 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "to": plan.to,
         "volume_size": plan.volume_size,
         "blocks_from_base": plan.from_base,
+        "blocks_base_holes": plan.base_holes,
         "blocks_from_log": plan.from_log,
         "blocks_zeroed": plan.zeroed,
         "delta_maps_consulted": plan.maps_consulted,
@@ -94,8 +95,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             plan.to.display()
         );
         println!(
-            "  {} from the base image, {} from the write log, {} zeroed",
+            "  {} from the base image ({} of it holes, not read), {} from the write log, {} zeroed",
             output::bytes(plan.from_base * bs),
+            output::bytes(plan.base_holes * bs),
             output::bytes(plan.from_log * bs),
             output::bytes(plan.zeroed * bs)
         );

@@ -58,6 +58,7 @@ pub enum Call {
     BlockStatus {
         offset: u64,
         len: u32,
+        req_one: bool,
     },
     Cache {
         offset: u64,
@@ -299,8 +300,17 @@ impl Export for RamDisk {
     /// Runs of equal allocation from `offset`; the last run is reported to its natural
     /// end, which may lie past the request (the trait allows that, the wire does not
     /// always: the server must trim it).
-    fn block_status(&self, offset: u64, len: u32) -> Result<Vec<(u32, u32)>, ExportError> {
-        self.record(Call::BlockStatus { offset, len });
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    ) -> Result<Vec<(u32, u32)>, ExportError> {
+        self.record(Call::BlockStatus {
+            offset,
+            len,
+            req_one,
+        });
         self.check(offset, u64::from(len))?;
         let s = self.state.lock().unwrap();
         let bs = u64::from(BS);

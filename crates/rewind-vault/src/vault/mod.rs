@@ -389,6 +389,12 @@ impl Vault {
         self.shared.blocks
     }
 
+    /// Blocks read from the base image since the vault was opened, by every view of it
+    /// (what its holes save: a hole is never read).
+    pub fn base_blocks_read(&self) -> u64 {
+        self.shared.base.blocks_read()
+    }
+
     /// The seq of the newest record.
     pub fn newest_seq(&self) -> Seq {
         self.lock().open.last_seq()

@@ -1,0 +1,263 @@
+//! Extents of a point view: runs of consecutive blocks with one fate (data from a record,
+//! data from the base image, zeroed or trimmed, a hole of the base image), found with set
+//! operations over the block sets of the sources rather than one lookup per block per map.
+//!
+//! For a range of blocks, every source, newest first (the partial replay, then the chain's
+//! delta maps), claims the still-unclaimed blocks it holds: one intersection and one
+//! difference of roaring sets per map, so a map all of whose blocks a newer source already
+//! answered costs a few container operations, whatever it holds. Only the blocks a source
+//! claims are looked at one by one (their entries, read in order from one rank). What no
+//! source claims comes from the base image, split into its holes and its data.
+//!
+//! The answer is in runs, so that delta maps made of extents (a later format) can answer
+//! the same calls without per-block entries.
+
+use std::sync::Arc;
+
+use rewind_format::delta_map::{DeltaMap, Location};
+use roaring::RoaringTreemap;
+
+use super::{BlockSource, PointView};
+use crate::error::{Corruption, Result, VaultError};
+
+/// The first window of [`PointView::extents_upto`], in blocks; each next one is twice as
+/// long, up to [`MAX_WINDOW`].
+const FIRST_WINDOW: u64 = 64;
+/// The longest window: one roaring container's worth of blocks.
+const MAX_WINDOW: u64 = 1 << 16;
+
+/// What a run of blocks of a view reads as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExtentKind {
+    /// Data from write records in the log.
+    Record,
+    /// Data from the base image (unchanged since it was taken).
+    Base,
+    /// Zeroed or trimmed: reads as zeroes, nothing to read.
+    Zero,
+    /// Unchanged since the base image, where the base image file has a hole and base.sums
+    /// has the checksum of a zero block: reads as zeroes, verified, nothing to read.
+    BaseHole,
+}
+
+impl ExtentKind {
+    /// Whether the run reads as zeroes without reading anything.
+    pub fn reads_as_zero(self) -> bool {
+        matches!(self, ExtentKind::Zero | ExtentKind::BaseHole)
+    }
+
+    /// The per-block answer of [`PointView::sources`] for blocks of this kind.
+    pub fn source(self) -> BlockSource {
+        match self {
+            ExtentKind::Record => BlockSource::Record,
+            ExtentKind::Zero => BlockSource::Zero,
+            ExtentKind::Base | ExtentKind::BaseHole => BlockSource::Base,
+        }
+    }
+
+    fn of(loc: Location) -> ExtentKind {
+        match loc {
+            Location::Zero => ExtentKind::Zero,
+            Location::Data { .. } | Location::Block { .. } => ExtentKind::Record,
+        }
+    }
+}
+
+/// A run of `count` blocks from `first_block` of one [`ExtentKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Extent {
+    pub first_block: u64,
+    pub count: u64,
+    pub kind: ExtentKind,
+}
+
+impl Extent {
+    /// The block after the run.
+    pub fn end(&self) -> u64 {
+        self.first_block + self.count
+    }
+}
+
+/// Appends a run, merging it into the last one when it continues it with the same kind.
+fn push_run(out: &mut Vec<Extent>, first_block: u64, count: u64, kind: ExtentKind) {
+    if count == 0 {
+        return;
+    }
+    match out.last_mut() {
+        Some(last) if last.end() == first_block && last.kind == kind => last.count += count,
+        _ => out.push(Extent {
+            first_block,
+            count,
+            kind,
+        }),
+    }
+}
+
+/// The maximal runs of consecutive blocks of a set: (first, count), in order.
+fn runs(set: &RoaringTreemap) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for b in set.iter() {
+        match out.last_mut() {
+            Some((f, n)) if *f + *n == b => *n += 1,
+            _ => out.push((b, 1)),
+        }
+    }
+    out
+}
+
+impl PointView {
+    /// The extents of `count` blocks from `first_block` at the point, in block order,
+    /// adjacent runs of one kind merged. Every block of the range is in exactly one.
+    pub fn extents(&self, first_block: u64, count: u64) -> Result<Vec<Extent>> {
+        self.extents_upto(first_block, count, usize::MAX)
+    }
+
+    /// The first at most `max_extents` (at least one) extents of `count` blocks from
+    /// `first_block`: a prefix of [`PointView::extents`], every extent in it whole (it
+    /// ends where the next one starts, or at the end of the range). The work grows with
+    /// the blocks of the extents returned, not with the range: the range is taken in
+    /// windows that start small and double, and the answer stops at the first window that
+    /// completes `max_extents` of them. A client that walks the volume one extent per
+    /// request (NBD's REQ_ONE) thus costs one pass over the extents in all.
+    pub fn extents_upto(
+        &self,
+        first_block: u64,
+        count: u64,
+        max_extents: usize,
+    ) -> Result<Vec<Extent>> {
+        self.check_range(first_block, count)?;
+        let maps = self.maps()?;
+        let end = first_block + count;
+        let max_extents = max_extents.max(1);
+        let mut out: Vec<Extent> = Vec::new();
+        let (mut at, mut window) = (first_block, FIRST_WINDOW);
+        while at < end {
+            let n = window.min(end - at);
+            for e in self.window_extents(&maps, at, n)? {
+                push_run(&mut out, e.first_block, e.count, e.kind);
+            }
+            at += n;
+            // Every extent but the last is whole; the last may go on in the next window.
+            if out.len() > max_extents {
+                out.truncate(max_extents);
+                break;
+            }
+            window = (window * 2).min(MAX_WINDOW);
+        }
+        Ok(out)
+    }
+
+    /// Whether `count` blocks from `first_block` read as zeroes at the point, known without
+    /// reading data: each is zeroed or trimmed, or comes from a hole of the base image
+    /// whose checksums are those of zero blocks. `false` when reading would be needed.
+    pub fn reads_as_zero(&self, first_block: u64, count: u64) -> Result<bool> {
+        self.check_range(first_block, count)?;
+        let end = first_block + count;
+        let mut at = first_block;
+        while at < end {
+            // Two kinds read as zero, so the first two extents decide a prefix.
+            let part = self.extents_upto(at, end - at, 2)?;
+            if part.iter().any(|e| !e.kind.reads_as_zero()) {
+                return Ok(false);
+            }
+            at = part.last().map_or(end, Extent::end);
+        }
+        Ok(true)
+    }
+
+    /// The extents of one window of blocks, in block order.
+    fn window_extents(
+        &self,
+        maps: &[Arc<DeltaMap>],
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<Extent>> {
+        // Pieces come source by source (each in block order), then are put in order.
+        let mut pieces: Vec<Extent> = Vec::new();
+        let base_runs = self.resolve(maps, first, count, |b, loc| {
+            push_run(&mut pieces, b, 1, ExtentKind::of(loc));
+        })?;
+        for (f, n) in base_runs {
+            self.shared.base.extents(f, n, |f, n, hole| {
+                let kind = if hole {
+                    ExtentKind::BaseHole
+                } else {
+                    ExtentKind::Base
+                };
+                push_run(&mut pieces, f, n, kind);
+            });
+        }
+        pieces.sort_unstable_by_key(|e| e.first_block);
+        let mut out = Vec::with_capacity(pieces.len());
+        for e in pieces {
+            push_run(&mut out, e.first_block, e.count, e.kind);
+        }
+        Ok(out)
+    }
+
+    /// Finds where blocks first..first+count come from: calls `located(block, location)`
+    /// once for every block the partial replay or a delta map holds (from the newest source
+    /// that has it; in block order within one source, not across them) and returns the
+    /// runs that fall through to the base image, in order.
+    pub(super) fn resolve(
+        &self,
+        maps: &[Arc<DeltaMap>],
+        first: u64,
+        count: u64,
+        mut located: impl FnMut(u64, Location),
+    ) -> Result<Vec<(u64, u64)>> {
+        let end = first + count;
+        let mut unclaimed = RoaringTreemap::new();
+        unclaimed.insert_range(first..end);
+        let mut replayed = self.partial.range(first..end).peekable();
+        if replayed.peek().is_some() {
+            let mut taken = RoaringTreemap::new();
+            for (&b, &loc) in replayed {
+                located(b, loc);
+                taken.push(b);
+            }
+            unclaimed -= &taken;
+        }
+        for m in maps {
+            if unclaimed.is_empty() {
+                break;
+            }
+            let mut claimed = unclaimed.clone();
+            claimed &= &m.blocks;
+            if claimed.is_empty() {
+                continue;
+            }
+            unclaimed -= &claimed;
+            self.shared.load_entries(m)?;
+            for (start, n) in runs(&claimed) {
+                let mut got = 0;
+                if let Some(entries) = m.entries_from(start) {
+                    for (b, loc) in entries.take(n as usize) {
+                        if b != start + got {
+                            break;
+                        }
+                        located(b, loc);
+                        got += 1;
+                    }
+                }
+                if got != n {
+                    return Err(self.entries_disagree(m));
+                }
+            }
+        }
+        Ok(runs(&unclaimed))
+    }
+
+    /// A delta map whose entries do not hold a block its set has.
+    pub(super) fn entries_disagree(&self, m: &DeltaMap) -> VaultError {
+        VaultError::Corrupted {
+            path: self
+                .shared
+                .map_path((m.interval.seq_from, m.interval.seq_to)),
+            offset: m.entries_range().0,
+            reason: Corruption::Inconsistent(
+                "a delta map's entries do not hold a block its set has",
+            ),
+        }
+    }
+}
