@@ -155,7 +155,12 @@ fn main() -> ExitCode {
         return ExitCode::from(c.0);
     }
     let code = exit_code(&e);
-    fail(&output::describe(&e), code, json)
+    let mut message = output::describe(&e);
+    if let Some(hint) = output::no_space_hint(&e) {
+        message.push('\n');
+        message.push_str(&hint);
+    }
+    fail(&message, code, json)
 }
 
 /// Log lines on stderr, filtered by $REWIND_LOG; coloured only on a terminal (and not

@@ -253,6 +253,54 @@ pub fn describe(e: &anyhow::Error) -> String {
     out
 }
 
+/// What to do when a command failed because a file system is full (ENOSPC, EDQUOT): which
+/// one, and that nothing acknowledged is lost by waiting.
+pub fn no_space_hint(e: &anyhow::Error) -> Option<String> {
+    use rewind_engine::intercept::InterceptError;
+    use rewind_vault::VaultError;
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        }) || c
+            .downcast_ref::<VaultError>()
+            .is_some_and(VaultError::is_no_space)
+            || c.downcast_ref::<InterceptError>()
+                .is_some_and(InterceptError::is_no_space)
+    });
+    if !full {
+        return None;
+    }
+    use rewind_engine::verify::VerifyError;
+    let of_intercept = |i: &InterceptError| match i {
+        InterceptError::Io { path, .. } | InterceptError::Vault(VaultError::Io { path, .. }) => {
+            Some(path.clone())
+        }
+        _ => None,
+    };
+    let path = e.chain().find_map(|c| {
+        if let Some(VaultError::Io { path, .. }) = c.downcast_ref::<VaultError>() {
+            return Some(path.clone());
+        }
+        if let Some(i) = c.downcast_ref::<InterceptError>() {
+            return of_intercept(i);
+        }
+        match c.downcast_ref::<VerifyError>() {
+            Some(VerifyError::Vault(VaultError::Io { path, .. })) => Some(path.clone()),
+            Some(VerifyError::Intercept(i)) => of_intercept(i),
+            _ => None,
+        }
+    });
+    let place = path.map_or("the file system".to_string(), |p| {
+        format!("the file system holding {}", p.display())
+    });
+    Some(format!(
+        "{place} is full: free some space there (or give the vault more room), then run this again. What the vault already acknowledged is on disk or comes back from the primary when `rewind serve` starts (its dirty region log lists what to compare)."
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

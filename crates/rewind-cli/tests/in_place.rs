@@ -79,6 +79,11 @@ fn start_restore(vol: &Vol) -> Child {
 }
 
 fn finished(vol: &Vol, want: &[u8]) {
+    finished_from(vol, want, &|b: &[u8]| b.iter().all(|&x| x == 0xbb));
+}
+
+/// Like [`finished`], with `before` checking the undo snapshot's image.
+fn finished_from(vol: &Vol, want: &[u8], before: &dyn Fn(&[u8]) -> bool) {
     assert!(vol.read_primary() == want, "the primary is at the target");
     let j = list(vol);
     assert!(j["interrupted_restore"].is_null(), "{j}");
@@ -89,11 +94,8 @@ fn finished(vol: &Vol, want: &[u8]) {
         .filter(|s| s["name"].as_str().unwrap().starts_with("undo-restore"))
         .collect();
     assert_eq!(undo.len(), 1, "one undo snapshot: {undo:?}");
-    let before = vol.restore(undo[0]["name"].as_str().unwrap());
-    assert!(
-        before.iter().all(|&b| b == 0xbb),
-        "undo is the state before"
-    );
+    let image = vol.restore(undo[0]["name"].as_str().unwrap());
+    assert!(before(&image), "undo is the state before");
     assert_eq!(j["base"]["suspect"], Value::Bool(false));
     for i in j["intervals"].as_array().unwrap() {
         assert_eq!(i["suspect"], Value::Bool(false), "{i}");
@@ -193,4 +195,84 @@ fn resume_with_nothing_interrupted_says_so() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("nothing to resume"), "{err}");
+}
+
+/// While `rewind serve` runs: `restore --in-place` goes through its control socket; the
+/// server disconnects its clients, refuses `live` with a message saying why while it copies
+/// (a point export opens meanwhile), and serves `live` at exactly the point afterwards.
+#[test]
+fn an_online_in_place_restore_disconnects_clients_and_ends_at_the_point() {
+    if !have(&["qemu-io", "qemu-img", "nbdinfo"]) {
+        return;
+    }
+    let (vol, want) = history();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "none", "--vault", vol.v(), "--socket"])
+        .arg(&vol.socket)
+        .env("REWIND_TEST_COPY_DELAY_MS", "100");
+    let mut server = Server::spawn(&vol, cmd, true);
+    // A client on live throughout.
+    let mut client = QemuIo::start(&vol, "live", "client.log");
+    client.send("write -P 0xcc 0 4096\n");
+    assert!(matches!(client.next(CMD_TIMEOUT), Ev::Wrote { .. }));
+    let mut restore = Command::new(BIN)
+        .args([
+            "restore",
+            "--vault",
+            vol.v(),
+            "--at",
+            "target",
+            "--in-place",
+            "--json",
+        ])
+        .env("XDG_RUNTIME_DIR", vol.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it copies: live is refused with the reason (qemu prints the server's text;
+    // libnbd's tools only the kind of refusal), a point opens.
+    let start = Instant::now();
+    let refused = loop {
+        let o = run_timeout(
+            Command::new("qemu-img")
+                .args(["info", "-f", "raw"])
+                .arg(vol.uri("live")),
+            CMD_TIMEOUT,
+        );
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        // (A connection accepted while the server disconnects its clients is closed too.)
+        if text.contains("being restored") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "live was never closed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(refused.contains("being restored in place"), "{refused}");
+    run_ok(Command::new("nbdinfo").arg(vol.uri("@target")));
+    assert!(restore.wait().unwrap().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(restore.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["point"], "target", "{j}");
+    // The client was disconnected; a new one sees the point.
+    client.send("write -P 0xdd 8192 4096\n");
+    let events = client.finish();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Ev::Wrote { off: 8192, .. })),
+        "the old connection still wrote: {events:?}"
+    );
+    let live = convert(&vol.uri("live"), &vol.path("live.img"));
+    assert!(live == want, "live is at the target");
+    assert!(server.stop("TERM", Duration::from_secs(60)).success());
+    // The undo snapshot holds what the client wrote before the restore.
+    finished_from(&vol, &want, &|b: &[u8]| {
+        b[..4096].iter().all(|&x| x == 0xcc) && b[4096..].iter().all(|&x| x == 0xbb)
+    });
 }

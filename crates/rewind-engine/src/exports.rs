@@ -9,7 +9,14 @@ use rewind_vault::{format_time, Point, PointView, VaultError};
 
 use crate::intercept::{InterceptError, LiveVolume};
 
+/// How a failed operation of the live volume reaches the host: a full file system (the
+/// vault's or the primary's) as ENOSPC, so that qemu's `werror=enospc` pauses the guest
+/// and the write can be tried again once space is freed; a range past the end as EINVAL;
+/// anything else as EIO.
 fn export_error(e: InterceptError) -> ExportError {
+    if e.is_no_space() {
+        return ExportError::NoSpace(e.to_string());
+    }
     match e {
         InterceptError::OutOfRange { .. } => ExportError::Invalid(e.to_string()),
         InterceptError::Vault(VaultError::Poisoned) => ExportError::Io(e.to_string()),
@@ -310,6 +317,43 @@ mod tests {
     use super::*;
     use rewind_format::Seq;
     use rewind_nbd::proto::{REP_ERR_INVALID, REP_ERR_UNKNOWN};
+
+    /// A full file system reaches the host as ENOSPC, whichever side is full; other
+    /// failures as EIO.
+    #[test]
+    fn a_full_disk_is_enospc_not_eio() {
+        use rewind_nbd::proto::Errno;
+        let full = |op| std::io::Error::from(std::io::ErrorKind::StorageFull).to_string() + op;
+        let vault_full = InterceptError::Vault(VaultError::Io {
+            op: "append to",
+            path: "v/log/seg-1.log".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        let primary_full = InterceptError::Io {
+            op: "write",
+            path: "vm.img".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let quota = InterceptError::Io {
+            op: "write",
+            path: "vm.img".into(),
+            source: std::io::Error::from(std::io::ErrorKind::QuotaExceeded),
+        };
+        for e in [
+            vault_full,
+            primary_full,
+            quota,
+            InterceptError::NoSpace(full("")),
+        ] {
+            assert_eq!(export_error(e).errno(), Errno::NoSpc);
+        }
+        let eio = InterceptError::Io {
+            op: "write",
+            path: "vm.img".into(),
+            source: std::io::Error::other("bad sector"),
+        };
+        assert_eq!(export_error(eio).errno(), Errno::Io);
+    }
 
     /// Each kind of refusal gets its code, and its text is the reason itself.
     #[test]

@@ -130,6 +130,39 @@ pub struct ServerStats {
     pub errors: AtomicU64,
     /// When the last FLUSH completed (ns since the epoch; 0: never).
     pub last_flush_ns: AtomicU64,
+    /// Which failed requests are logged (see [`FailureLog`]).
+    pub failure_log: FailureLog,
+}
+
+/// Failed requests are logged at most once every [`FailureLog::EVERY`]: a guest that
+/// retries its writes on a full disk would otherwise fill the log with the same line. The
+/// first failure is logged; then, once the interval has passed, the next one with how many
+/// failed meanwhile. `rewind status` counts every one (`errors`).
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    /// When a failure was last logged, and how many failed since without a line.
+    state: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl FailureLog {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Whether this failure gets a line: `Some(n)` with the failures not logged since the
+    /// last line, `None` when it is one of them.
+    pub fn note(&self) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *st {
+            Some((at, quiet)) if at.elapsed() < Self::EVERY => {
+                *quiet += 1;
+                None
+            }
+            other => {
+                let quiet = other.map_or(0, |(_, q)| q);
+                *other = Some((std::time::Instant::now(), 0));
+                Some(quiet)
+            }
+        }
+    }
 }
 
 /// Why a connection ended abnormally.
@@ -216,6 +249,15 @@ fn send<W: Write>(writer: &Mutex<W>, bytes: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failed_requests_are_logged_once_per_interval() {
+        let log = super::FailureLog::default();
+        assert_eq!(log.note(), Some(0), "the first failure is logged");
+        for _ in 0..1000 {
+            assert_eq!(log.note(), None, "the next ones are counted, not logged");
+        }
+    }
+
     use super::*;
 
     /// Every variant, and what it is answered with in transmission and in haggling. The

@@ -603,7 +603,9 @@ impl<W: Write> Conn<'_, '_, W> {
             Ok(()) => self.replies.send(&simple_reply(r.cookie, 0)),
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(cookie = r.cookie, offset = r.offset, length = r.length, error = %e, "request failed");
+                if let Some(quiet) = stats.failure_log.note() {
+                    tracing::warn!(cookie = r.cookie, offset = r.offset, length = r.length, error = %e, failed_since_last_line = quiet, "request failed");
+                }
                 let errno = e.errno();
                 self.reply_error(r.cookie, errno, &format!("{errno}: {e}"))
             }

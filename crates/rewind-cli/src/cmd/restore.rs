@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use rewind_engine::intercept::LiveVolume;
 use rewind_engine::restore;
 use rewind_vault::{format_time, Point, Vault};
 use serde_json::json;
@@ -9,8 +8,14 @@ use serde_json::json;
 use super::VaultArg;
 use crate::output::{self, Bar};
 
+mod in_place;
+
+use in_place::in_place;
+pub use in_place::in_place_json;
+
 /// Write a new raw image of the volume as it was at a point (--to), or bring the primary
-/// itself back to that point (--in-place, with no server running). Every block is
+/// itself back to that point (--in-place; through a running server, which disconnects its
+/// clients for the length of it). Every block is
 /// verified against its checksum on the way. --to: zero blocks become holes and the image
 /// appears only once complete. --in-place: only blocks changed since the point are copied,
 /// the current state is first kept as a snapshot, and the copy is journaled like any write.
@@ -38,7 +43,8 @@ pub struct Args {
         conflicts_with = "in_place"
     )]
     pub to: Option<PathBuf>,
-    /// Bring the primary itself back to the point (stop `rewind serve` first)
+    /// Bring the primary itself back to the point (through a running server, which
+    /// disconnects its clients for the length of it)
     #[arg(long)]
     pub in_place: bool,
     /// Finish an in-place restore that was interrupted (Ctrl-C, kill, power cut), to the
@@ -137,143 +143,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         plan.to.display(),
         output::bytes(report.bytes_written),
         report.elapsed.as_secs_f64()
-    );
-    Ok(())
-}
-
-fn in_place(a: &Args, dir: &std::path::Path, point: Option<&Point>) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let vault = std::sync::Arc::new(
-        Vault::open_as(dir, "rewind restore --in-place").with_context(|| {
-            format!(
-                "cannot open vault {} for an in-place restore (stop `rewind serve` first)",
-                dir.display()
-            )
-        })?,
-    );
-    let primary = std::path::PathBuf::from(vault.info().primary);
-    let _protected = super::protect(&primary, &vault, false)?;
-    let volume = LiveVolume::open(&primary, vault.clone())?;
-    let interrupted = vault.restore_intent();
-    if !volume.unclean_regions().is_empty() && interrupted.is_none() {
-        anyhow::bail!(
-            "rewind serve did not stop cleanly: {} region(s) of {} may differ from the vault. Start `rewind serve` once (it repairs them first) or run `rewind sync`, then restore.",
-            volume.unclean_regions().len(),
-            primary.display()
-        );
-    }
-    let point = match (point, &interrupted) {
-        (Some(p), _) => p.clone(),
-        (None, Some(r)) => Point::Seq(r.target_seq),
-        (None, None) => anyhow::bail!(
-            "nothing to resume: no in-place restore of {} was interrupted",
-            primary.display()
-        ),
-    };
-    let opened = started.elapsed();
-    let (mut plan, view) =
-        restore::plan_in_place(&volume, &point).context("cannot plan the restore")?;
-    if a.resume {
-        if let Some(r) = &interrupted {
-            plan.asked = r.point.clone();
-        }
-    }
-    tracing::debug!(
-        open_ms = opened.as_millis() as u64,
-        plan_ms = (started.elapsed() - opened).as_millis() as u64,
-        "in-place restore planned"
-    );
-    if let Some(r) = &interrupted {
-        if plan.resumes() {
-            eprintln!(
-                "An in-place restore to {} (seq {}) was interrupted; finishing it.",
-                r.point, r.target_seq
-            );
-        } else {
-            eprintln!(
-                "An in-place restore to {} (seq {}) was interrupted; going to {} (seq {}) instead.",
-                r.point, r.target_seq, plan.asked, plan.point.seq
-            );
-        }
-    }
-    let bs = u64::from(plan.block_size);
-    let summary = json!({
-        "point": plan.asked,
-        "seq": plan.point.seq.0,
-        "time": format_time(plan.point.time_ns),
-        "primary": plan.primary,
-        "in_place": true,
-        "blocks_changed_since": plan.blocks,
-        "bytes_to_copy": plan.blocks * bs,
-        "undo_snapshot": plan.undo_snapshot,
-        "interrupted": interrupted.as_ref().map(|r| json!({
-            "point": r.point,
-            "seq": r.target_seq.0,
-            "started": format_time(r.started_ns),
-        })),
-        "suspect": crate::cmd::list::suspect_reads_json(&plan.suspect),
-        "dry_run": a.dry_run,
-    });
-    crate::cmd::list::warn_suspect_reads(&plan.asked, &plan.suspect);
-    if a.dry_run {
-        if a.json {
-            return output::json(&summary);
-        }
-        println!(
-            "Would bring {} back to {} (seq {}, {}): copy {} changed since, after keeping the current state as snapshot {}.",
-            plan.primary.display(),
-            plan.asked,
-            plan.point.seq,
-            format_time(plan.point.time_ns),
-            output::bytes(plan.blocks * bs),
-            plan.undo_snapshot
-        );
-        if interrupted.is_none() {
-            volume.stop()?;
-        }
-        return Ok(());
-    }
-    let stop = output::StopSignals::install()?;
-    let report =
-        match restore::execute_in_place(&plan, &view, &volume, &Bar::new(a.json), Some(stop.flag())) {
-            Ok(r) => r,
-            Err(e @ restore::RestoreError::Interrupted { .. }) => {
-                return Err(stop.exit_code(e).context(format!(
-                    "stopped; to finish: rewind restore --vault {} --in-place --resume",
-                    dir.display()
-                )))
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "in-place restore failed; the primary may be part way to {}. Run `rewind restore --vault {} --in-place --resume` to finish it",
-                    plan.asked,
-                    dir.display()
-                )))
-            }
-        };
-    let stopping = std::time::Instant::now();
-    volume
-        .stop()
-        .context("cannot flush and seal after the restore")?;
-    tracing::debug!(
-        stop_ms = stopping.elapsed().as_millis() as u64,
-        "in-place restore: flushed, checkpointed and sealed"
-    );
-    if a.json {
-        let mut s = summary;
-        s["bytes_written"] = json!(report.bytes_written);
-        s["seconds"] = json!(report.elapsed.as_secs_f64());
-        return output::json(&s);
-    }
-    println!(
-        "{} is back at {} (seq {}): {} copied in {:.2}s. Undo with: rewind restore --vault {} --at {} --in-place",
-        plan.primary.display(),
-        plan.asked,
-        plan.point.seq,
-        output::bytes(report.bytes_written),
-        report.elapsed.as_secs_f64(),
-        dir.display(),
-        plan.undo_snapshot
     );
     Ok(())
 }

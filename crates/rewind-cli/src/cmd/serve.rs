@@ -19,6 +19,7 @@ use crate::output::{self, Bar};
 
 mod recovery;
 mod requests;
+mod rollback;
 
 use recovery::{finish_interrupted_restore, repair_unclean, Repeating};
 use requests::control_conn;
@@ -88,7 +89,7 @@ pub struct Args {
 
 struct Server {
     volume: Arc<LiveVolume>,
-    exports: Arc<VaultExports>,
+    exports: Arc<rollback::GatedExports>,
     stats: Arc<ServerStats>,
     started: Instant,
     listen: Vec<String>,
@@ -146,7 +147,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     repair_unclean(&volume)?;
     let listeners = Listeners::bind(&listen, socket.as_deref(), &vault)?;
     let server = Arc::new(Server {
-        exports: Arc::new(VaultExports::new(volume.clone())),
+        exports: Arc::new(rollback::GatedExports::new(VaultExports::new(
+            volume.clone(),
+        ))),
         volume,
         stats: Arc::new(ServerStats::default()),
         started: Instant::now(),
@@ -488,7 +491,7 @@ fn recipes(
         o,
         "  rewind restore --vault {v} --at before-upgrade --to restored.img"
     );
-    let _ = writeln!(o, "  rewind restore --vault {v} --at before-upgrade --in-place    # the primary itself, after stopping this server");
+    let _ = writeln!(o, "  rewind restore --vault {v} --at before-upgrade --in-place    # the primary itself (clients are disconnected meanwhile)");
     let _ = write!(
         o,
         "\nCtrl-C stops: in-flight requests finish, the log is flushed and sealed."

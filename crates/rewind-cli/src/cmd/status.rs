@@ -100,6 +100,9 @@ fn print_human(s: &Value) {
             s["last_flush"].as_str().unwrap_or("never")
         );
         println!("errors    {}", n("errors"));
+        if let Some(why) = s["live_closed"].as_str() {
+            println!("LIVE CLOSED {why}");
+        }
         let r = &s["write_refusal"];
         if r.is_object() {
             println!(

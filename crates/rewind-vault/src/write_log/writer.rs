@@ -76,6 +76,9 @@ struct State {
     stalled: Option<Stall>,
     /// Pokes: a try is due now.
     pokes: u64,
+    /// The writer is being dropped: a stalled write is given up (see [`LogWriter`]'s
+    /// `Drop`).
+    closing: bool,
     /// Buffers to reuse.
     free: Vec<AlignedBuf>,
     /// Buffers allocated so far.
@@ -287,6 +290,14 @@ fn recycle(st: &mut State, mut buf: AlignedBuf) {
 
 /// Writes one job, trying again while the file system has no room (see the module doc).
 fn write_job(sh: &Shared, mut job: Job) {
+    if sh.lock().failed.is_some() {
+        // After a failed write nothing behind it is written: the file keeps no gap.
+        let mut st = sh.lock();
+        st.done = job.ticket;
+        recycle(&mut st, job.buf);
+        sh.changed.notify_all();
+        return;
+    }
     let mut st = loop {
         let res = job
             .file
@@ -306,7 +317,7 @@ fn write_job(sh: &Shared, mut job: Job) {
                     st = sh.lock();
                 }
             }
-            Err(e) if is_no_space(e.kind()) && st.failed.is_none() => {
+            Err(e) if is_no_space(e.kind()) && st.failed.is_none() && !st.closing => {
                 if st.stalled.is_none() {
                     tracing::error!(path = %job.path.display(), error = %e, "the write log's file system is full: new writes are refused (ENOSPC) until space is freed; nothing written so far is lost");
                     st.stalled = Some(Stall {
@@ -345,6 +356,12 @@ fn write_job(sh: &Shared, mut job: Job) {
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
+        // A write still refused for lack of space is given up now (and everything queued
+        // behind it fails): the vault is closing without those records, which were never
+        // flushed; their regions are in the dirty region log, and the next start copies
+        // them from the primary.
+        self.shared.lock().closing = true;
+        self.shared.changed.notify_all();
         // Closing the channel ends the thread once it has written what was queued.
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {

@@ -8,11 +8,21 @@ pub(super) fn control_conn(server: &Server, s: UnixStream) {
     for line in BufReader::new(s).lines() {
         let Ok(line) = line else { return };
         let reply = match serde_json::from_str::<Value>(&line) {
-            Ok(req) if matches!(req["op"].as_str(), Some("verify" | "sync")) => {
+            Ok(req)
+                if matches!(
+                    req["op"].as_str(),
+                    Some("verify" | "sync" | "restore_in_place")
+                ) =>
+            {
                 // Counted until the reply is written (even if it panics): shutdown waits
                 // for it.
                 let _counted = LongOp::enter(&server.long_ops);
-                let reply = long_op(server, &req, &w)
+                let reply = if req["op"] == "restore_in_place" {
+                    super::rollback::restore_in_place(server, &req, &w)
+                } else {
+                    long_op(server, &req, &w)
+                };
+                let reply = reply
                     .unwrap_or_else(|e| json!({"ok": false, "error": crate::output::describe(&e)}));
                 let sent = writeln!(w, "{reply}");
                 drop(_counted);
@@ -46,7 +56,7 @@ pub(super) fn handle_control(server: &Server, req: &Value) -> anyhow::Result<Val
         }
         "status" => Ok(status(server)),
         "list" => Ok(json!({"ok": true, "list": crate::cmd::list::to_json(vault)})),
-        other => bail!("unknown control request {other:?} (snapshot, status, list, verify, sync)"),
+        other => bail!("unknown control request {other:?} (snapshot, status, list, verify, sync, restore_in_place)"),
     }
 }
 
@@ -112,11 +122,8 @@ pub(super) fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::R
         opts
     };
     let progress = StreamProgress {
-        w: Mutex::new(w.try_clone()?),
-        done: std::sync::atomic::AtomicU64::new(0),
-        last: Mutex::new(Instant::now()),
         cancel,
-        shutdown: server.shutdown.clone(),
+        ..StreamProgress::new(w.try_clone()?, server.shutdown.clone())
     };
     let target = Target::Live(&server.volume);
     let vault = server.volume.vault().info().dir;
@@ -158,6 +165,21 @@ pub(super) struct StreamProgress {
 }
 
 impl StreamProgress {
+    pub(super) fn new(w: UnixStream, shutdown: Arc<AtomicBool>) -> StreamProgress {
+        StreamProgress {
+            w: Mutex::new(w),
+            done: std::sync::atomic::AtomicU64::new(0),
+            last: Mutex::new(Instant::now()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            shutdown,
+        }
+    }
+
+    /// Set when the client went away or the server stops.
+    pub(super) fn cancel(&self) -> &AtomicBool {
+        &self.cancel
+    }
+
     fn send(&self, v: &Value) {
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
         if writeln!(w, "{v}").is_err() {
@@ -198,6 +220,7 @@ pub(super) fn status(server: &Server) -> Value {
         "ok": true,
         "serving": true,
         "healthy": refusal.is_none(),
+        "live_closed": server.exports.live_closed(),
         "write_refusal": refusal.map(|r| json!({
             "since": format_time(
                 r.since
