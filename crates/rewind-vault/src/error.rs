@@ -117,7 +117,9 @@ pub enum Corruption {
     BaseChecksum { block: u64 },
     #[error("file is missing")]
     Missing,
-    #[error("file is {actual} bytes, the manifest says {expected}")]
+    #[error(
+        "file is {actual} bytes, {expected} expected (by the manifest or the record's own length)"
+    )]
     Length { expected: u64, actual: u64 },
     #[error("{0}")]
     Inconsistent(&'static str),

@@ -113,7 +113,19 @@ impl SegmentFiles {
         let total = HEADER_LEN + h.payload_len as usize;
         if total > got {
             out.raw.resize(total, 0);
-            crate::fsutil::read_exact_at(&file, &mut out.raw[got..], offset + got as u64, &path)?;
+            // A payload that runs past the end of the file is the record's fault (its length
+            // field, or a cut file): name the record, not the end of the file.
+            crate::fsutil::read_exact_at(&file, &mut out.raw[got..], offset + got as u64, &path)
+                .map_err(|e| match e {
+                    crate::VaultError::Corrupted { path, reason, .. } => {
+                        crate::VaultError::Corrupted {
+                            path,
+                            offset,
+                            reason,
+                        }
+                    }
+                    other => other,
+                })?;
         }
         out.raw.truncate(total);
         let (hdr, payload) = out.raw.split_at(HEADER_LEN);
