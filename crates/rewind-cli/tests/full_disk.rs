@@ -164,3 +164,72 @@ fn a_full_vault_disk_gives_enospc_and_writes_resume_when_space_is_freed() {
     drop(server);
     drop(mount);
 }
+
+/// A full file system under the primary (a sparse image that cannot grow): the host gets
+/// ENOSPC too, status says why, and freeing space lets writes go on.
+#[test]
+fn a_full_primary_disk_gives_enospc() {
+    if !runnable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("fs.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image),
+    );
+    let mount = Mount::new(&image, &dir.path().join("fs"), "rw");
+    let vol = Vol {
+        primary: mount.dir.join("primary.img"),
+        vault: dir.path().join("vault"),
+        socket: dir.path().join("nbd.sock"),
+        size: SIZE,
+        dir,
+    };
+    // A 64 MiB sparse primary on a 32 MiB file system.
+    std::fs::File::create(&vol.primary)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    rewind_ok(&[
+        "init",
+        "--primary",
+        vol.primary.to_str().unwrap(),
+        "--vault",
+        vol.v(),
+    ]);
+    let mut server = vol.serve();
+    let mut refused = None;
+    for i in 0..16u64 {
+        if let Err(text) = io(
+            &vol,
+            &[&format!("write -P 0x{:02x} {} 4M", i + 1, i * 4 * MIB)],
+        ) {
+            refused = Some(text);
+            break;
+        }
+    }
+    let refused = refused.expect("the primary's file system never filled");
+    assert!(refused.contains("No space left on device"), "{refused}");
+    let s = status(&vol);
+    assert_eq!(s["healthy"], Value::Bool(false), "{s}");
+    assert!(
+        s["write_refusal"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("primary"),
+        "{s}"
+    );
+    // Trimming what was written frees the space: writes go on.
+    io(&vol, &["discard 0 64M", "flush"]).unwrap();
+    io(&vol, &["write -P 0x77 0 1M", "flush"]).unwrap();
+    assert_eq!(status(&vol)["healthy"], Value::Bool(true));
+    assert!(server.stop("TERM", Duration::from_secs(60)).success());
+    drop(server);
+    drop(mount);
+}
