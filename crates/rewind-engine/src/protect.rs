@@ -63,7 +63,7 @@ pub enum ProtectError {
     },
     #[error("primary {path}: its protection stamp ({XATTR}) is damaged ({source}); pass --take-over if this vault should protect it")]
     BadStamp { path: PathBuf, source: DecodeError },
-    #[error("{to} is the primary this vault protects ({primary}); restore --to writes a new file and would replace the primary under the server, losing writes it acknowledged. To bring the primary back to a point, use `rewind restore --in-place` (with `rewind serve` stopped)")]
+    #[error("{to} is the primary this vault protects ({primary}); restore --to writes a new file and would replace the primary under the server, losing writes it acknowledged. To bring the primary back to a point, use `rewind restore --in-place` (through a running server too)")]
     TargetIsPrimary { to: PathBuf, primary: PathBuf },
     #[error("{to} is inside the vault {vault}; a restore must not write into a vault. Pick a path outside it")]
     TargetInVault { to: PathBuf, vault: PathBuf },

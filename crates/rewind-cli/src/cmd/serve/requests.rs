@@ -88,6 +88,14 @@ pub(super) fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::R
         }
     };
     let primary = server.volume.primary_path();
+    if let (Some("sync"), Some(r)) = (req["op"].as_str(), server.volume.vault().restore_intent()) {
+        bail!(
+            "an in-place restore to {} (seq {}) was interrupted; finish it first: rewind restore --vault {} --in-place --resume",
+            r.point,
+            r.target_seq,
+            server.volume.vault().dir().display()
+        );
+    }
     if let Some(asked) = req["primary"].as_str() {
         let served = std::fs::canonicalize(primary).unwrap_or_else(|_| primary.to_path_buf());
         if Path::new(asked) != served {
