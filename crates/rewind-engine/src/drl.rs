@@ -15,13 +15,13 @@
 //! primary) and the boot it was written in: after a crash of the machine, the records after
 //! the checkpoint must be brought back into the primary (see `LiveVolume::open`).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 
 use rewind_format::drl::DirtyRegions;
+use rewind_storage::{Open, Storage, StorageFile};
 
 /// The DRL file in the vault directory.
 pub const FILE_NAME: &str = "drl";
@@ -112,7 +112,7 @@ pub struct Entered {
 #[derive(Debug)]
 pub struct DirtyRegionLog {
     path: PathBuf,
-    file: File,
+    file: Arc<dyn StorageFile>,
     region_size: u64,
     volume_size: u64,
     /// Per region: [`DIRTY`] and the writes in flight.
@@ -143,6 +143,21 @@ impl DirtyRegionLog {
     /// what it says about the last stop: the regions dirty on disk stay dirty until
     /// [`DirtyRegionLog::clear_all`] after they were repaired.
     pub fn open(vault_dir: &Path, volume_size: u64, block_size: u32) -> Result<(Self, LastStop)> {
+        Self::open_on(
+            &rewind_storage::LocalStorage,
+            vault_dir,
+            volume_size,
+            block_size,
+        )
+    }
+
+    /// [`DirtyRegionLog::open`] on `fs`.
+    pub fn open_on(
+        fs: &dyn Storage,
+        vault_dir: &Path,
+        volume_size: u64,
+        block_size: u32,
+    ) -> Result<(Self, LastStop)> {
         let path = vault_dir.join(FILE_NAME);
         let io = |op, source| DrlError::Io {
             op,
@@ -150,7 +165,7 @@ impl DirtyRegionLog {
             source,
         };
         let existing =
-            match std::fs::read(&path) {
+            match fs.open(&path, Open::read()).and_then(|f| f.read_all()) {
                 // Nothing but zeroes: the very first write of the file was torn (the two slots
                 // alternate, so a later torn write always leaves one valid). Nothing was
                 // served with it: the server writes it before it serves.
@@ -164,13 +179,23 @@ impl DirtyRegionLog {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(io("read", e)),
             };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let created = existing.is_none() && !fs.exists(&path);
+        let file = fs
+            .open(
+                &path,
+                Open {
+                    write: true,
+                    create: true,
+                    ..Open::default()
+                },
+            )
             .map_err(|e| io("open", e))?;
+        if created {
+            // The file's entry must survive a power cut before anything relies on it: a DRL
+            // that vanishes with the crash it should have survived says "clean".
+            fs.sync_dir(vault_dir)
+                .map_err(|e| io("fsync the directory of", e))?;
+        }
         let disk = match existing {
             Some(d) if d.volume_size != volume_size => {
                 return Err(DrlError::WrongVolume {
@@ -528,8 +553,13 @@ impl DirtyRegionLog {
     /// Reads the DRL of a vault without opening it for writing: the regions dirty on
     /// disk, and whether the last stop was clean. `None`: the vault has no DRL.
     pub fn peek(vault_dir: &Path) -> Result<Option<DirtyRegions>> {
+        Self::peek_on(&rewind_storage::LocalStorage, vault_dir)
+    }
+
+    /// [`DirtyRegionLog::peek`] on `fs`.
+    pub fn peek_on(fs: &dyn Storage, vault_dir: &Path) -> Result<Option<DirtyRegions>> {
         let path = vault_dir.join(FILE_NAME);
-        match std::fs::read(&path) {
+        match fs.open(&path, Open::read()).and_then(|f| f.read_all()) {
             Ok(bytes) => DirtyRegions::decode_file(&bytes)
                 .map(Some)
                 .map_err(|source| DrlError::Corrupted { path, source }),

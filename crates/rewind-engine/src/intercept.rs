@@ -7,12 +7,11 @@
 //! the log, so two overlapping writes can never land in one order in the primary and the
 //! other in the log. Live reads come from the primary.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use rewind_storage::{Open, StorageFile};
 use rewind_vault::{HostOp, Seq, Vault, VaultError};
 
 use crate::drl::{DirtyRegionLog, DrlError};
@@ -76,7 +75,7 @@ fn io_no_space(e: &std::io::Error) -> bool {
 /// The protected volume: the primary and its vault.
 #[derive(Debug)]
 pub struct LiveVolume {
-    primary: File,
+    primary: Arc<dyn StorageFile>,
     path: PathBuf,
     vault: Arc<Vault>,
     block_size: u64,
@@ -178,18 +177,12 @@ impl LiveVolume {
             path: primary.to_path_buf(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(primary)
+        // Through the vault's storage: the same seam (and, in tests, the same power cuts).
+        let file = vault
+            .storage()
+            .open(primary, Open::write())
             .map_err(|e| io("open", e))?;
-        let meta = file.metadata().map_err(|e| io("stat", e))?;
-        let actual = if meta.is_file() {
-            meta.len()
-        } else {
-            use std::io::{Seek, SeekFrom};
-            (&file).seek(SeekFrom::End(0)).map_err(|e| io("size", e))?
-        };
+        let actual = file.len().map_err(|e| io("size", e))?;
         let expected = vault.blocks() * u64::from(vault.block_size());
         if actual != expected {
             return Err(InterceptError::SizeMismatch {
@@ -198,7 +191,12 @@ impl LiveVolume {
                 actual,
             });
         }
-        let (drl, last_stop) = DirtyRegionLog::open(vault.dir(), expected, vault.block_size())?;
+        let (drl, last_stop) = DirtyRegionLog::open_on(
+            vault.storage().as_ref(),
+            vault.dir(),
+            expected,
+            vault.block_size(),
+        )?;
         let volume = LiveVolume {
             drl,
             unclean: Mutex::new(last_stop.dirty.clone()),
@@ -384,19 +382,10 @@ impl LiveVolume {
     /// Reads live data from the primary only if it is in the page cache: `Ok(false)` (and
     /// nothing read) when reading would wait for the disk.
     pub fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
-        use std::os::fd::AsRawFd;
         self.check(offset, buf.len() as u64)?;
-        let Ok(off) = libc::off_t::try_from(offset) else {
-            return Ok(false);
-        };
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: one iovec over `buf`, which outlives the call; the descriptor is ours.
-        let n = unsafe { libc::preadv2(self.primary.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-        // A short read (part cached) or EAGAIN: let the blocking path read it all.
-        Ok(n >= 0 && n as usize == buf.len())
+        self.primary
+            .read_nowait(buf, offset)
+            .map_err(self.io("read"))
     }
 
     /// Writes `data` at `offset` to the primary and the write log. With `fua`, the write
@@ -567,30 +556,9 @@ impl LiveVolume {
     }
 
     fn zero_primary(&self, offset: u64, len: u64, punch: bool) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let mode = if punch {
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-        } else {
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-        };
-        if let (Ok(o), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
-            // SAFETY: fallocate on a file descriptor we own; it touches no memory of ours.
-            let rc = unsafe { libc::fallocate(self.primary.as_raw_fd(), mode, o, l) };
-            if rc == 0 {
-                return Ok(());
-            }
-        }
-        // Block devices and file systems without fallocate modes: write zeroes.
-        let zeros = vec![0u8; (1 << 20).min(len as usize)];
-        let mut at = offset;
-        while at < offset + len {
-            let n = zeros.len().min((offset + len - at) as usize);
-            self.primary
-                .write_all_at(&zeros[..n], at)
-                .map_err(self.io("zero"))?;
-            at += n as u64;
-        }
-        Ok(())
+        self.primary
+            .zero_range(offset, len, punch)
+            .map_err(self.io("zero"))
     }
 
     /// Makes every completed write durable: in the write log, from which the primary is
@@ -763,38 +731,25 @@ impl LiveVolume {
 
     /// Allocation of the primary: runs of (length, is_hole) covering offset..offset+len.
     pub fn allocation(&self, offset: u64, len: u64) -> Vec<(u64, bool)> {
-        use std::os::fd::AsRawFd;
-        let fd = self.primary.as_raw_fd();
         let end = (offset + len).min(self.size);
         let mut out = Vec::new();
         let mut at = offset;
         while at < end {
-            let Ok(o) = libc::off_t::try_from(at) else {
-                break;
-            };
-            // SAFETY: lseek on our own descriptor; positional I/O elsewhere is unaffected.
-            let data = unsafe { libc::lseek(fd, o, libc::SEEK_DATA) };
-            if data < 0 {
-                // ENXIO: only a hole remains; other errors: say "data" (always safe).
-                let hole = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-                out.push((end - at, hole));
-                break;
+            // A file that cannot say: data (always safe).
+            match self.primary.next_data(at, end).unwrap_or(Some((at, end))) {
+                None => {
+                    out.push((end - at, true));
+                    break;
+                }
+                Some((data, data_end)) => {
+                    if data > at {
+                        out.push((data - at, true));
+                    }
+                    let stop = data_end.clamp(data.max(at) + 1, end);
+                    out.push((stop - data.max(at), false));
+                    at = stop;
+                }
             }
-            let data = (data as u64).min(end);
-            if data > at {
-                out.push((data - at, true));
-                at = data;
-                continue;
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, o, libc::SEEK_HOLE) };
-            let hole = if hole < 0 {
-                end
-            } else {
-                (hole as u64).min(end)
-            };
-            out.push((hole.max(at + 1) - at, false));
-            at = hole.max(at + 1);
         }
         out
     }

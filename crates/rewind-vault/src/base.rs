@@ -1,15 +1,14 @@
 //! The base image: a sparse copy of the primary taken when protection starts (seq 0), with
 //! a crc32c per block in `base.sums` so that reads falling through to it are verified.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rewind_format::base_sums::BaseSums;
+use rewind_storage::{Open, Storage, StorageFile};
 
 use crate::error::{corrupted, decode_err, Corruption, IoContext, Result};
-use crate::fsutil::{self, is_zero, next_data, read_at_padded};
+use crate::fsutil::{self, is_zero, FileRef};
 use crate::Progress;
 
 /// Bytes copied per read while taking the base image.
@@ -17,7 +16,7 @@ const COPY_CHUNK: usize = 4 << 20;
 
 #[derive(Debug)]
 pub(crate) struct BaseImage {
-    file: File,
+    file: FileRef,
     path: PathBuf,
     block_size: u32,
     sums: Vec<u32>,
@@ -31,7 +30,8 @@ impl BaseImage {
     /// Copies `primary` (`size` bytes) to `dir/base.img`, keeping holes as holes and not
     /// writing all-zero blocks, and writes `dir/base.sums`.
     pub(crate) fn create(
-        primary: &File,
+        fs: &dyn Storage,
+        primary: &dyn StorageFile,
         primary_path: &Path,
         size: u64,
         block_size: u32,
@@ -43,12 +43,17 @@ impl BaseImage {
         let zero_sum = crc32c::crc32c(&vec![0u8; bs]);
         let mut sums = vec![zero_sum; blocks as usize];
         let img_path = dir.join(rewind_format::names::BASE_IMAGE);
-        let img = fsutil::create_new_rw(&img_path)?;
+        let img = fs
+            .open(&img_path, Open::create_new())
+            .io("create", &img_path)?;
         img.set_len(size).io("size", &img_path)?;
         progress.start("copying primary into the base image", size);
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut pos = 0u64;
-        while let Some((start, end)) = next_data(primary, pos, size) {
+        while let Some((start, end)) = primary
+            .next_data(pos, size)
+            .io("find the data of", primary_path)?
+        {
             // Align the data region to whole blocks.
             let start = start - start % u64::from(block_size);
             progress.advance(start.saturating_sub(pos));
@@ -58,7 +63,7 @@ impl BaseImage {
                 let n = n.div_ceil(bs) * bs;
                 let n = n.min((size - at) as usize);
                 let chunk = &mut buf[..n];
-                read_at_padded(primary, chunk, at).io("read", primary_path)?;
+                primary.read_padded(chunk, at).io("read", primary_path)?;
                 for (i, block) in chunk.chunks(bs).enumerate() {
                     if !is_zero(block) {
                         let b = at / u64::from(block_size) + i as u64;
@@ -76,16 +81,25 @@ impl BaseImage {
         progress.finish();
         img.sync_all().io("fsync", &img_path)?;
         let sums = BaseSums { block_size, sums };
-        fsutil::write_atomic(&dir.join(rewind_format::names::BASE_SUMS), &sums.encode())?;
+        fsutil::write_atomic(
+            fs,
+            &dir.join(rewind_format::names::BASE_SUMS),
+            &sums.encode(),
+        )?;
         Ok(())
     }
 
     /// Opens the base image of a volume of `blocks` blocks.
-    pub(crate) fn open(dir: &Path, block_size: u32, blocks: u64) -> Result<BaseImage> {
+    pub(crate) fn open(
+        fs: &dyn Storage,
+        dir: &Path,
+        block_size: u32,
+        blocks: u64,
+    ) -> Result<BaseImage> {
         let path = dir.join(rewind_format::names::BASE_IMAGE);
         let sums_path = dir.join(rewind_format::names::BASE_SUMS);
-        let file = fsutil::open_vault_file(&path)?;
-        let raw = std::fs::read(&sums_path).map_err(|e| match e.kind() {
+        let file = fsutil::open_vault_file(fs, &path)?;
+        let raw = fsutil::read_file(fs, &sums_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => corrupted(&sums_path, 0, Corruption::Missing),
             _ => crate::VaultError::Io {
                 op: "read",
@@ -120,7 +134,12 @@ impl BaseImage {
         let end = first + count;
         let mut at = first;
         while at < end {
-            let Some((data_start, data_end)) = next_data(&self.file, at * bs, end * bs) else {
+            // A file that cannot say where its data is: all data (always safe).
+            let next = self
+                .file
+                .next_data(at * bs, end * bs)
+                .unwrap_or(Some((at * bs, end * bs)));
+            let Some((data_start, data_end)) = next else {
                 self.hole_extents(at, end, &mut run);
                 return;
             };
@@ -162,7 +181,9 @@ impl BaseImage {
         let bs = u64::from(self.block_size);
         self.blocks_read
             .fetch_add(out.len() as u64 / bs, Ordering::Relaxed);
-        read_at_padded(&self.file, out, first * bs).io("read", &self.path)?;
+        self.file
+            .read_padded(out, first * bs)
+            .io("read", &self.path)?;
         for (i, block) in out.chunks(self.block_size as usize).enumerate() {
             let b = first + i as u64;
             let want = self.sums.get(b as usize).copied();

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 
 use rewind_format::manifest::Manifest;
 use rewind_format::{names, Generation};
+use rewind_storage::Storage;
 
 use crate::error::{decode_err, IoContext, Result, VaultError};
 use crate::fsutil;
 
 /// Generations present in `dir`, ascending.
-fn generations(dir: &Path) -> Result<Vec<Generation>> {
+fn generations(fs: &dyn Storage, dir: &Path) -> Result<Vec<Generation>> {
     let mut gens = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(|e| match e.kind() {
+    let names = fs.list(dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => VaultError::NotAVault {
             path: dir.to_path_buf(),
         },
@@ -23,9 +24,8 @@ fn generations(dir: &Path) -> Result<Vec<Generation>> {
             source: e,
         },
     })?;
-    for entry in rd {
-        let entry = entry.io("list", dir)?;
-        if let Some(g) = entry.file_name().to_str().and_then(names::parse_manifest) {
+    for name in names {
+        if let Some(g) = names::parse_manifest(&name) {
             gens.push(g);
         }
     }
@@ -34,23 +34,23 @@ fn generations(dir: &Path) -> Result<Vec<Generation>> {
 }
 
 /// Whether `dir` holds at least one manifest (is a vault).
-pub(crate) fn exists(dir: &Path) -> bool {
-    generations(dir).is_ok_and(|g| !g.is_empty())
+pub(crate) fn exists(fs: &dyn Storage, dir: &Path) -> bool {
+    generations(fs, dir).is_ok_and(|g| !g.is_empty())
 }
 
 /// Loads the current manifest. A corrupt current manifest is an error (the previous one
 /// is still on disk for a person to look at), never silently replaced by an older one.
-pub(crate) fn load(dir: &Path) -> Result<(Manifest, PathBuf)> {
+pub(crate) fn load(fs: &dyn Storage, dir: &Path) -> Result<(Manifest, PathBuf)> {
     let mut relists = 0;
     let (current, path, bytes) = loop {
-        let gens = generations(dir)?;
+        let gens = generations(fs, dir)?;
         let Some(&current) = gens.last() else {
             return Err(VaultError::NotAVault {
                 path: dir.to_path_buf(),
             });
         };
         let path = dir.join(names::manifest(current));
-        match std::fs::read(&path) {
+        match fsutil::read_file(fs, &path) {
             Ok(bytes) => break (current, path, bytes),
             // A running writer committed two newer generations since the listing and
             // removed this one (a reader does not hold the lock): list again.
@@ -73,21 +73,22 @@ pub(crate) fn load(dir: &Path) -> Result<(Manifest, PathBuf)> {
 
 /// Commits `m` (whose generation must be one more than the current) atomically, then
 /// removes generations older than the previous one.
-pub(crate) fn commit(dir: &Path, m: &Manifest) -> Result<()> {
-    commit_staged(dir, m).map_err(fsutil::AtomicWriteError::into_error)
+pub(crate) fn commit(fs: &dyn Storage, dir: &Path, m: &Manifest) -> Result<()> {
+    commit_staged(fs, dir, m).map_err(fsutil::AtomicWriteError::into_error)
 }
 
 /// [`commit`], saying whether a failure left the current manifest as it was
 /// ([`fsutil::AtomicWriteError::Before`]: nothing committed) or not.
 pub(crate) fn commit_staged(
+    fs: &dyn Storage,
     dir: &Path,
     m: &Manifest,
 ) -> std::result::Result<(), fsutil::AtomicWriteError> {
-    fsutil::write_atomic_staged(&dir.join(names::manifest(m.generation)), &m.encode())?;
-    for g in generations(dir).map_err(fsutil::AtomicWriteError::After)? {
+    fsutil::write_atomic_staged(fs, &dir.join(names::manifest(m.generation)), &m.encode())?;
+    for g in generations(fs, dir).map_err(fsutil::AtomicWriteError::After)? {
         if g.0 + 1 < m.generation.0 {
             let p = dir.join(names::manifest(g));
-            if let Err(e) = std::fs::remove_file(&p) {
+            if let Err(e) = fs.remove(&p) {
                 tracing::warn!(path = %p.display(), error = %e, "could not remove an old manifest");
             }
         }

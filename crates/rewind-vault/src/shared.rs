@@ -61,7 +61,7 @@ impl Shared {
             return Ok(m.clone());
         }
         let path = self.map_path(key);
-        let map = read_map_head(&path)?;
+        let map = read_map_head(self.segments.storage(), &path)?;
         if map.interval != e.interval
             || map.block_size != self.block_size
             || map.len() as u64 != e.blocks_changed
@@ -108,9 +108,9 @@ impl Shared {
         }
         let path = self.map_path(key);
         let (at, len) = map.entries_range();
-        let file = crate::fsutil::open_vault_file(&path)?;
+        let file = crate::fsutil::open_vault_file(self.segments.storage(), &path)?;
         let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        crate::fsutil::read_exact_at(&file, &mut bytes, at, &path)?;
+        crate::fsutil::read_exact_at(file.as_ref(), &mut bytes, at, &path)?;
         map.attach_entries(bytes)
             .map_err(|err| decode_err(&path, 0, err))?;
         self.loading
@@ -131,26 +131,24 @@ impl Shared {
 
 /// Reads a delta map file: only the head of a version 3 map (its entries stay on disk
 /// until a lookup needs them), the whole file of an older one.
-fn read_map_head(path: &Path) -> Result<DeltaMap> {
-    let file = crate::fsutil::open_vault_file(path)?;
-    let file_len = file
-        .metadata()
-        .map_err(|err| crate::VaultError::Io {
-            op: "stat",
-            path: path.to_path_buf(),
-            source: err,
-        })?
-        .len();
+fn read_map_head(fs: &dyn rewind_storage::Storage, path: &Path) -> Result<DeltaMap> {
+    let file = crate::fsutil::open_vault_file(fs, path)?;
+    let file_len = file.len().map_err(|err| crate::VaultError::Io {
+        op: "stat",
+        path: path.to_path_buf(),
+        source: err,
+    })?;
+    let file = file.as_ref();
     // One read usually gets the whole head (a block set is small next to the entries).
     let guess = usize::try_from(file_len.min(HEAD_GUESS)).unwrap_or(0);
     let mut buf = vec![0u8; guess];
-    crate::fsutil::read_exact_at(&file, &mut buf, 0, path)?;
+    crate::fsutil::read_exact_at(file, &mut buf, 0, path)?;
     let head_len = match DeltaMap::head_len(&buf).map_err(|err| decode_err(path, 0, err))? {
         Some(n) => n,
         None => {
             // Versions 1 and 2: one crc over the whole file.
             let mut all = vec![0u8; usize::try_from(file_len).unwrap_or(usize::MAX)];
-            crate::fsutil::read_exact_at(&file, &mut all, 0, path)?;
+            crate::fsutil::read_exact_at(file, &mut all, 0, path)?;
             return DeltaMap::decode_owned(all).map_err(|err| decode_err(path, 0, err));
         }
     };
@@ -167,7 +165,7 @@ fn read_map_head(path: &Path) -> Result<DeltaMap> {
     if head_len > buf.len() {
         let have = buf.len();
         buf.resize(head_len, 0);
-        crate::fsutil::read_exact_at(&file, &mut buf[have..], have as u64, path)?;
+        crate::fsutil::read_exact_at(file, &mut buf[have..], have as u64, path)?;
     }
     let map = DeltaMap::decode_head(&buf[..head_len]).map_err(|err| decode_err(path, 0, err))?;
     let (at, len) = map.entries_range();

@@ -29,8 +29,6 @@ pub mod suspect;
 mod sync;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -211,7 +209,7 @@ pub struct SyncReport {
 /// The primary opened without a server: read-only, next to its vault.
 #[derive(Debug)]
 pub struct OfflineVolume {
-    primary: File,
+    primary: Arc<dyn rewind_storage::StorageFile>,
     path: PathBuf,
     vault: Arc<Vault>,
     size: u64,
@@ -226,14 +224,11 @@ impl OfflineVolume {
             path: primary.to_path_buf(),
             source,
         };
-        let file = File::open(primary).map_err(|e| io("open", e))?;
-        let meta = file.metadata().map_err(|e| io("stat", e))?;
-        let actual = if meta.is_file() {
-            meta.len()
-        } else {
-            use std::io::{Seek, SeekFrom};
-            (&file).seek(SeekFrom::End(0)).map_err(|e| io("size", e))?
-        };
+        let file = vault
+            .storage()
+            .open(primary, rewind_storage::Open::read())
+            .map_err(|e| io("open", e))?;
+        let actual = file.len().map_err(|e| io("size", e))?;
         let expected = vault.blocks() * u64::from(vault.block_size());
         if actual != expected {
             return Err(VerifyError::SizeMismatch {
@@ -316,7 +311,7 @@ impl Target<'_> {
                 .first()
                 .copied()
                 .unwrap_or((limit, false)),
-            Target::Offline(v) => file_extent(&v.primary, offset, limit),
+            Target::Offline(v) => file_extent(v.primary.as_ref(), offset, limit),
         }
     }
 
@@ -338,30 +333,14 @@ impl Target<'_> {
 }
 
 /// The extent of `f` starting at `offset`: (length up to `limit`, is a hole).
-fn file_extent(f: &File, offset: u64, limit: u64) -> (u64, bool) {
-    use std::os::fd::AsRawFd;
-    let Ok(off) = libc::off_t::try_from(offset) else {
-        return (limit, false);
-    };
-    let fd = f.as_raw_fd();
-    // SAFETY: lseek on a descriptor we own; it touches no memory, and positional reads
-    // elsewhere do not depend on the file offset.
-    let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
-    if data < 0 {
-        // ENXIO: no data after `offset` at all. Anything else: cannot say.
-        let hole = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-        return (limit, hole);
+fn file_extent(f: &dyn rewind_storage::StorageFile, offset: u64, limit: u64) -> (u64, bool) {
+    match f.next_data(offset, offset + limit) {
+        Ok(None) => (limit, true),
+        Ok(Some((data, _))) if data > offset => (data - offset, true),
+        Ok(Some((_, end))) => ((end - offset).clamp(1, limit), false),
+        // Cannot say: data (always safe).
+        Err(_) => (limit, false),
     }
-    let data = data as u64;
-    if data > offset {
-        return ((data - offset).min(limit), true);
-    }
-    // SAFETY: as above.
-    let hole = unsafe { libc::lseek(fd, off, libc::SEEK_HOLE) };
-    if hole <= off {
-        return (limit, false);
-    }
-    ((hole as u64 - offset).min(limit), false)
 }
 
 /// Runs of consecutive blocks of a set: (first, count).

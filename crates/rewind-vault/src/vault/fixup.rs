@@ -78,7 +78,7 @@ impl Vault {
     /// vault, as a failed seal does: memory and disk may disagree.
     pub(super) fn commit_locked(&self, inner: &mut Inner, mut m: Manifest) -> Result<()> {
         m.generation = Generation(inner.manifest.generation.0 + 1);
-        match manifest_store::commit_staged(&self.dir, &m) {
+        match manifest_store::commit_staged(self.fs(), &self.dir, &m) {
             Ok(()) => {
                 inner.manifest = m;
                 Ok(())

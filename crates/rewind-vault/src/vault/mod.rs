@@ -9,7 +9,6 @@ mod suspect;
 mod unit;
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -19,6 +18,7 @@ use rewind_format::manifest::{Manifest, MapEntry, SealPolicy, SegmentEntry, Snap
 use rewind_format::record::{NewRecord, RecordKind};
 use rewind_format::segment::HEADER_LEN as SEG_HEADER_LEN;
 use rewind_format::{names, Generation, SegmentId, Seq};
+use rewind_storage::{Open, Storage};
 
 use crate::base::BaseImage;
 use crate::error::{corrupted, Corruption, IoContext, Result, VaultError};
@@ -122,6 +122,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Vault {
     dir: PathBuf,
+    /// Where every file of the vault is (and the primary, for the live volume).
+    fs: Arc<dyn Storage>,
     _lock: Option<VaultLock>,
     /// Writes the write log in the background (writers only).
     log_writer: Option<Arc<LogWriter>>,
@@ -133,22 +135,33 @@ pub struct Vault {
 impl Vault {
     /// Creates a vault protecting `opts.primary`: copies the base image (sparse), writes the
     /// first manifest and an empty open segment. The vault directory must be new or empty.
+    /// Files are local; see [`Vault::create_on`] for another storage.
     pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<Vault> {
+        Self::create_on(rewind_storage::local(), opts, progress)
+    }
+
+    /// [`Vault::create`] on `fs` (the primary is read through it too).
+    pub fn create_on(
+        fs: Arc<dyn Storage>,
+        opts: &CreateOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vault> {
         if !rewind_format::valid_block_size(opts.block_size) {
             return Err(VaultError::BadBlockSize(opts.block_size));
         }
         let dir = &opts.vault;
-        match std::fs::read_dir(dir) {
-            Ok(mut rd) => {
-                if rd.next().is_some() {
-                    return Err(VaultError::NotEmpty { path: dir.clone() });
-                }
+        match fs.list(dir) {
+            Ok(names) if !names.is_empty() => {
+                return Err(VaultError::NotEmpty { path: dir.clone() })
             }
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).io("list", dir),
         }
-        let primary = File::open(&opts.primary).io("open primary", &opts.primary)?;
-        let size = fsutil::device_size(&primary, &opts.primary)?;
+        let primary = fs
+            .open(&opts.primary, Open::read())
+            .io("open primary", &opts.primary)?;
+        let size = primary.len().io("find the size of", &opts.primary)?;
         if size == 0 {
             return Err(VaultError::EmptyPrimary {
                 path: opts.primary.clone(),
@@ -161,37 +174,34 @@ impl Vault {
                 block_size: opts.block_size,
             });
         }
-        std::fs::create_dir_all(dir).io("create", dir)?;
-        let result = Self::create_in(opts, &primary, size, progress);
+        fs.create_dir(dir).io("create", dir)?;
+        let result = Self::create_in(&fs, opts, primary.as_ref(), size, progress);
         if result.is_err() {
             // Leave the directory as we found it: empty.
-            if let Ok(rd) = std::fs::read_dir(dir) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    let _ = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
-                }
+            for name in fs.list(dir).unwrap_or_default() {
+                let p = dir.join(name);
+                let _ = match fs.stat(&p) {
+                    Ok(st) if st.kind == rewind_storage::Kind::Dir => fs.remove_dir_all(&p),
+                    _ => fs.remove(&p),
+                };
             }
         }
         result
     }
 
     fn create_in(
+        fs: &Arc<dyn Storage>,
         opts: &CreateOptions,
-        primary: &File,
+        primary: &dyn rewind_storage::StorageFile,
         size: u64,
         progress: &dyn Progress,
     ) -> Result<Vault> {
         let dir = &opts.vault;
-        let lock = VaultLock::acquire(dir, "rewind init")?;
+        let lock = VaultLock::acquire(fs.as_ref(), dir, "rewind init")?;
         for sub in [names::BASE_DIR, names::LOG_DIR, names::MAPS_DIR] {
-            std::fs::create_dir(dir.join(sub)).io("create", &dir.join(sub))?;
+            fs.create_dir(&dir.join(sub)).io("create", &dir.join(sub))?;
         }
-        let primary_path =
-            std::fs::canonicalize(&opts.primary).unwrap_or_else(|_| opts.primary.clone());
+        let primary_path = fs.canonical(&opts.primary);
         let created_ns = now_ns();
         let id_src = format!(
             "{created_ns}:{}:{}",
@@ -201,6 +211,7 @@ impl Vault {
         let mut vault_id = [0u8; 16];
         vault_id.copy_from_slice(&blake3::hash(id_src.as_bytes()).as_bytes()[..16]);
         BaseImage::create(
+            fs.as_ref(),
             primary,
             &opts.primary,
             size,
@@ -209,6 +220,7 @@ impl Vault {
             progress,
         )?;
         OpenSegment::create(
+            fs.as_ref(),
             &dir.join(names::LOG_DIR),
             SegmentId(Seq(1)),
             opts.block_size,
@@ -231,9 +243,9 @@ impl Vault {
             suspects: Vec::new(),
             intents: Vec::new(),
         };
-        manifest_store::commit(dir, &m)?;
-        fsutil::sync_dir(dir)?;
-        Self::open_with(dir, Some(lock))
+        manifest_store::commit(fs.as_ref(), dir, &m)?;
+        fsutil::sync_dir(fs.as_ref(), dir)?;
+        Self::open_with(fs.clone(), dir, Some(lock))
     }
 
     /// Opens a vault for writing: takes the lock, recovers the open segment (cutting a torn
@@ -244,25 +256,35 @@ impl Vault {
 
     /// [`Vault::open`], saying who holds the lock (shown to a second writer).
     pub fn open_as(dir: &Path, role: &str) -> Result<Vault> {
+        Self::open_on(rewind_storage::local(), dir, role)
+    }
+
+    /// [`Vault::open_as`] on `fs`.
+    pub fn open_on(fs: Arc<dyn Storage>, dir: &Path, role: &str) -> Result<Vault> {
         // Check before taking the lock, which would create LOCK in any directory.
-        if !manifest_store::exists(dir) {
+        if !manifest_store::exists(fs.as_ref(), dir) {
             return Err(VaultError::NotAVault {
                 path: dir.to_path_buf(),
             });
         }
-        let lock = VaultLock::acquire(dir, role)?;
-        Self::open_with(dir, Some(lock))
+        let lock = VaultLock::acquire(fs.as_ref(), dir, role)?;
+        Self::open_with(fs, dir, Some(lock))
     }
 
     /// Opens a vault for reading only, without the lock: a writer may be running. Shows the
     /// state on disk when opened.
     pub fn open_read_only(dir: &Path) -> Result<Vault> {
-        Self::open_with(dir, None)
+        Self::open_read_only_on(rewind_storage::local(), dir)
     }
 
-    fn open_with(dir: &Path, lock: Option<VaultLock>) -> Result<Vault> {
+    /// [`Vault::open_read_only`] on `fs`.
+    pub fn open_read_only_on(fs: Arc<dyn Storage>, dir: &Path) -> Result<Vault> {
+        Self::open_with(fs, dir, None)
+    }
+
+    fn open_with(fs: Arc<dyn Storage>, dir: &Path, lock: Option<VaultLock>) -> Result<Vault> {
         let repair = lock.is_some();
-        let (manifest, mpath) = manifest_store::load(dir)?;
+        let (manifest, mpath) = manifest_store::load(fs.as_ref(), dir)?;
         let bs = manifest.block_size;
         if manifest.volume_size % u64::from(bs) != 0 || manifest.volume_size == 0 {
             return Err(corrupted(
@@ -272,20 +294,20 @@ impl Vault {
             ));
         }
         let blocks = manifest.volume_size / u64::from(bs);
-        let base = BaseImage::open(&dir.join(names::BASE_DIR), bs, blocks)?;
+        let base = BaseImage::open(fs.as_ref(), &dir.join(names::BASE_DIR), bs, blocks)?;
         let log_dir = dir.join(names::LOG_DIR);
-        let segments = SegmentFiles::new(log_dir.clone(), bs);
+        let segments = SegmentFiles::new(fs.clone(), log_dir.clone(), bs);
         for s in &manifest.segments {
             let p = segments.path(s.id);
-            match std::fs::metadata(&p) {
-                Ok(m) if m.len() >= s.length => {}
+            match fs.stat(&p) {
+                Ok(m) if m.len >= s.length => {}
                 Ok(m) => {
                     return Err(corrupted(
                         &p,
-                        m.len(),
+                        m.len,
                         Corruption::Length {
                             expected: s.length,
-                            actual: m.len(),
+                            actual: m.len,
                         },
                     ))
                 }
@@ -298,6 +320,7 @@ impl Vault {
             None
         };
         let open = OpenSegment::recover(
+            fs.as_ref(),
             &log_dir,
             SegmentId(manifest.next_seq),
             bs,
@@ -305,7 +328,7 @@ impl Vault {
             log_writer.as_ref(),
         )?;
         if repair {
-            remove_leftovers(dir, &manifest);
+            remove_leftovers(fs.as_ref(), dir, &manifest);
         }
         let last_ts = open
             .records
@@ -325,6 +348,7 @@ impl Vault {
         ));
         let vault = Vault {
             dir: dir.to_path_buf(),
+            fs: fs.clone(),
             _lock: lock,
             log_writer,
             shared,
@@ -377,6 +401,15 @@ impl Vault {
     /// The vault directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The storage the vault's files are on (the live volume opens the primary there too).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.fs
+    }
+
+    pub(crate) fn fs(&self) -> &dyn Storage {
+        self.fs.as_ref()
     }
 
     /// Block size in bytes.
@@ -733,13 +766,14 @@ impl Vault {
             .shared
             .maps_dir
             .join(names::delta_map(interval.seq_from, interval.seq_to));
-        fsutil::write_atomic(&map_path, &map.encode())?;
+        let fs = self.fs();
+        fsutil::write_atomic(fs, &map_path, &map.encode())?;
         let abandon = |e: VaultError, seg: Option<OpenSegment>| {
             // Nothing names the map or the next segment yet: take them back (a full disk
             // gets its space back) and leave the interval open, to be sealed later.
-            let _ = std::fs::remove_file(&map_path);
+            let _ = fs.remove(&map_path);
             if let Some(seg) = seg {
-                let _ = std::fs::remove_file(&seg.path);
+                let _ = fs.remove(&seg.path);
             }
             Err(e)
         };
@@ -758,6 +792,7 @@ impl Vault {
         inner.durable_seq = last.seq;
         // The next segment exists (durably) before the manifest that names it.
         let next = match OpenSegment::create(
+            fs,
             &self.dir.join(names::LOG_DIR),
             SegmentId(last.seq.next()),
             self.shared.block_size,
@@ -766,8 +801,9 @@ impl Vault {
         ) {
             Ok(seg) => seg,
             Err(e) => {
-                let _ = std::fs::remove_file(
-                    self.dir
+                let _ = fs.remove(
+                    &self
+                        .dir
                         .join(names::LOG_DIR)
                         .join(names::segment(SegmentId(last.seq.next()))),
                 );
@@ -794,7 +830,7 @@ impl Vault {
         m.snapshots
             .extend(inner.open.markers.iter().map(ScannedMarker::to_snapshot));
         m.next_seq = last.seq.next();
-        match manifest_store::commit_staged(&self.dir, &m) {
+        match manifest_store::commit_staged(fs, &self.dir, &m) {
             Ok(()) => {}
             Err(fsutil::AtomicWriteError::Before(e)) => return abandon(e, Some(next)),
             Err(fsutil::AtomicWriteError::After(e)) => {
@@ -860,7 +896,7 @@ impl Drop for Vault {
 /// Removes what an interrupted commit or seal left behind: temporary files, delta maps
 /// the manifest does not list (their interval is still open and will be sealed again) and
 /// segments after the open one.
-fn remove_leftovers(dir: &Path, m: &Manifest) {
+fn remove_leftovers(fs: &dyn Storage, dir: &Path, m: &Manifest) {
     let listed: HashSet<String> = m
         .maps
         .iter()
@@ -872,18 +908,18 @@ fn remove_leftovers(dir: &Path, m: &Manifest) {
         dir.join(names::BASE_DIR),
         dir.join(names::LOG_DIR),
     ] {
-        let Ok(rd) = std::fs::read_dir(&sub) else {
+        let Ok(entries) = fs.list(&sub) else {
             continue;
         };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+        for name in entries {
             let stray_map = names::parse_delta_map(&name).is_some() && !listed.contains(&name);
             // A segment after the open one: a seal created it and failed (or was cut by a
             // crash) before committing the manifest that names it.
             let stray_segment = names::parse_segment(&name).is_some_and(|id| id.0 > m.next_seq);
             if name.ends_with(names::TMP_SUFFIX) || stray_map || stray_segment {
-                tracing::info!(file = %e.path().display(), "removing leftover of an interrupted commit");
-                let _ = std::fs::remove_file(e.path());
+                let p = sub.join(&name);
+                tracing::info!(file = %p.display(), "removing leftover of an interrupted commit");
+                let _ = fs.remove(&p);
             }
         }
     }

@@ -140,17 +140,24 @@ impl Vault {
         let mut found: Option<RecordMeta> = None;
         let mut seen = false;
         let path = self.shared.segments.path(seg.id);
-        scan_sealed(&path, seg.id.0, seg.length, self.shared.block_size, |r| {
-            let keep = match stop {
-                Stop::Seq(s) => r.seq <= s,
-                Stop::Time(t) => r.timestamp_ns <= t,
-            };
-            seen |= keep;
-            if keep && !r.continues {
-                found = Some(*r);
-            }
-            keep
-        })?;
+        scan_sealed(
+            self.fs(),
+            &path,
+            seg.id.0,
+            seg.length,
+            self.shared.block_size,
+            |r| {
+                let keep = match stop {
+                    Stop::Seq(s) => r.seq <= s,
+                    Stop::Time(t) => r.timestamp_ns <= t,
+                };
+                seen |= keep;
+                if keep && !r.continues {
+                    found = Some(*r);
+                }
+                keep
+            },
+        )?;
         if !seen {
             return Err(corrupted(
                 &path,
@@ -237,13 +244,20 @@ impl Vault {
                 let mut map = BTreeMap::new();
                 for s in segs {
                     let path = self.shared.segments.path(s.id);
-                    scan_sealed(&path, s.id.0, s.length, self.shared.block_size, |r| {
-                        if r.seq > p {
-                            return false;
-                        }
-                        apply(&mut map, r, s.id);
-                        true
-                    })?;
+                    scan_sealed(
+                        self.fs(),
+                        &path,
+                        s.id.0,
+                        s.length,
+                        self.shared.block_size,
+                        |r| {
+                            if r.seq > p {
+                                return false;
+                            }
+                            apply(&mut map, r, s.id);
+                            true
+                        },
+                    )?;
                 }
                 map
             }
@@ -307,12 +321,19 @@ impl Vault {
         }
         for s in tail_segments {
             let path = self.shared.segments.path(s.id);
-            scan_sealed(&path, s.id.0, s.length, self.shared.block_size, |r| {
-                if r.seq > seq && r.kind != RecordKind::Marker {
-                    set.insert_range(r.first_block..r.first_block + u64::from(r.block_count));
-                }
-                true
-            })?;
+            scan_sealed(
+                self.fs(),
+                &path,
+                s.id.0,
+                s.length,
+                self.shared.block_size,
+                |r| {
+                    if r.seq > seq && r.kind != RecordKind::Marker {
+                        set.insert_range(r.first_block..r.first_block + u64::from(r.block_count));
+                    }
+                    true
+                },
+            )?;
         }
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for b in set.iter() {

@@ -17,10 +17,10 @@
 //! A write the file system refuses for lack of space is kept by the writer and tried
 //! again: records handed over are never dropped (see [`super::writer`]).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rewind_storage::{Open, Storage};
 
 use rewind_format::compress::StoredAs;
 use rewind_format::delta_map::Location;
@@ -34,7 +34,7 @@ use super::scan::{scan_tail, ScannedMarker};
 use super::writer::LogWriter;
 use super::RecordMeta;
 use crate::error::{corrupted, Corruption, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, FileRef};
 
 /// The append buffer is written to the file once it holds this much.
 pub(crate) const WRITE_OUT_BYTES: usize = 1 << 20;
@@ -45,7 +45,7 @@ pub(crate) const BUFFER_BYTES: usize =
 /// The handle the log writer writes through (direct I/O where the file system has it).
 #[derive(Debug)]
 struct Background {
-    file: Arc<File>,
+    file: FileRef,
     writer: Arc<LogWriter>,
     /// Ticket of the last buffer handed to the writer.
     ticket: u64,
@@ -58,7 +58,7 @@ pub(crate) struct OpenSegment {
     pub id: SegmentId,
     block_size: u32,
     pub path: PathBuf,
-    file: Arc<File>,
+    file: FileRef,
     /// The log writer and its handle (writers only; a reader never appends).
     background: Option<Background>,
     /// Bytes in the file (header and whole records), or handed to the log writer.
@@ -82,6 +82,7 @@ pub(crate) struct OpenSegment {
 impl OpenSegment {
     /// Creates a new, empty segment whose first record will be `id`.
     pub(crate) fn create(
+        fs: &dyn Storage,
         log_dir: &Path,
         id: SegmentId,
         block_size: u32,
@@ -89,12 +90,8 @@ impl OpenSegment {
         writer: Option<&Arc<LogWriter>>,
     ) -> Result<OpenSegment> {
         let path = log_dir.join(names::segment(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
+        let file = fs
+            .open(&path, Open::create_truncate())
             .io("create", &path)?;
         let header = SegmentHeader {
             block_size,
@@ -103,16 +100,22 @@ impl OpenSegment {
         };
         file.write_all_at(&header.encode(), 0).io("write", &path)?;
         file.sync_all().io("fsync", &path)?;
-        fsutil::sync_dir(log_dir)?;
-        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size).use_writer(writer)
+        fsutil::sync_dir(fs, log_dir)?;
+        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size).use_writer(fs, writer)
     }
 
-    fn new(id: SegmentId, path: PathBuf, file: File, written: u64, block_size: u32) -> OpenSegment {
+    fn new(
+        id: SegmentId,
+        path: PathBuf,
+        file: FileRef,
+        written: u64,
+        block_size: u32,
+    ) -> OpenSegment {
         OpenSegment {
             id,
             block_size,
             path,
-            file: Arc::new(file),
+            file,
             background: None,
             written,
             buf_start: written,
@@ -128,35 +131,22 @@ impl OpenSegment {
     /// Hands appends to `writer` from now on, through a handle opened with direct I/O if
     /// the file system supports it (and `REWIND_DIRECT_LOG` is not `0`), else through the
     /// page cache: loads the partial block below `written` into the buffer.
-    fn use_writer(mut self, writer: Option<&Arc<LogWriter>>) -> Result<OpenSegment> {
+    fn use_writer(
+        mut self,
+        fs: &dyn Storage,
+        writer: Option<&Arc<LogWriter>>,
+    ) -> Result<OpenSegment> {
         let Some(writer) = writer else {
             return Ok(self);
         };
-        use std::os::unix::fs::OpenOptionsExt;
         let want_direct = !std::env::var("REWIND_DIRECT_LOG").is_ok_and(|v| v == "0");
-        let direct_file = if want_direct {
-            match OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&self.path)
-            {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e, "no direct I/O for the write log; using the page cache");
-                    None
-                }
-            }
+        let how = if want_direct {
+            Open::write().direct()
         } else {
-            None
+            Open::write()
         };
-        let direct = direct_file.is_some();
-        let file = match direct_file {
-            Some(f) => f,
-            None => OpenOptions::new()
-                .write(true)
-                .open(&self.path)
-                .io("open", &self.path)?,
-        };
+        let file = fs.open(&self.path, how).io("open", &self.path)?;
+        let direct = file.is_direct();
         let start = self.written / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
         let mut carried = vec![0u8; (self.written - start) as usize];
         self.file
@@ -167,7 +157,7 @@ impl OpenSegment {
         self.buf = buf;
         self.buf_start = start;
         self.background = Some(Background {
-            file: Arc::new(file),
+            file,
             writer: writer.clone(),
             ticket: 0,
             direct,
@@ -180,6 +170,7 @@ impl OpenSegment {
     /// header-only-torn segment is created afresh (a crash between committing the manifest
     /// and creating the segment leaves that).
     pub(crate) fn recover(
+        fs: &dyn Storage,
         log_dir: &Path,
         id: SegmentId,
         block_size: u32,
@@ -188,42 +179,38 @@ impl OpenSegment {
     ) -> Result<OpenSegment> {
         let repair = writer.is_some();
         let path = log_dir.join(names::segment(id));
-        let len = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
+        let empty = |path: PathBuf| {
+            OpenSegment::new(
+                id,
+                path,
+                rewind_storage::empty_file(),
+                SEG_HEADER_LEN as u64,
+                block_size,
+            )
+        };
+        let len = match fs.stat(&path) {
+            Ok(m) => m.len,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return if repair {
-                    OpenSegment::create(log_dir, id, block_size, vault_id, writer)
+                    OpenSegment::create(fs, log_dir, id, block_size, vault_id, writer)
                 } else {
-                    Ok(OpenSegment::new(
-                        id,
-                        path,
-                        File::open("/dev/null").io("open", Path::new("/dev/null"))?,
-                        SEG_HEADER_LEN as u64,
-                        block_size,
-                    ))
+                    Ok(empty(path))
                 };
             }
             Err(e) => return Err(e).io("stat", &path),
         };
         if len <= SEG_HEADER_LEN as u64 {
-            let bytes = std::fs::read(&path).io("read", &path)?;
+            let bytes = fsutil::read_file(fs, &path).io("read", &path)?;
             if SegmentHeader::decode(&bytes).is_err() {
                 if repair {
-                    return OpenSegment::create(log_dir, id, block_size, vault_id, writer);
+                    return OpenSegment::create(fs, log_dir, id, block_size, vault_id, writer);
                 }
                 // A reader: the segment is being created (or its creation was torn); it
                 // holds no records yet, as when it is missing.
-                let file = File::open(&path).io("open", &path)?;
-                return Ok(OpenSegment::new(
-                    id,
-                    path,
-                    file,
-                    SEG_HEADER_LEN as u64,
-                    block_size,
-                ));
+                return Ok(empty(path));
             }
         }
-        let scan = scan_tail(&path, id.0, block_size)?;
+        let scan = scan_tail(fs, &path, id.0, block_size)?;
         if scan.header.vault_id != vault_id {
             return Err(corrupted(
                 &path,
@@ -232,11 +219,7 @@ impl OpenSegment {
             ));
         }
         let file = if repair {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .io("open", &path)?;
+            let f = fs.open(&path, Open::write()).io("open", &path)?;
             if scan.valid_len < scan.file_len {
                 tracing::warn!(path = %path.display(), cut_at = scan.valid_len, dropped = scan.file_len - scan.valid_len, "cutting torn tail of the write log");
                 f.set_len(scan.valid_len)
@@ -245,11 +228,11 @@ impl OpenSegment {
             f.sync_all().io("fsync", &path)?;
             f
         } else {
-            File::open(&path).io("open", &path)?
+            fs.open(&path, Open::read()).io("open", &path)?
         };
         let mut seg = OpenSegment::new(id, path, file, scan.valid_len, block_size);
         if repair {
-            seg = seg.use_writer(writer)?;
+            seg = seg.use_writer(fs, writer)?;
         }
         for (r, raw) in scan.records.iter().zip(&scan.raw_payloads) {
             let data = raw.map(|(at, len)| &scan.bytes[at..at + len]);
@@ -270,7 +253,7 @@ impl OpenSegment {
         self.buf_start + self.buf.len() as u64
     }
 
-    pub(crate) fn file(&self) -> Arc<File> {
+    pub(crate) fn file(&self) -> FileRef {
         self.file.clone()
     }
 

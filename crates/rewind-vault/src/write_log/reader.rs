@@ -1,15 +1,17 @@
 //! Reading a write record's data by its location, verified against the record's crc.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use rewind_storage::Storage;
 
 use rewind_format::compress::{decompress, StoredAs};
 use rewind_format::record::{RecordHeader, HEADER_LEN};
 use rewind_format::{names, SegmentId};
 
 use crate::error::{corrupted, decode_err, Corruption, Result};
+use crate::fsutil::FileRef;
 
 /// Payload bytes read together with a record's header.
 const SPECULATIVE_PAYLOAD: usize = 16 << 10;
@@ -17,9 +19,10 @@ const SPECULATIVE_PAYLOAD: usize = 16 << 10;
 /// Open read handles to segment files, shared by every reader of a vault.
 #[derive(Debug)]
 pub(crate) struct SegmentFiles {
+    fs: Arc<dyn Storage>,
     log_dir: PathBuf,
     block_size: u32,
-    open: Mutex<HashMap<SegmentId, Arc<File>>>,
+    open: Mutex<HashMap<SegmentId, FileRef>>,
 }
 
 /// One write record's data, decoded.
@@ -40,8 +43,9 @@ impl DecodedRecord {
 }
 
 impl SegmentFiles {
-    pub(crate) fn new(log_dir: PathBuf, block_size: u32) -> SegmentFiles {
+    pub(crate) fn new(fs: Arc<dyn Storage>, log_dir: PathBuf, block_size: u32) -> SegmentFiles {
         SegmentFiles {
+            fs,
             log_dir,
             block_size,
             open: Mutex::new(HashMap::new()),
@@ -52,14 +56,19 @@ impl SegmentFiles {
         self.log_dir.join(names::segment(id))
     }
 
-    fn file(&self, id: SegmentId) -> Result<(Arc<File>, PathBuf)> {
+    /// The storage the segments are on.
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        self.fs.as_ref()
+    }
+
+    fn file(&self, id: SegmentId) -> Result<(FileRef, PathBuf)> {
         let path = self.path(id);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = open.get(&id) {
             return Ok((f.clone(), path));
         }
-        let f = Arc::new(crate::fsutil::open_vault_file(&path)?);
-        crate::fsutil::advise_random(&f);
+        let f = crate::fsutil::open_vault_file(self.fs.as_ref(), &path)?;
+        f.advise_random();
         open.insert(id, f.clone());
         Ok((f, path))
     }
@@ -79,13 +88,13 @@ impl SegmentFiles {
         let guess = HEADER_LEN + SPECULATIVE_PAYLOAD.max(self.block_size as usize);
         out.segment = None;
         out.raw.resize(guess, 0);
-        let got = crate::fsutil::read_at_padded(&file, &mut out.raw, offset).map_err(|e| {
-            crate::VaultError::Io {
+        let got = file
+            .read_padded(&mut out.raw, offset)
+            .map_err(|e| crate::VaultError::Io {
                 op: "read",
                 path: path.clone(),
                 source: e,
-            }
-        })?;
+            })?;
         if got < HEADER_LEN {
             return Err(corrupted(
                 &path,
@@ -115,17 +124,20 @@ impl SegmentFiles {
             out.raw.resize(total, 0);
             // A payload that runs past the end of the file is the record's fault (its length
             // field, or a cut file): name the record, not the end of the file.
-            crate::fsutil::read_exact_at(&file, &mut out.raw[got..], offset + got as u64, &path)
-                .map_err(|e| match e {
-                    crate::VaultError::Corrupted { path, reason, .. } => {
-                        crate::VaultError::Corrupted {
-                            path,
-                            offset,
-                            reason,
-                        }
-                    }
-                    other => other,
-                })?;
+            crate::fsutil::read_exact_at(
+                file.as_ref(),
+                &mut out.raw[got..],
+                offset + got as u64,
+                &path,
+            )
+            .map_err(|e| match e {
+                crate::VaultError::Corrupted { path, reason, .. } => crate::VaultError::Corrupted {
+                    path,
+                    offset,
+                    reason,
+                },
+                other => other,
+            })?;
         }
         out.raw.truncate(total);
         let (hdr, payload) = out.raw.split_at(HEADER_LEN);
@@ -157,7 +169,7 @@ impl SegmentFiles {
         out: &mut [u8],
     ) -> Result<()> {
         let (file, path) = self.file(segment)?;
-        crate::fsutil::read_exact_at(&file, out, offset, &path)?;
+        crate::fsutil::read_exact_at(file.as_ref(), out, offset, &path)?;
         let bs = self.block_size as usize;
         for (i, (block, &stored)) in out.chunks_exact(bs).zip(crcs).enumerate() {
             let computed = crc32c::crc32c(block);

@@ -9,9 +9,10 @@
 //!   but its header, so a damaged one must not zero the wrong blocks. Every record must be
 //!   valid and in seq order up to the length the manifest recorded.
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+
+use rewind_storage::{Storage, StorageFile};
 
 use rewind_format::compress::StoredAs;
 use rewind_format::record::{self, RecordHeader, RecordKind, HEADER_LEN};
@@ -59,8 +60,13 @@ pub(crate) struct TailScan {
 
 /// Reads and verifies the whole open segment. `first_seq` is the seq its first record must
 /// carry. See the module doc for the torn-tail rule.
-pub(crate) fn scan_tail(path: &Path, first_seq: Seq, block_size: u32) -> Result<TailScan> {
-    let bytes = std::fs::read(path).io("read", path)?;
+pub(crate) fn scan_tail(
+    fs: &dyn Storage,
+    path: &Path,
+    first_seq: Seq,
+    block_size: u32,
+) -> Result<TailScan> {
+    let bytes = crate::fsutil::read_file(fs, path).io("read", path)?;
     let header = SegmentHeader::decode(&bytes).map_err(|e| decode_err(path, 0, e))?;
     if header.first_seq != first_seq || header.block_size != block_size {
         return Err(corrupted(
@@ -189,21 +195,15 @@ fn meta(h: &RecordHeader, offset: u64) -> RecordMeta {
 /// returns false or `length` (from the manifest) is reached. Each record's crc (header and
 /// payload) is checked before it is visited; the data is not decompressed.
 pub(crate) fn scan_sealed(
+    fs: &dyn Storage,
     path: &Path,
     first_seq: Seq,
     length: u64,
     block_size: u32,
     mut visit: impl FnMut(&RecordMeta) -> bool,
 ) -> Result<()> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => corrupted(path, 0, Corruption::Missing),
-        _ => crate::VaultError::Io {
-            op: "open",
-            path: path.to_path_buf(),
-            source: e,
-        },
-    })?;
-    let actual = file.metadata().io("stat", path)?.len();
+    let file = crate::fsutil::open_vault_file(fs, path)?;
+    let actual = file.len().io("stat", path)?;
     if actual < length {
         return Err(corrupted(
             path,
@@ -214,7 +214,13 @@ pub(crate) fn scan_sealed(
             },
         ));
     }
-    let mut r = BufReader::with_capacity(256 * 1024, file);
+    let mut r = BufReader::with_capacity(
+        256 * 1024,
+        Sequential {
+            file: file.as_ref(),
+            pos: 0,
+        },
+    );
     let mut hdr = [0u8; SEG_HEADER_LEN];
     read_exact(&mut r, &mut hdr, path, 0, "segment header")?;
     let sh = SegmentHeader::decode(&hdr).map_err(|e| decode_err(path, 0, e))?;
@@ -264,6 +270,20 @@ pub(crate) fn scan_sealed(
         expect = expect.next();
     }
     Ok(())
+}
+
+/// Reads a file from the start, in order, through positional reads.
+struct Sequential<'a> {
+    file: &'a dyn StorageFile,
+    pos: u64,
+}
+
+impl Read for Sequential<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 fn read_exact(

@@ -16,8 +16,6 @@
 //! other failed write is kept and returned to every later caller: after it nothing more may
 //! be promised.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,6 +23,7 @@ use std::thread::JoinHandle;
 
 use super::aligned::AlignedBuf;
 use crate::error::{Result, VaultError};
+use crate::fsutil::FileRef;
 
 /// Buffers in use at most (filling, queued, being written): ~1.1 MiB each, so writes may
 /// run up to ~16 MiB ahead of the disk before an append waits for a buffer. With 4, a
@@ -36,7 +35,7 @@ const BUFFERS: usize = 16;
 const STALL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 struct Job {
-    file: Arc<File>,
+    file: FileRef,
     path: PathBuf,
     buf: AlignedBuf,
     offset: u64,
@@ -202,7 +201,7 @@ impl LogWriter {
     /// `kick`: start writeback after writing it. Returns its ticket.
     pub(crate) fn submit(
         &self,
-        file: Arc<File>,
+        file: FileRef,
         path: PathBuf,
         buf: AlignedBuf,
         offset: u64,
@@ -313,7 +312,7 @@ fn write_job(sh: &Shared, mut job: Job) {
                 if job.kick {
                     let len = job.buf.len() as u64;
                     drop(st);
-                    crate::fsutil::start_writeback(&job.file, job.offset, len);
+                    job.file.start_writeback(job.offset, len);
                     st = sh.lock();
                 }
             }

@@ -1,0 +1,147 @@
+//! Injected faults: the Nth operation of a kind fails with EIO or ENOSPC, once or from then
+//! on (optionally only on paths containing a given text).
+
+use std::io;
+
+/// The kinds of operation a fault can hit; [`crate::SimStats`] counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpKind {
+    Read,
+    Write,
+    /// `sync_data` or `sync_all` of a file.
+    Sync,
+    /// `sync_dir`.
+    SyncDir,
+    /// An open that creates a file.
+    Create,
+    Rename,
+    Remove,
+    SetLen,
+    /// `zero_range` (punch or zero).
+    Zero,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 9] = [
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Sync,
+        OpKind::SyncDir,
+        OpKind::Create,
+        OpKind::Rename,
+        OpKind::Remove,
+        OpKind::SetLen,
+        OpKind::Zero,
+    ];
+}
+
+/// The error a fault returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// EIO: the device failed.
+    Eio,
+    /// ENOSPC: the file system is full.
+    Enospc,
+}
+
+impl FaultKind {
+    pub(crate) fn error(self) -> io::Error {
+        match self {
+            FaultKind::Eio => io::Error::from_raw_os_error(libc::EIO),
+            FaultKind::Enospc => io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+    }
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub op: OpKind,
+    /// The first operation of that kind to fail (1: the first one), counted over the paths
+    /// the fault applies to.
+    pub nth: u64,
+    pub kind: FaultKind,
+    /// Fail every operation of that kind from the Nth on (else only the Nth).
+    pub sticky: bool,
+    /// Only operations on paths containing this text count (`None`: all).
+    pub path_contains: Option<String>,
+    /// Operations of this kind on matching paths seen so far.
+    pub(crate) seen: u64,
+}
+
+impl Fault {
+    /// The Nth operation of `op` fails with `kind`, once.
+    pub fn once(op: OpKind, nth: u64, kind: FaultKind) -> Fault {
+        Fault {
+            op,
+            nth,
+            kind,
+            sticky: false,
+            path_contains: None,
+            seen: 0,
+        }
+    }
+
+    /// Every operation of `op` from the Nth on fails with `kind`.
+    pub fn from_then_on(op: OpKind, nth: u64, kind: FaultKind) -> Fault {
+        Fault {
+            sticky: true,
+            ..Fault::once(op, nth, kind)
+        }
+    }
+
+    /// Only on paths containing `text`.
+    pub fn on_paths(self, text: &str) -> Fault {
+        Fault {
+            path_contains: Some(text.to_string()),
+            ..self
+        }
+    }
+}
+
+/// The faults of a [`crate::SimStorage`]. A failed sync drops the data it did not make
+/// durable (`lose_unsynced_on_failed_sync`, on by default): Linux marks such pages clean
+/// after a writeback error and may evict them, and the next sync then reports success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultPlan {
+    pub faults: Vec<Fault>,
+    pub lose_unsynced_on_failed_sync: bool,
+}
+
+impl Default for FaultPlan {
+    fn default() -> Self {
+        FaultPlan {
+            faults: Vec::new(),
+            lose_unsynced_on_failed_sync: true,
+        }
+    }
+}
+
+impl FaultPlan {
+    pub fn new(faults: Vec<Fault>) -> FaultPlan {
+        FaultPlan {
+            faults,
+            ..FaultPlan::default()
+        }
+    }
+
+    /// Counts an operation; its error if a fault hits it.
+    pub(crate) fn check(&mut self, op: OpKind, path: &std::path::Path) -> Option<io::Error> {
+        let mut hit = None;
+        for f in &mut self.faults {
+            if f.op != op {
+                continue;
+            }
+            if let Some(t) = &f.path_contains {
+                if !path.to_string_lossy().contains(t.as_str()) {
+                    continue;
+                }
+            }
+            f.seen += 1;
+            if f.seen == f.nth || (f.sticky && f.seen > f.nth) {
+                hit.get_or_insert(f.kind);
+            }
+        }
+        hit.map(FaultKind::error)
+    }
+}
