@@ -76,29 +76,9 @@ pub struct LastStop {
     pub dirty: Vec<u64>,
 }
 
-/// This boot of the machine (Linux `boot_id`); zeroes when it cannot be read. Tests may
-/// pretend a reboot with `REWIND_BOOT_ID` (32 hex digits).
+/// This boot of the local machine (see [`rewind_storage::LocalStorage`]'s `boot_id`).
 pub fn boot_id() -> [u8; 16] {
-    let text = std::env::var("REWIND_BOOT_ID")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
-        .unwrap_or_default();
-    let hex: Vec<u8> = text
-        .bytes()
-        .filter(u8::is_ascii_hexdigit)
-        .map(|c| match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => c - b'A' + 10,
-        })
-        .collect();
-    let mut id = [0u8; 16];
-    if hex.len() == 32 {
-        for (i, b) in id.iter_mut().enumerate() {
-            *b = hex[2 * i] << 4 | hex[2 * i + 1];
-        }
-    }
-    id
+    rewind_storage::Storage::boot_id(&rewind_storage::LocalStorage)
 }
 
 /// Regions `first..=last` a write is in; give it back with [`DirtyRegionLog::leave`].
@@ -148,15 +128,18 @@ impl DirtyRegionLog {
             vault_dir,
             volume_size,
             block_size,
+            DEFAULT_REGION_SIZE,
         )
     }
 
-    /// [`DirtyRegionLog::open`] on `fs`.
+    /// [`DirtyRegionLog::open`] on `fs`; a new log has regions of `region_size` bytes (an
+    /// existing one keeps its own).
     pub fn open_on(
         fs: &dyn Storage,
         vault_dir: &Path,
         volume_size: u64,
         block_size: u32,
+        region_size: u32,
     ) -> Result<(Self, LastStop)> {
         let path = vault_dir.join(FILE_NAME);
         let io = |op, source| DrlError::Io {
@@ -205,10 +188,10 @@ impl DirtyRegionLog {
                 })
             }
             Some(d) => d,
-            None => DirtyRegions::new(DEFAULT_REGION_SIZE.max(block_size), volume_size),
+            None => DirtyRegions::new(region_size.max(block_size), volume_size),
         };
         let n = disk.region_count() as usize;
-        let boot_id = boot_id();
+        let boot_id = fs.boot_id();
         let last = LastStop {
             clean: disk.clean,
             same_boot: disk.boot_id == boot_id && boot_id != [0; 16],

@@ -104,6 +104,21 @@ pub struct LiveVolume {
     flushed: std::sync::Condvar,
 }
 
+/// Settings of a live volume.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveOptions {
+    /// Bytes per region of a new dirty region log (an existing log keeps its own).
+    pub drl_region_size: u32,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            drl_region_size: crate::drl::DEFAULT_REGION_SIZE,
+        }
+    }
+}
+
 /// The region locks a write holds (see [`LiveVolume::lock`]); dropping it unlocks them.
 #[must_use]
 enum Locked<'a> {
@@ -172,6 +187,11 @@ impl ChangeTracker {
 impl LiveVolume {
     /// Opens the primary read-write and checks that it is the volume the vault protects.
     pub fn open(primary: &Path, vault: Arc<Vault>) -> Result<LiveVolume> {
+        Self::open_with(primary, vault, LiveOptions::default())
+    }
+
+    /// [`LiveVolume::open`] with settings (tests: a small dirty region size).
+    pub fn open_with(primary: &Path, vault: Arc<Vault>, opts: LiveOptions) -> Result<LiveVolume> {
         let io = |op, source| InterceptError::Io {
             op,
             path: primary.to_path_buf(),
@@ -196,6 +216,7 @@ impl LiveVolume {
             vault.dir(),
             expected,
             vault.block_size(),
+            opts.drl_region_size,
         )?;
         let volume = LiveVolume {
             drl,

@@ -5,6 +5,7 @@
 //! - [`exports`]: the live volume and points in time as NBD exports.
 //! - [`protect`]: one primary, one protector: the primary lock, the protection stamp, and
 //!   the check that a restore target is neither a primary nor inside a vault.
+//! - [`recovery`]: what serving does first after an unclean stop, the one way it is done.
 //! - [`restore`]: new images of past points.
 //! - [`verify`]: verify and sync (scan-compare), fix-up records and suspect marking.
 //!
@@ -14,5 +15,6 @@ pub mod drl;
 pub mod exports;
 pub mod intercept;
 pub mod protect;
+pub mod recovery;
 pub mod restore;
 pub mod verify;

@@ -119,6 +119,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn exists(&self, path: &Path) -> bool {
         self.stat(path).is_ok()
     }
+    /// This boot of the machine the storage is on: a crash of the machine (a power cut)
+    /// changes it, a crash of the process does not. Zeroes when it cannot be told.
+    fn boot_id(&self) -> [u8; 16];
     /// The path made absolute without `..` and symlinks, where the backend knows how;
     /// else as given.
     fn canonical(&self, path: &Path) -> std::path::PathBuf {

@@ -104,6 +104,30 @@ impl Storage for LocalStorage {
         })
     }
 
+    /// Linux's `boot_id`. Tests may pretend a reboot with `REWIND_BOOT_ID` (32 hex digits).
+    fn boot_id(&self) -> [u8; 16] {
+        let text = std::env::var("REWIND_BOOT_ID")
+            .ok()
+            .or_else(|| fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())
+            .unwrap_or_default();
+        let hex: Vec<u8> = text
+            .bytes()
+            .filter(u8::is_ascii_hexdigit)
+            .map(|c| match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => c - b'A' + 10,
+            })
+            .collect();
+        let mut id = [0u8; 16];
+        if hex.len() == 32 {
+            for (i, b) in id.iter_mut().enumerate() {
+                *b = hex[2 * i] << 4 | hex[2 * i + 1];
+            }
+        }
+        id
+    }
+
     fn canonical(&self, path: &Path) -> PathBuf {
         fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
     }

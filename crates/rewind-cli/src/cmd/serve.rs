@@ -21,7 +21,7 @@ mod recovery;
 mod requests;
 mod rollback;
 
-use recovery::{finish_interrupted_restore, repair_unclean, Repeating};
+use recovery::{recover, Repeating};
 use requests::control_conn;
 
 pub const DEFAULT_DIR: &str = "rewind-data";
@@ -143,8 +143,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Held until the server exits: one primary, one protector.
     let _protected = super::protect(&primary, &vault, a.take_over)?;
     let volume = Arc::new(LiveVolume::open(&primary, vault.clone())?);
-    finish_interrupted_restore(&volume, &vault_dir, &shutdown)?;
-    repair_unclean(&volume)?;
+    recover(&volume, &vault_dir, &shutdown)?;
     let listeners = Listeners::bind(&listen, socket.as_deref(), &vault)?;
     let server = Arc::new(Server {
         exports: Arc::new(rollback::GatedExports::new(VaultExports::new(

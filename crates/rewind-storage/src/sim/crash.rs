@@ -64,6 +64,16 @@ impl Sim {
     /// The state a power cut now would leave, as a fresh machine (no faults, no locks, no
     /// counts).
     pub(super) fn power_cut(&self, how: Cut) -> Sim {
+        self.power_cut_by(how, &|_| None)
+    }
+
+    /// [`Sim::power_cut`], with `per_file` choosing another cut for some files' data (by
+    /// any name they have now).
+    pub(super) fn power_cut_by(
+        &self,
+        how: Cut,
+        per_file: &dyn Fn(&std::path::Path) -> Option<Cut>,
+    ) -> Sim {
         let mut rng = Rng(match how {
             Cut::Random(seed) => seed ^ 0x9e37_79b9_7f4a_7c15,
             _ => 1,
@@ -81,7 +91,12 @@ impl Sim {
         }
         let mut inodes = std::collections::HashMap::new();
         for (ino, inode) in &self.inodes {
-            let data = cut_file(inode, how, &mut rng);
+            let own = self
+                .names
+                .iter()
+                .find(|(_, e)| **e == Entry::File(*ino))
+                .and_then(|(p, _)| per_file(p));
+            let data = cut_file(inode, own.unwrap_or(how), &mut rng);
             inodes.insert(
                 *ino,
                 Inode {
@@ -97,6 +112,7 @@ impl Sim {
             durable: names.clone(),
             names,
             next_handle: self.next_handle,
+            boot: self.boot + 1,
             ..Sim::default()
         }
     }
@@ -109,6 +125,7 @@ impl Sim {
             names: self.names.clone(),
             durable: self.durable.clone(),
             next_handle: self.next_handle,
+            boot: self.boot,
             ..Sim::default()
         }
     }

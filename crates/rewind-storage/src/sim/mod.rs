@@ -75,6 +75,8 @@ struct Sim {
     armed: Option<(u64, Cut)>,
     /// The state taken when the armed cut fired: every operation fails since.
     cut: Option<Box<Sim>>,
+    /// Power cuts this machine went through (its boot).
+    boot: u64,
 }
 
 /// Memory storage with durable/volatile state, power cuts and faults. Clones share the
@@ -201,6 +203,15 @@ impl SimStorage {
     /// was.
     pub fn power_cut(&self, how: Cut) -> SimStorage {
         let cut = self.lock().power_cut(how);
+        SimStorage {
+            sim: Arc::new(Mutex::new(cut)),
+        }
+    }
+
+    /// [`SimStorage::power_cut`] with another cut for the data of the files `per_file`
+    /// picks (e.g. everything of the primary kept, only what was synced of the vault).
+    pub fn power_cut_by(&self, how: Cut, per_file: &dyn Fn(&Path) -> Option<Cut>) -> SimStorage {
+        let cut = self.lock().power_cut_by(how, per_file);
         SimStorage {
             sim: Arc::new(Mutex::new(cut)),
         }
@@ -399,6 +410,12 @@ impl Storage for SimStorage {
             crash::apply(&mut s.durable, op);
         }
         Ok(())
+    }
+
+    fn boot_id(&self) -> [u8; 16] {
+        let mut id = [0x5a; 16];
+        id[..8].copy_from_slice(&(self.lock().boot + 1).to_le_bytes());
+        id
     }
 
     fn stat(&self, path: &Path) -> io::Result<Stat> {

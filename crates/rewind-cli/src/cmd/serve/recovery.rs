@@ -1,37 +1,57 @@
-//! What `serve` does before it takes clients: finishing an interrupted in-place restore,
-//! repairing after an unclean stop; and how its once-a-second upkeep reports errors.
+//! What `serve` does before it takes clients (recovery after an unclean stop), and how its
+//! once-a-second upkeep reports errors.
 
 use super::*;
-/// An in-place restore that was interrupted left the primary part way between two points:
-/// finish it before any client sees that disk.
-pub(super) fn finish_interrupted_restore(
+/// After an unclean stop, before any client connects (see [`rewind_engine::recovery`]):
+/// finishes an interrupted in-place restore (the primary is part way between two points
+/// until then) and repairs the regions the dirty region log lists, saying what it does.
+pub(super) fn recover(
     volume: &LiveVolume,
     vault_dir: &Path,
     shutdown: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let Some(r) = volume.vault().restore_intent() else {
-        return Ok(());
-    };
-    eprintln!(
-        "An in-place restore to {} (seq {}) was interrupted; finishing it before serving...",
-        r.point, r.target_seq
-    );
-    let done = rewind_engine::restore::resume_in_place(volume, &Bar::new(false), Some(shutdown))
-        .with_context(|| {
-            format!(
-                "cannot finish the interrupted in-place restore; the primary is not served until it is (try `rewind restore --vault {} --in-place --resume`)",
-                vault_dir.display()
+    if let Some(r) = volume.vault().restore_intent() {
+        crate::note!(
+            "An in-place restore to {} (seq {}) was interrupted; finishing it before serving...",
+            r.point,
+            r.target_seq
+        );
+    }
+    let report = rewind_engine::recovery::recover(
+        volume,
+        &Bar::new(false),
+        Some(shutdown),
+        &mut |regions, bytes| {
+            crate::note!(
+                "The last stop was not clean: comparing the {} region(s) ({}) the dirty region log lists...",
+                regions,
+                output::bytes(bytes)
             )
-        })?;
-    if let Some((plan, report)) = done {
-        eprintln!(
+        },
+    )
+    .with_context(|| {
+        format!(
+            "recovering {} before serving it (the primary is not served until it is; an interrupted in-place restore can also be finished with `rewind restore --vault {} --in-place --resume`)",
+            volume.primary_path().display(),
+            vault_dir.display()
+        )
+    })?;
+    if let Some((plan, r)) = &report.restore {
+        crate::note!(
             "Restored {} to {} (seq {}): {} copied in {:.2}s; the state before it is snapshot {}.",
             plan.primary.display(),
             plan.asked,
             plan.point.seq,
-            output::bytes(report.bytes_written),
-            report.elapsed.as_secs_f64(),
+            output::bytes(r.bytes_written),
+            r.elapsed.as_secs_f64(),
             plan.undo_snapshot
+        );
+    }
+    if report.regions > 0 {
+        crate::note!(
+            "Repaired: {} block(s) the primary had and the write log had lost copied into the vault as fix-ups ({:.2}s).",
+            report.fixup_blocks,
+            report.seconds
         );
     }
     Ok(())
@@ -83,44 +103,4 @@ impl Repeating {
             }
         }
     }
-}
-
-/// After an unclean stop, before any client connects: compares the regions the dirty
-/// region log lists and copies what differs from the primary into the vault (fix-up
-/// records), then clears the log. Those differences are writes whose records were lost
-/// with the process (never flushed), not damage to history: nothing is marked suspect.
-pub(super) fn repair_unclean(volume: &LiveVolume) -> anyhow::Result<()> {
-    use rewind_engine::verify::{self, Target, VerifyOptions};
-    let dirty = volume.unclean_regions();
-    if dirty.is_empty() {
-        return Ok(());
-    }
-    let drl = volume.drl();
-    let bytes = (dirty.len() as u64 * drl.region_size()).min(volume.size());
-    crate::note!(
-        "The last stop was not clean: comparing the {} region(s) ({}) the dirty region log lists...",
-        dirty.len(),
-        output::bytes(bytes)
-    );
-    let opts = VerifyOptions {
-        only_regions: Some(rewind_engine::drl::covering_regions(
-            dirty.iter().copied(),
-            drl.region_size(),
-            verify::DEFAULT_REGION_SIZE,
-            volume.size(),
-        )),
-        mark_suspect: false,
-        ..VerifyOptions::default()
-    };
-    let r = verify::sync(Target::Live(volume), &opts, &Bar::new(false))
-        .context("repairing the dirty regions after an unclean stop")?;
-    volume
-        .mark_repaired()
-        .context("clearing the dirty region log")?;
-    crate::note!(
-        "Repaired: {} block(s) the primary had and the write log had lost copied into the vault as fix-ups ({:.2}s).",
-        r.fixup_blocks,
-        r.elapsed.as_secs_f64()
-    );
-    Ok(())
 }
