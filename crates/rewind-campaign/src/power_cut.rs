@@ -102,9 +102,15 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     let mut last_op = None;
     for _ in 0..cfg.ops {
         let op = pick(&mut rng, size, u64::from(cfg.block_size));
+        if trace() {
+            eprintln!("op {}: {op:?} (storage ops {})", out.ops, fs.stats().total);
+        }
         match vol.step(&op, &mut rng) {
             Ok(()) => out.ops += 1,
             Err(e) if fs.is_cut() => {
+                if trace() {
+                    eprintln!("cut during {op:?}: {e}");
+                }
                 last_op = Some((op, e));
                 break;
             }
@@ -122,6 +128,10 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     };
     check_recovery(cfg, after, layout, vol.model, &mut rng, restoring, &mut out).map_err(ctx)?;
     Ok(out)
+}
+
+fn trace() -> bool {
+    std::env::var_os("REWIND_CAMPAIGN_TRACE").is_some()
 }
 
 /// The same workload without a cut: how many storage operations it does.
@@ -166,6 +176,18 @@ fn check_recovery(
     );
     // The records that survived: every point up to here must be what the host had.
     let tail = vault.newest_seq().0;
+    if trace() {
+        let i = vault.info();
+        eprintln!(
+            "recovered: generation {}, newest seq {}, durable {}, snapshots {:?}, intents {:?}, files {:?}",
+            i.generation,
+            i.newest_seq,
+            i.durable_seq,
+            vault.snapshots().iter().map(|s| (s.name.clone(), s.seq.0)).collect::<Vec<_>>(),
+            vault.intents(),
+            fs.list(&layout.vault.join("log")).unwrap_or_default()
+        );
+    }
     let live = LiveVolume::open(&layout.primary, vault.clone())
         .map_err(|e| format!("open the live volume: {e}"))?;
     let report = recovery::recover(&live, &NoProgress, None, &mut |_, _| {})
@@ -180,7 +202,16 @@ fn check_recovery(
         .read_at(&Point::Latest, 0, blocks)
         .map_err(|e| format!("read the newest point: {e}"))?;
     if primary != newest {
-        return Err("the primary differs from the vault's newest point after recovery".into());
+        let bs = cfg.block_size as usize;
+        let differ: Vec<usize> = (0..blocks as usize)
+            .filter(|b| primary[b * bs..(b + 1) * bs] != newest[b * bs..(b + 1) * bs])
+            .collect();
+        return Err(format!(
+            "the primary differs from the vault's newest point after recovery: blocks {:?} (recovery: {} regions compared, {} fix-ups; tail seq {tail})",
+            &differ[..differ.len().min(16)],
+            report.regions,
+            report.fixup_blocks
+        ));
     }
     if let Some((plan, _)) = &report.restore {
         let target = vault

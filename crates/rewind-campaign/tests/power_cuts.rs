@@ -38,3 +38,17 @@ fn random_power_cuts_keep_every_promise() {
         "most cuts must fall inside the workload"
     );
 }
+
+/// Replays one cut: `REWIND_CAMPAIGN_ONE=<seed> cargo test -p rewind-campaign one_cut`.
+#[test]
+fn one_cut() {
+    let Some(seed) = std::env::var("REWIND_CAMPAIGN_ONE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    if let Err(e) = run(&Config::new(seed)) {
+        panic!("{e}");
+    }
+}

@@ -2,13 +2,16 @@
 //! volume (`rewind serve`, the crash campaigns): [`recover`].
 //!
 //! Opening the [`LiveVolume`] has already brought the primary up to date after a crash of
-//! the machine (the records after the primary's checkpoint copied back). What is left:
-//! 1. an in-place restore that was interrupted is finished (the primary is part way between
-//!    two points until then);
-//! 2. the regions the dirty region log lists are compared, primary against the vault's
-//!    newest point, and what differs is copied into the vault as fix-ups: writes that
-//!    reached the primary while their records were still in the process's buffer. They were
-//!    never flushed, so nothing is marked suspect. Then the log is cleared.
+//! the machine (the records after the primary's checkpoint copied back). What is left, in
+//! this order:
+//! 1. the regions the dirty region log lists are compared, primary against the vault's
+//!    newest point, and what differs is copied into the vault as fix-ups ([`repair_dirty`]):
+//!    writes that reached the primary while their records were still in the process's
+//!    buffer. They were never flushed, so nothing is marked suspect. Then the log is
+//!    cleared. This comes first: until it is done the vault does not know every block the
+//!    primary holds, and an in-place restore copies only the blocks the vault knows changed;
+//! 2. an in-place restore that was interrupted is finished (the primary is part way between
+//!    two points until then).
 
 use std::sync::atomic::AtomicBool;
 
@@ -50,32 +53,44 @@ pub fn recover(
     before_repair: &mut dyn FnMut(usize, u64),
 ) -> Result<RecoveryReport, RecoveryError> {
     let started = std::time::Instant::now();
-    let mut report = RecoveryReport {
-        restore: restore::resume_in_place(volume, progress, cancel)?,
-        ..RecoveryReport::default()
-    };
+    let (regions, fixup_blocks) = repair_dirty(volume, progress, before_repair)?;
+    let restore = restore::resume_in_place(volume, progress, cancel)?;
+    Ok(RecoveryReport {
+        restore,
+        regions,
+        fixup_blocks,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Step 1 of [`recover`]: compares the regions an unclean stop left dirty and copies what
+/// differs into the vault (fix-ups, nothing marked suspect), then clears the dirty region
+/// log. Returns the regions compared and the blocks copied.
+pub fn repair_dirty(
+    volume: &LiveVolume,
+    progress: &dyn Progress,
+    before_repair: &mut dyn FnMut(usize, u64),
+) -> Result<(usize, u64), RecoveryError> {
     let dirty = volume.unclean_regions();
-    if !dirty.is_empty() {
-        let drl = volume.drl();
-        before_repair(
-            dirty.len(),
-            (dirty.len() as u64 * drl.region_size()).min(volume.size()),
-        );
-        let opts = VerifyOptions {
-            only_regions: Some(crate::drl::covering_regions(
-                dirty.iter().copied(),
-                drl.region_size(),
-                verify::DEFAULT_REGION_SIZE,
-                volume.size(),
-            )),
-            mark_suspect: false,
-            ..VerifyOptions::default()
-        };
-        let r = verify::sync(Target::Live(volume), &opts, progress)?;
-        volume.mark_repaired()?;
-        report.regions = dirty.len();
-        report.fixup_blocks = r.fixup_blocks;
+    if dirty.is_empty() {
+        return Ok((0, 0));
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    let drl = volume.drl();
+    before_repair(
+        dirty.len(),
+        (dirty.len() as u64 * drl.region_size()).min(volume.size()),
+    );
+    let opts = VerifyOptions {
+        only_regions: Some(crate::drl::covering_regions(
+            dirty.iter().copied(),
+            drl.region_size(),
+            verify::DEFAULT_REGION_SIZE,
+            volume.size(),
+        )),
+        mark_suspect: false,
+        ..VerifyOptions::default()
+    };
+    let r = verify::sync(Target::Live(volume), &opts, progress)?;
+    volume.mark_repaired()?;
+    Ok((dirty.len(), r.fixup_blocks))
 }

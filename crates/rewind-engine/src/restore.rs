@@ -56,6 +56,8 @@ pub enum RestoreError {
     #[error("the restore was stopped before it finished")]
     Stopped,
     #[error(transparent)]
+    Recovery(Box<crate::recovery::RecoveryError>),
+    #[error(transparent)]
     Protect(#[from] crate::protect::ProtectError),
 }
 

@@ -13,11 +13,11 @@
 //!
 //! Interrupted anywhere (Ctrl-C, kill -9, power cut), the intent stays. The next
 //! `restore --in-place` (to the same or another point), `restore --in-place --resume` or
-//! `rewind serve` ([`resume_in_place`]) copies again every block changed since the target:
-//! the vault only gains records, so that set holds every block the interrupted copy touched,
-//! whether or not its records reached the log; copying a block twice writes the same data.
-//! After it, primary and vault agree everywhere, so the regions the interrupted run left
-//! dirty in the dirty region log are clean.
+//! `rewind serve` ([`resume_in_place`]) first repairs the regions the dirty region log lists
+//! (writes the primary has and the vault lost: the interrupted copy's, or a host's from
+//! before it), then copies again every block changed since the target: once the repair is
+//! done the vault knows every block the primary holds, so that set holds every block the
+//! interrupted copy touched; copying a block twice writes the same data.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -115,6 +115,18 @@ pub fn execute_in_place(
 ) -> Result<RestoreReport> {
     let start = Instant::now();
     let vault = volume.vault();
+    if !volume.unclean_regions().is_empty() {
+        // Until the vault knows every block the primary holds, "changed since the point"
+        // misses some (see the module doc). The plan is made again after it.
+        crate::recovery::repair_dirty(volume, progress, &mut |_, _| {})
+            .map_err(|e| RestoreError::Recovery(Box::new(e)))?;
+        let (again, view) = plan_in_place(volume, &Point::Seq(plan.point.seq))?;
+        let again = InPlacePlan {
+            asked: plan.asked.clone(),
+            ..again
+        };
+        return execute_in_place(&again, &view, volume, progress, cancel);
+    }
     if plan.blocks == 0 && plan.interrupted.is_none() {
         return Ok(RestoreReport {
             bytes_written: 0,
@@ -145,10 +157,6 @@ pub fn execute_in_place(
     let written = copy_back(plan, view, volume, progress, cancel)?;
     volume.flush()?;
     volume.checkpoint()?;
-    if !volume.unclean_regions().is_empty() && plan.interrupted.is_some() {
-        // What an interrupted copy left dirty is now equal in primary and vault.
-        volume.mark_repaired()?;
-    }
     vault.end_restore()?;
     progress.finish();
     tracing::debug!(

@@ -75,11 +75,10 @@ fn offline(a: &Args, dir: &Path, point: Option<&Point>) -> anyhow::Result<Value>
     let _protected = super::super::protect(&primary, &vault, false)?;
     let volume = LiveVolume::open(&primary, vault.clone())?;
     let interrupted = vault.restore_intent();
-    if !volume.unclean_regions().is_empty() && interrupted.is_none() {
-        anyhow::bail!(
-            "rewind serve did not stop cleanly: {} region(s) of {} may differ from the vault. Start `rewind serve` once (it repairs them first) or run `rewind sync`, then restore.",
-            volume.unclean_regions().len(),
-            primary.display()
+    if !volume.unclean_regions().is_empty() {
+        eprintln!(
+            "The last stop was not clean: the {} region(s) the dirty region log lists are compared first (what the primary has and the vault lost is copied into it).",
+            volume.unclean_regions().len()
         );
     }
     let point = match (point, &interrupted) {
