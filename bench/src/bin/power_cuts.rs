@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
                         failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
                     }
                 }
-                if (i + 1) % 500 == 0 {
+                if (i + 1).is_multiple_of(500) {
                     eprintln!("{} cuts, {:.0}s", i + 1, started.elapsed().as_secs_f64());
                 }
             });
