@@ -101,6 +101,9 @@ pub struct DirtyRegionLog {
     last_seq: Vec<AtomicU64>,
     /// Per region: written since the last clearing pass.
     touched: Vec<AtomicBool>,
+    /// Per region: a write there failed (primary and log may differ). It stays dirty, a
+    /// clean stop included, until a repair compared it.
+    failed: Vec<AtomicBool>,
     /// Held while the file is written; the on-disk generation.
     disk: Mutex<u64>,
     /// Every record up to this seq is durable in the primary.
@@ -214,6 +217,7 @@ impl DirtyRegionLog {
                 .collect(),
             last_seq: (0..n).map(|_| AtomicU64::new(0)).collect(),
             touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            failed: (0..n).map(|_| AtomicBool::new(false)).collect(),
             disk: Mutex::new(disk.generation),
             dirty_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_DIRTY_LIMIT),
             writes: AtomicU64::new(0),
@@ -410,6 +414,9 @@ impl DirtyRegionLog {
     pub fn leave(&self, e: Entered, seq: u64) {
         for r in e.first..=e.last {
             let r = r as usize;
+            if seq == u64::MAX {
+                self.failed[r].store(true, Ordering::Release);
+            }
             self.last_seq[r].fetch_max(seq, Ordering::AcqRel);
             self.touched[r].store(true, Ordering::Release);
             self.state[r].fetch_sub(1, Ordering::AcqRel);
@@ -479,9 +486,16 @@ impl DirtyRegionLog {
 
     /// Clears every region (after a flush covered everything and nothing is in flight, or
     /// after the dirty regions were repaired). `clean_stop`: written as a clean stop.
+    /// A clean stop keeps the regions where a write failed: primary and log may differ
+    /// there, and the next start compares them; after a repair (`clean_stop` false) they
+    /// are clean.
     pub fn clear_all(&self, clean_stop: bool) -> Result<()> {
         let mut g = self.lock();
-        for s in &self.state {
+        for (r, s) in self.state.iter().enumerate() {
+            if clean_stop && self.failed[r].load(Ordering::Acquire) {
+                continue;
+            }
+            self.failed[r].store(false, Ordering::Release);
             // Keep regions with writes in flight (there should be none).
             let _ = s.compare_exchange(DIRTY, 0, Ordering::AcqRel, Ordering::Acquire);
         }

@@ -278,25 +278,43 @@ impl LiveVolume {
             blocks,
             "the machine stopped without a clean stop since the last checkpoint: bringing the primary up to date from the write log"
         );
-        let view = self.vault.view(&rewind_vault::Point::Latest)?;
-        let bs = self.block_size;
-        let mut buf = vec![0u8; (REDO_CHUNK_BLOCKS * bs) as usize];
-        for (first, count) in runs {
-            let mut b = first;
-            while b < first + count {
-                let n = (first + count - b).min(REDO_CHUNK_BLOCKS);
-                let chunk = &mut buf[..(n * bs) as usize];
-                view.read_into(b, chunk)?;
-                self.primary
-                    .write_all_at(chunk, b * bs)
-                    .map_err(self.io("write"))?;
-                b += n;
-            }
-        }
+        self.copy_from_vault(&runs, false)?;
         self.primary.sync_data().map_err(self.io("fdatasync"))?;
         // Only now may a restart treat the primary as this boot's (see `adopt_boot`): a
         // redo cut short is done again.
         self.drl.adopt_boot(newest.0)?;
+        Ok(())
+    }
+
+    /// Writes `runs` of blocks (first, count) into the primary as the vault's newest point
+    /// has them. `hosts_write`: hosts may be writing meanwhile: each piece is then copied
+    /// under its blocks' region locks and read after they are taken, so that a host write
+    /// to the same blocks lands wholly before (and is read) or after (and wins).
+    fn copy_from_vault(&self, runs: &[(u64, u64)], hosts_write: bool) -> Result<()> {
+        let bs = self.block_size;
+        let mut buf = vec![0u8; (REDO_CHUNK_BLOCKS * bs) as usize];
+        let once = if hosts_write {
+            None
+        } else {
+            Some(self.vault.view(&rewind_vault::Point::Latest)?)
+        };
+        for &(first, count) in runs {
+            let mut b = first;
+            while b < first + count {
+                let n = (first + count - b).min(REDO_CHUNK_BLOCKS);
+                let chunk = &mut buf[..(n * bs) as usize];
+                let _g = hosts_write.then(|| self.lock(b, b + n));
+                match &once {
+                    Some(view) => view.read_into(b, chunk)?,
+                    None => self
+                        .vault
+                        .view(&rewind_vault::Point::Latest)?
+                        .read_into(b, chunk)?,
+                }
+                self.write_primary(chunk, b * bs)?;
+                b += n;
+            }
+        }
         Ok(())
     }
 
@@ -639,7 +657,16 @@ impl LiveVolume {
             return Ok(());
         }
         self.flush()?;
-        self.primary.sync_data().map_err(self.io("fdatasync"))?;
+        if let Err(e) = self.primary.sync_data() {
+            // Linux reports a writeback error once and may drop the pages it could not
+            // write: the primary may have lost writes since the last checkpoint, and the
+            // next sync would say all is well. Write them again from the log (which has
+            // them all), then sync again; only then does the checkpoint move.
+            let from = Seq(self.drl.checkpoint());
+            tracing::error!(path = %self.path.display(), error = %e, checkpoint = %from, "syncing the primary failed; writing what it may have lost again from the write log");
+            self.copy_from_vault(&self.vault.changed_since(from)?, true)?;
+            self.primary.sync_data().map_err(self.io("fdatasync"))?;
+        }
         self.drl.set_checkpoint(covered)?;
         Ok(())
     }

@@ -65,6 +65,9 @@ pub struct Fault {
     pub sticky: bool,
     /// Only operations on paths containing this text count (`None`: all).
     pub path_contains: Option<String>,
+    /// A failing write lands its first half (whole sectors) before it fails, as a device
+    /// that dies part way may leave it.
+    pub torn: bool,
     /// Operations of this kind on matching paths seen so far.
     pub(crate) seen: u64,
 }
@@ -78,6 +81,7 @@ impl Fault {
             kind,
             sticky: false,
             path_contains: None,
+            torn: false,
             seen: 0,
         }
     }
@@ -88,6 +92,11 @@ impl Fault {
             sticky: true,
             ..Fault::once(op, nth, kind)
         }
+    }
+
+    /// A failing write lands its first half first (see [`Fault::torn`]'s field).
+    pub fn torn(self) -> Fault {
+        Fault { torn: true, ..self }
     }
 
     /// Only on paths containing `text`.
@@ -125,9 +134,14 @@ impl FaultPlan {
         }
     }
 
-    /// Counts an operation; its error if a fault hits it.
-    pub(crate) fn check(&mut self, op: OpKind, path: &std::path::Path) -> Option<io::Error> {
-        let mut hit = None;
+    /// Counts an operation; its error if a fault hits it, and whether the fault tears a
+    /// write.
+    pub(crate) fn check(
+        &mut self,
+        op: OpKind,
+        path: &std::path::Path,
+    ) -> Option<(io::Error, bool)> {
+        let mut hit: Option<(FaultKind, bool)> = None;
         for f in &mut self.faults {
             if f.op != op {
                 continue;
@@ -139,9 +153,9 @@ impl FaultPlan {
             }
             f.seen += 1;
             if f.seen == f.nth || (f.sticky && f.seen > f.nth) {
-                hit.get_or_insert(f.kind);
+                hit.get_or_insert((f.kind, f.torn));
             }
         }
-        hit.map(FaultKind::error)
+        hit.map(|(k, torn)| (k.error(), torn))
     }
 }

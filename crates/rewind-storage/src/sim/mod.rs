@@ -77,6 +77,8 @@ struct Sim {
     cut: Option<Box<Sim>>,
     /// Power cuts this machine went through (its boot).
     boot: u64,
+    /// The last fault that hit was a torn write.
+    torn: bool,
 }
 
 /// Memory storage with durable/volatile state, power cuts and faults. Clones share the
@@ -123,7 +125,10 @@ impl Sim {
             }
         }
         match self.faults.check(kind, path) {
-            Some(e) => Err(e),
+            Some((e, torn)) => {
+                self.torn = torn;
+                Err(e)
+            }
             None => Ok(()),
         }
     }
@@ -468,6 +473,22 @@ impl SimFile {
     }
 }
 
+impl SimFile {
+    /// Writes without counting an operation (the count is the caller's).
+    fn write_now(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let at =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut s = self.lock();
+        let inode = s.inode(self.ino);
+        if inode.data.len() < at + buf.len() {
+            inode.data.resize(at + buf.len(), 0);
+        }
+        inode.data[at..at + buf.len()].copy_from_slice(buf);
+        Sim::touch(inode, offset, buf.len() as u64);
+        Ok(buf.len())
+    }
+}
+
 impl StorageFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut s = self.lock();
@@ -487,16 +508,16 @@ impl StorageFile for SimFile {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         self.writable()?;
         let mut s = self.lock();
-        s.op(OpKind::Write, &self.path)?;
-        let at =
-            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let inode = s.inode(self.ino);
-        if inode.data.len() < at + buf.len() {
-            inode.data.resize(at + buf.len(), 0);
+        if let Err(e) = s.op(OpKind::Write, &self.path) {
+            if std::mem::take(&mut s.torn) {
+                let half = buf.len() / 2 / SECTOR * SECTOR;
+                drop(s);
+                self.write_now(&buf[..half], offset)?;
+            }
+            return Err(e);
         }
-        inode.data[at..at + buf.len()].copy_from_slice(buf);
-        Sim::touch(inode, offset, buf.len() as u64);
-        Ok(buf.len())
+        drop(s);
+        self.write_now(buf, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
