@@ -511,3 +511,30 @@ fn kill_9_then_restart_repairs_the_dirty_regions_first() {
         .unwrap();
     assert!(d.clean, "a clean stop is recorded in the dirty region log");
 }
+
+/// After a crash of the machine the primary may lack flushed writes; a sync would copy
+/// that stale primary over them. It refuses, also when the dirty region log is gone: the
+/// vault's manifest says a server was running in another boot.
+#[test]
+fn offline_sync_refuses_after_a_machine_crash_even_without_the_dirty_region_log() {
+    if !have(&["qemu-io"]) {
+        return;
+    }
+    let (vol, _) = Vol::new(8 * MIB, None);
+    let mut server = vol.serve();
+    qemu_io(
+        &vol.uri("live"),
+        &["write -P 0x5a 0 1M".into(), "flush".into()],
+    );
+    server.kill9();
+    std::fs::remove_file(vol.vault.join("drl")).unwrap();
+    let o = run_timeout(
+        Command::new(BIN)
+            .args(["sync", "--vault", vol.v()])
+            .env("REWIND_BOOT_ID", "0123456789abcdef0123456789abcdef"),
+        CMD_TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("machine has restarted"), "{err}");
+}

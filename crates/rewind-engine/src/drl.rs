@@ -74,6 +74,8 @@ pub struct LastStop {
     pub checkpoint_seq: u64,
     /// Regions that may differ between primary and vault.
     pub dirty: Vec<u64>,
+    /// The facts came from a file (not a new, missing or torn-at-birth log).
+    pub from_file: bool,
 }
 
 /// This boot of the local machine (see [`rewind_storage::LocalStorage`]'s `boot_id`).
@@ -182,6 +184,7 @@ impl DirtyRegionLog {
             fs.sync_dir(vault_dir)
                 .map_err(|e| io("fsync the directory of", e))?;
         }
+        let from_file = existing.is_some();
         let disk = match existing {
             Some(d) if d.volume_size != volume_size => {
                 return Err(DrlError::WrongVolume {
@@ -200,6 +203,7 @@ impl DirtyRegionLog {
             same_boot: disk.boot_id == boot_id && boot_id != [0; 16],
             checkpoint_seq: disk.checkpoint_seq,
             dirty: disk.dirty().collect(),
+            from_file,
         };
         // A machine crash not yet recovered from keeps its boot in the file (see
         // `written_boot_id`); otherwise this boot is written at once.

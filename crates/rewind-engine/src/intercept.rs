@@ -104,6 +104,58 @@ pub struct LiveVolume {
     flushed: std::sync::Condvar,
 }
 
+/// Opens the dirty region log of `vault`. One that is damaged is moved aside
+/// (`drl.damaged`) and a new one started: recovery then compares every region if the last
+/// stop was not clean (the manifest says so; see [`crate::recovery::decide`]).
+fn open_drl(
+    vault: &Vault,
+    volume_size: u64,
+    region_size: u32,
+) -> Result<(
+    DirtyRegionLog,
+    crate::drl::LastStop,
+    crate::recovery::DrlFacts,
+)> {
+    use crate::recovery::DrlFacts;
+    let fs = vault.storage().as_ref();
+    let open = || {
+        DirtyRegionLog::open_on(
+            fs,
+            vault.dir(),
+            volume_size,
+            vault.block_size(),
+            region_size,
+        )
+    };
+    match open() {
+        Ok((drl, last)) => {
+            let facts = if last.from_file {
+                DrlFacts::Found {
+                    clean: last.clean,
+                    same_boot: last.same_boot,
+                    checkpoint_seq: last.checkpoint_seq,
+                    dirty: last.dirty.clone(),
+                }
+            } else {
+                DrlFacts::Missing
+            };
+            Ok((drl, last, facts))
+        }
+        Err(DrlError::Corrupted { path, source }) => {
+            let aside = path.with_file_name("drl.damaged");
+            tracing::error!(path = %path.display(), error = %source, aside = %aside.display(), "the dirty region log is damaged; moving it aside and starting a new one");
+            fs.rename(&path, &aside).map_err(|e| InterceptError::Io {
+                op: "move aside",
+                path: path.clone(),
+                source: e,
+            })?;
+            let (drl, last) = open()?;
+            Ok((drl, last, DrlFacts::Damaged))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Settings of a live volume.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveOptions {
@@ -211,16 +263,17 @@ impl LiveVolume {
                 actual,
             });
         }
-        let (drl, last_stop) = DirtyRegionLog::open_on(
-            vault.storage().as_ref(),
-            vault.dir(),
-            expected,
-            vault.block_size(),
-            opts.drl_region_size,
-        )?;
+        let (drl, last_stop, drl_facts) = open_drl(&vault, expected, opts.drl_region_size)?;
+        let decision = crate::recovery::decide(&crate::recovery::Facts {
+            drl: drl_facts,
+            serving: vault.serving(),
+            boot_id: vault.storage().boot_id(),
+            newest_seq: vault.newest_seq().0,
+            regions: expected.div_ceil(drl.region_size()),
+        });
         let volume = LiveVolume {
             drl,
-            unclean: Mutex::new(last_stop.dirty.clone()),
+            unclean: Mutex::new(decision.compare.clone()),
             flushed_seq: AtomicU64::new(0),
             last_drl_pass: Mutex::new(std::time::Instant::now()),
             flushes: Mutex::new(Flushes::default()),
@@ -237,32 +290,38 @@ impl LiveVolume {
             primary_full: Mutex::new(None),
             primary_full_set: std::sync::atomic::AtomicBool::new(false),
         };
-        let newest = volume.vault.newest_seq();
-        let mut checkpoint = Seq(last_stop.checkpoint_seq);
-        if checkpoint > newest {
-            // Only a damaged log ends before the checkpoint (a checkpoint is taken after a
-            // flush): the primary is ahead of the log, there is nothing to bring back from
-            // it, and the dirty regions are what to compare. The checkpoint must not stay
-            // ahead of the log, or the primary would never be synced again.
-            tracing::warn!(
-                checkpoint = %checkpoint,
-                newest = %newest,
-                "the primary's checkpoint is after the end of the write log"
-            );
-            checkpoint = newest;
+        if decision.why != "clean" {
+            tracing::warn!(why = decision.why, redo_from = ?decision.redo_from, regions = decision.compare.len(), "recovering after an unclean stop");
         }
-        if !last_stop.clean && !last_stop.same_boot {
-            volume.redo(checkpoint)?;
-        } else if checkpoint.0 < volume.drl.checkpoint() {
-            volume.drl.adopt_boot(checkpoint.0)?;
+        match decision.redo_from {
+            Some(from) => volume.redo(Seq(from))?,
+            None if last_stop.checkpoint_seq > volume.vault.newest_seq().0 => {
+                // Only a damaged log ends before the checkpoint (a checkpoint is taken
+                // after a flush): the primary is ahead of the log, there is nothing to
+                // bring back from it, and the dirty regions are what to compare. The
+                // checkpoint must not stay ahead of the log, or the primary would never be
+                // synced again.
+                tracing::warn!(
+                    checkpoint = last_stop.checkpoint_seq,
+                    "the primary's checkpoint is after the end of the write log"
+                );
+                volume.drl.adopt_boot(volume.vault.newest_seq().0)?;
+            }
+            None => {}
         }
-        if !last_stop.dirty.is_empty() {
-            tracing::warn!(
-                regions = last_stop.dirty.len(),
-                "the dirty region log says the last stop was not clean: these regions may differ between primary and vault"
-            );
-        }
+        // From here on the manifest says a live volume is open in this boot, synced up to
+        // the checkpoint: a crash now is recognized whatever becomes of the dirty region log.
+        volume.record_serving()?;
         Ok(volume)
+    }
+
+    /// Writes the manifest's serving fact: this boot, the primary's checkpoint.
+    fn record_serving(&self) -> Result<()> {
+        self.vault.set_serving(Some(rewind_vault::Serving {
+            boot_id: self.vault.storage().boot_id(),
+            checkpoint_seq: Seq(self.drl.checkpoint()),
+        }))?;
+        Ok(())
     }
 
     /// After a crash of the machine: the primary may have lost writes that only the write
@@ -668,6 +727,7 @@ impl LiveVolume {
             self.primary.sync_data().map_err(self.io("fdatasync"))?;
         }
         self.drl.set_checkpoint(covered)?;
+        self.record_serving()?;
         Ok(())
     }
 
@@ -774,6 +834,13 @@ impl LiveVolume {
         self.checkpoint()?;
         let sealed = self.vault.seal()?;
         self.drl.clear_all(true)?;
+        if self.drl.dirty_regions().is_empty() {
+            self.vault.set_serving(None)?;
+        } else {
+            // A write failed in these regions: the next start compares them, whatever
+            // becomes of the dirty region log.
+            self.record_serving()?;
+        }
         Ok(sealed)
     }
 

@@ -15,6 +15,8 @@
 
 use std::sync::atomic::AtomicBool;
 
+use rewind_vault::Serving;
+
 use rewind_vault::Progress;
 
 use crate::intercept::LiveVolume;
@@ -93,4 +95,165 @@ pub fn repair_dirty(
     let r = verify::sync(Target::Live(volume), &opts, progress)?;
     volume.mark_repaired()?;
     Ok((dirty.len(), r.fixup_blocks))
+}
+
+/// What the dirty region log said when it was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrlFacts {
+    /// A log read from its file.
+    Found {
+        clean: bool,
+        /// Written in this boot of the machine.
+        same_boot: bool,
+        checkpoint_seq: u64,
+        dirty: Vec<u64>,
+    },
+    /// No log, or one whose first write was torn: a new one was started.
+    Missing,
+    /// A log that failed its checks: moved aside, a new one started.
+    Damaged,
+}
+
+/// Everything known when a live volume is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub drl: DrlFacts,
+    /// What the manifest says: a live volume was open (see [`rewind_vault::Serving`]).
+    pub serving: Option<Serving>,
+    /// This boot of the machine.
+    pub boot_id: [u8; 16],
+    /// The newest seq of the write log.
+    pub newest_seq: u64,
+    /// Regions of the dirty region log.
+    pub regions: u64,
+}
+
+/// What opening a live volume must do before anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The machine crashed: copy every block changed after this seq from the vault back
+    /// into the primary.
+    pub redo_from: Option<u64>,
+    /// Regions to compare (and fix up) before serving.
+    pub compare: Vec<u64>,
+    /// Why, for the log.
+    pub why: &'static str,
+}
+
+/// The one recovery decision, from the facts alone (no I/O): whether the machine crashed
+/// (the dirty region log, or the manifest's serving fact, was written in another boot),
+/// from which checkpoint to redo (the older of the two: never past what the primary has),
+/// and which regions to compare (the log's dirty ones; every region when the log is lost
+/// or damaged after an unclean stop, since then nothing says where the writes were).
+pub fn decide(f: &Facts) -> Decision {
+    let other_boot = |b: &[u8; 16]| *b != f.boot_id || f.boot_id == [0; 16];
+    let manifest_crash = f.serving.is_some_and(|s| other_boot(&s.boot_id));
+    let (drl_crash, drl_checkpoint, dirty, drl_known) = match &f.drl {
+        DrlFacts::Found {
+            clean,
+            same_boot,
+            checkpoint_seq,
+            dirty,
+        } => (
+            !clean && !same_boot,
+            Some(*checkpoint_seq),
+            dirty.clone(),
+            true,
+        ),
+        DrlFacts::Missing | DrlFacts::Damaged => (false, None, Vec::new(), false),
+    };
+    let checkpoint = [drl_checkpoint, f.serving.map(|s| s.checkpoint_seq.0)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(0)
+        .min(f.newest_seq);
+    let crashed = drl_crash || manifest_crash;
+    let unclean_without_log = !drl_known && f.serving.is_some();
+    let compare = if unclean_without_log {
+        (0..f.regions).collect()
+    } else {
+        dirty
+    };
+    let why = match (crashed, unclean_without_log, compare.is_empty()) {
+        (_, true, _) => "the last stop was not clean and the dirty region log is gone: every region is compared",
+        (true, _, _) => "the machine stopped without a clean stop: the primary is brought up to date from the write log",
+        (false, _, false) => "the last stop was not clean: the dirty regions are compared",
+        _ => "clean",
+    };
+    Decision {
+        redo_from: crashed.then_some(checkpoint),
+        compare,
+        why,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rewind_vault::Seq;
+
+    const NOW: [u8; 16] = [1; 16];
+    const BEFORE: [u8; 16] = [2; 16];
+
+    fn facts(drl: DrlFacts, serving: Option<([u8; 16], u64)>) -> Facts {
+        Facts {
+            drl,
+            serving: serving.map(|(b, c)| Serving {
+                boot_id: b,
+                checkpoint_seq: Seq(c),
+            }),
+            boot_id: NOW,
+            newest_seq: 100,
+            regions: 4,
+        }
+    }
+
+    fn found(clean: bool, same_boot: bool, checkpoint: u64, dirty: &[u64]) -> DrlFacts {
+        DrlFacts::Found {
+            clean,
+            same_boot,
+            checkpoint_seq: checkpoint,
+            dirty: dirty.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_clean_stop_needs_nothing() {
+        let d = decide(&facts(found(true, true, 90, &[]), None));
+        assert_eq!((d.redo_from, d.compare), (None, vec![]));
+        let d = decide(&facts(DrlFacts::Missing, None));
+        assert_eq!((d.redo_from, d.compare), (None, vec![]));
+    }
+
+    #[test]
+    fn a_killed_process_compares_the_dirty_regions() {
+        let d = decide(&facts(found(false, true, 90, &[2]), Some((NOW, 80))));
+        assert_eq!((d.redo_from, d.compare), (None, vec![2]));
+    }
+
+    #[test]
+    fn a_machine_crash_redoes_from_the_older_checkpoint() {
+        let d = decide(&facts(found(false, false, 90, &[1]), Some((BEFORE, 80))));
+        assert_eq!((d.redo_from, d.compare), (Some(80), vec![1]));
+        // The log never reaches past its newest record.
+        let d = decide(&facts(found(false, false, 500, &[]), None));
+        assert_eq!(d.redo_from, Some(100));
+    }
+
+    #[test]
+    fn a_lost_or_damaged_log_after_an_unclean_stop_never_trusts_a_stale_primary() {
+        for drl in [DrlFacts::Missing, DrlFacts::Damaged] {
+            // Another boot: redo from the manifest's checkpoint, and compare everything.
+            let d = decide(&facts(drl.clone(), Some((BEFORE, 70))));
+            assert_eq!((d.redo_from, d.compare), (Some(70), vec![0, 1, 2, 3]));
+            // The same boot (a killed process): the primary is whole, compare everything.
+            let d = decide(&facts(drl, Some((NOW, 70))));
+            assert_eq!((d.redo_from, d.compare), (None, vec![0, 1, 2, 3]));
+        }
+        // A log that says "clean, this boot" is outvoted by a manifest written in another
+        // boot (the log was copied or moved back).
+        let d = decide(&facts(found(true, true, 90, &[]), Some((BEFORE, 60))));
+        assert_eq!(d.redo_from, Some(60));
+    }
 }

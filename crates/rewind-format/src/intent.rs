@@ -9,7 +9,15 @@
 //! kind 1, restore in place:
 //!   target_seq u64 | target_time i64 | started_ns i64
 //!   u16 len + UTF-8 undo snapshot name | u16 len + UTF-8 point as the user wrote it
+//! kind 2, serving (a live volume is open on the primary):
+//!   boot_id [16] | checkpoint_seq u64
 //! ```
+//!
+//! "Serving" is the fact recovery needs that must not live only in the dirty region log:
+//! a server ran in that boot of the machine, and the primary was synced up to that seq. If
+//! it is still there when the vault is opened, the last stop was not clean; in another boot,
+//! the machine crashed and the primary may lack writes since the checkpoint, whatever the
+//! dirty region log (missing, zeroed, damaged, moved) says.
 //!
 //! An unknown kind is an error, never skipped: a build that does not know an intent cannot
 //! finish it, and must not open the vault as if nothing were under way.
@@ -19,6 +27,7 @@ use crate::{DecodeError, Seq};
 
 const WHAT: &str = "manifest intent";
 const KIND_RESTORE_IN_PLACE: u8 = 1;
+const KIND_SERVING: u8 = 2;
 
 /// Work under way that the next opener of the vault must finish (or supersede).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +36,16 @@ pub enum Intent {
     /// The primary is being brought back to a point by copying the blocks changed since;
     /// until it is done the primary is neither that point nor the one before.
     RestoreInPlace(RestoreInPlace),
+    /// A live volume is open on the primary (see the module doc).
+    Serving(Serving),
+}
+
+/// A live volume is open: in which boot, and how far the primary is synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Serving {
+    pub boot_id: [u8; 16],
+    /// Every record up to this seq is durable in the primary.
+    pub checkpoint_seq: Seq,
 }
 
 /// An in-place restore under way.
@@ -59,6 +78,12 @@ impl Intent {
                 w.u32(payload.len() as u32);
                 w.bytes(&payload);
             }
+            Intent::Serving(s) => {
+                w.u8(KIND_SERVING);
+                w.u32(24);
+                w.bytes(&s.boot_id);
+                w.u64(s.checkpoint_seq.0);
+            }
         }
     }
 
@@ -85,6 +110,18 @@ impl Intent {
                     started_ns,
                     undo_snapshot,
                     point,
+                }))
+            }
+            KIND_SERVING => {
+                if payload.len() != 24 {
+                    return Err(DecodeError::invalid(at, WHAT, "serving intent length"));
+                }
+                let mut p = Reader::new(payload, WHAT);
+                let mut boot_id = [0u8; 16];
+                boot_id.copy_from_slice(p.take(16)?);
+                Ok(Intent::Serving(Serving {
+                    boot_id,
+                    checkpoint_seq: Seq(p.u64()?),
                 }))
             }
             _ => Err(DecodeError::invalid(kind_at, WHAT, "unknown intent kind")),

@@ -593,6 +593,22 @@ mod tests {
     }
 
     #[test]
+    fn the_serving_fact_round_trips_and_damage_is_an_error() {
+        let mut m = sample();
+        m.intents = vec![Intent::Serving(crate::intent::Serving {
+            boot_id: [9; 16],
+            checkpoint_seq: Seq(4),
+        })];
+        let buf = m.encode();
+        assert_eq!(Manifest::decode(&buf), Ok(m));
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x10;
+            assert!(Manifest::decode(&bad).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
     fn intents_round_trip_and_damage_is_an_error() {
         let m = with_intent();
         let buf = m.encode();

@@ -28,7 +28,7 @@ mod write_log;
 pub use error::{Corruption, Result, VaultError};
 pub use point::{check_snapshot_name, format_time, now_ns, Point, ResolvedPoint};
 pub use rewind_format::compress::Compression;
-pub use rewind_format::intent::{Intent, RestoreInPlace};
+pub use rewind_format::intent::{Intent, RestoreInPlace, Serving};
 pub use rewind_format::manifest::{
     MapEntry, SealPolicy, SnapshotEntry, SuspectEntry, SUSPECT_DIFFERS, SUSPECT_UNREADABLE,
 };

@@ -90,8 +90,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|| PathBuf::from(&recorded));
             check_primary(&primary, &recorded, a.moved_primary)?;
             let _protected = super::protect(&primary, &vault, false)?;
-            let only_regions =
-                crate::cmd::verify::offline_regions(&dir, a.dirty_only, a.region_size, true)?;
+            let only_regions = crate::cmd::verify::offline_regions(
+                &dir,
+                &vault,
+                a.dirty_only,
+                a.region_size,
+                true,
+            )?;
             let vol = OfflineVolume::open(&primary, vault.clone())?;
             let opts = VerifyOptions {
                 region_size: a.region_size,

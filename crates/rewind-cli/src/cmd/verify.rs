@@ -90,7 +90,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .primary
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(vault.info().primary));
-            let only_regions = offline_regions(&dir, a.dirty_only, a.region_size, false)?;
+            let only_regions = offline_regions(&dir, &vault, a.dirty_only, a.region_size, false)?;
             let vol = OfflineVolume::open(&primary, vault)?;
             let opts = VerifyOptions {
                 region_size: a.region_size,
@@ -123,11 +123,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// recovers it: a sync (`writes`) is refused then, a verify warns.
 pub fn offline_regions(
     dir: &Path,
+    vault: &Vault,
     dirty_only: bool,
     region_size: u64,
     writes: bool,
 ) -> anyhow::Result<Option<roaring::RoaringTreemap>> {
     use rewind_engine::drl;
+    // The manifest says so even when the dirty region log is gone.
+    let boot = rewind_engine::drl::boot_id();
+    if vault
+        .serving()
+        .is_some_and(|s| s.boot_id != boot || boot == [0; 16])
+    {
+        let msg = "the last `rewind serve` did not stop cleanly and the machine has restarted since: the primary may lack writes that only the write log holds. Start `rewind serve` once: it brings the primary up to date and repairs the dirty regions itself.";
+        if writes {
+            bail!("{msg}");
+        }
+        eprintln!("warning: {msg}");
+    }
     let unclean = drl::unclean_stop(dir).context("cannot read the dirty region log")?;
     if let Some((_, false)) = &unclean {
         let msg = "the last `rewind serve` did not stop cleanly and the machine has restarted since: the primary may lack writes that only the write log holds. Start `rewind serve` once: it brings the primary up to date and repairs the dirty regions itself.";

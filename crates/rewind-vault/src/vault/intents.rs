@@ -3,7 +3,7 @@
 //! [`rewind_format::intent`]).
 
 use super::*;
-use rewind_format::intent::{Intent, RestoreInPlace};
+use rewind_format::intent::{Intent, RestoreInPlace, Serving};
 
 impl Vault {
     /// Work under way, as the manifest records it.
@@ -45,6 +45,32 @@ impl Vault {
         let mut m = inner.manifest.clone();
         m.intents
             .retain(|i| !matches!(i, Intent::RestoreInPlace(_)));
+        self.commit_locked(&mut inner, m)
+    }
+
+    /// What the manifest says of the live volume: open (in which boot, synced up to which
+    /// seq) or not. Present when the vault is opened: the last stop was not clean.
+    pub fn serving(&self) -> Option<Serving> {
+        self.lock().manifest.intents.iter().find_map(|i| match i {
+            Intent::Serving(s) => Some(*s),
+            _ => None,
+        })
+    }
+
+    /// Records (durably) that a live volume is open in this boot with the primary synced
+    /// up to `checkpoint_seq`, or (`None`) that it stopped cleanly.
+    pub fn set_serving(&self, serving: Option<Serving>) -> Result<()> {
+        let mut inner = self.lock_writable()?;
+        let now = inner.manifest.intents.iter().find_map(|i| match i {
+            Intent::Serving(s) => Some(*s),
+            _ => None,
+        });
+        if now == serving {
+            return Ok(());
+        }
+        let mut m = inner.manifest.clone();
+        m.intents.retain(|i| !matches!(i, Intent::Serving(_)));
+        m.intents.extend(serving.map(Intent::Serving));
         self.commit_locked(&mut inner, m)
     }
 }
