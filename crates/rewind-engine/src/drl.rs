@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use rewind_format::drl::DirtyRegions;
 
 /// The DRL file in the vault directory.
-pub const FILE_NAME: &str = "drl";
+pub const FILE_NAME: &str = rewind_format::names::DRL;
 /// Region size of a new DRL.
 pub const DEFAULT_REGION_SIZE: u32 = 16 << 20;
 
