@@ -525,6 +525,13 @@ impl DirtyRegionLog {
         Ok(())
     }
 
+    /// The file's bytes, read while no write of it is under way (`rewind check` of a running
+    /// server).
+    pub fn read_file(&self) -> std::io::Result<Vec<u8>> {
+        let _g = self.lock();
+        std::fs::read(&self.path)
+    }
+
     /// Reads the DRL of a vault without opening it for writing: the regions dirty on
     /// disk, and whether the last stop was clean. `None`: the vault has no DRL.
     pub fn peek(vault_dir: &Path) -> Result<Option<DirtyRegions>> {
