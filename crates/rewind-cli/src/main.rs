@@ -69,7 +69,8 @@ Points (--at, export names): a snapshot name; seq:N (seq:0 is the base image);
 an RFC 3339 time such as 2026-11-21T10:00:00Z; a relative age such as -15m, -2h, -3d;
 or now.
 
-Exit codes: 0 ok, 1 failure (verify: discrepancies found), 2 usage, 3 vault corrupted,
+Exit codes: 0 ok, 1 failure (verify: discrepancies found), 2 usage, 3 vault corrupted
+(check: problems found),
 4 busy (another writer holds the vault, or another rewind process the primary); 128+N
 stopped by signal N. With --json, an error is JSON on stdout:
 {\"ok\": false, \"error\": \"...\", \"exit_code\": N}.
@@ -108,6 +109,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Repair the vault from the primary (fix-up records) and mark suspect past intervals.
     Sync(cmd::sync::Args),
+    /// Read every byte of the vault and report each damaged structure and the points it breaks.
+    Check(cmd::check::Args),
 }
 
 impl Command {
@@ -122,6 +125,7 @@ impl Command {
             Command::Status(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Sync(a) => a.json,
+            Command::Check(a) => a.json,
         }
     }
 }
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Sync(a) => cmd::sync::run(a),
+        Command::Check(a) => cmd::check::run(a),
     };
     let e = match result {
         Ok(()) => return ExitCode::SUCCESS,

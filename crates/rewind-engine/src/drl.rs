@@ -24,7 +24,7 @@ use rewind_format::drl::DirtyRegions;
 use rewind_storage::{Open, Storage, StorageFile};
 
 /// The DRL file in the vault directory.
-pub const FILE_NAME: &str = "drl";
+pub const FILE_NAME: &str = rewind_format::names::DRL;
 /// Region size of a new DRL.
 pub const DEFAULT_REGION_SIZE: u32 = 16 << 20;
 
@@ -549,6 +549,13 @@ impl DirtyRegionLog {
         **g = d.generation;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The file's bytes, read while no write of it is under way (`rewind check` of a running
+    /// server).
+    pub fn read_file(&self) -> std::io::Result<Vec<u8>> {
+        let _g = self.lock();
+        std::fs::read(&self.path)
     }
 
     /// Reads the DRL of a vault without opening it for writing: the regions dirty on

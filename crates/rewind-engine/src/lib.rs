@@ -1,5 +1,6 @@
 //! rewind's engine: the work done with a vault.
 //!
+//! - [`check`]: `rewind check`, the vault's scrub and the dirty region log's.
 //! - [`intercept`]: the live volume every host write passes through (primary + write log).
 //! - [`drl`]: the dirty region log: which regions an unclean stop may have left differing.
 //! - [`exports`]: the live volume and points in time as NBD exports.
@@ -11,6 +12,7 @@
 //!
 //! Later: retention, replication.
 
+pub mod check;
 pub mod drl;
 pub mod exports;
 pub mod intercept;

@@ -7,6 +7,7 @@
 //! base/base.img, base/base.sums       the base image and its per-block checksums
 //! LOCK                                held by the one writer
 //! control                             where a running server's control socket is
+//! drl                                 the dirty region log of the primary
 //! ```
 
 use crate::{Generation, SegmentId, Seq};
@@ -19,6 +20,8 @@ pub const BASE_SUMS: &str = "base.sums";
 pub const LOCK: &str = "LOCK";
 /// The control pointer of a running `rewind serve` (see [`crate::control`]).
 pub const CONTROL: &str = "control";
+/// The dirty region log (see [`crate::drl`]).
+pub const DRL: &str = "drl";
 /// Suffix of files being written; never part of a committed vault.
 pub const TMP_SUFFIX: &str = ".tmp";
 

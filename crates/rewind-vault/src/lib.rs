@@ -15,6 +15,7 @@
 //! ```
 
 mod base;
+pub mod check;
 mod error;
 mod fsutil;
 mod lock;

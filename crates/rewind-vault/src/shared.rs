@@ -187,5 +187,6 @@ fn read_map_head(fs: &dyn rewind_storage::Storage, path: &Path) -> Result<DeltaM
     Ok(map)
 }
 
-/// Bytes read at first from a delta map file.
-const HEAD_GUESS: u64 = 64 << 10;
+/// Bytes read at first from a delta map file. A map no longer than this is read whole, so
+/// damage anywhere in it fails the map's load (`rewind check` says so).
+pub(crate) const HEAD_GUESS: u64 = 64 << 10;

@@ -98,6 +98,8 @@ struct Server {
     shutdown: Arc<AtomicBool>,
     /// Held while a verify or sync runs (one at a time).
     scanning: Mutex<()>,
+    /// Held while a check runs (one at a time).
+    checking: Mutex<()>,
     /// Verify/sync requests running; shutdown waits for them to wind down.
     long_ops: std::sync::atomic::AtomicUsize,
 }
@@ -156,6 +158,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         conns: Mutex::new(Vec::new()),
         shutdown: shutdown.clone(),
         scanning: Mutex::new(()),
+        checking: Mutex::new(()),
         long_ops: std::sync::atomic::AtomicUsize::new(0),
     });
     print_recipes(

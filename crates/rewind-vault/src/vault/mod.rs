@@ -5,6 +5,7 @@ mod fixup;
 mod intents;
 mod listing;
 mod points;
+mod scope;
 mod suspect;
 mod unit;
 

@@ -1,5 +1,5 @@
-//! Requests on the control socket of a running server: snapshot, status, list, verify and
-//! sync (the long ones stream progress).
+//! Requests on the control socket of a running server: snapshot, status, list, verify,
+//! sync and check (the long ones stream progress).
 
 use super::*;
 pub(super) fn control_conn(server: &Server, s: UnixStream) {
@@ -11,16 +11,16 @@ pub(super) fn control_conn(server: &Server, s: UnixStream) {
             Ok(req)
                 if matches!(
                     req["op"].as_str(),
-                    Some("verify" | "sync" | "restore_in_place")
+                    Some("verify" | "sync" | "check" | "restore_in_place")
                 ) =>
             {
                 // Counted until the reply is written (even if it panics): shutdown waits
                 // for it.
                 let _counted = LongOp::enter(&server.long_ops);
-                let reply = if req["op"] == "restore_in_place" {
-                    super::rollback::restore_in_place(server, &req, &w)
-                } else {
-                    long_op(server, &req, &w)
+                let reply = match req["op"].as_str() {
+                    Some("restore_in_place") => super::rollback::restore_in_place(server, &req, &w),
+                    Some("check") => check(server, &req, &w),
+                    _ => long_op(server, &req, &w),
                 };
                 let reply = reply
                     .unwrap_or_else(|e| json!({"ok": false, "error": crate::output::describe(&e)}));
@@ -56,7 +56,7 @@ pub(super) fn handle_control(server: &Server, req: &Value) -> anyhow::Result<Val
         }
         "status" => Ok(status(server)),
         "list" => Ok(json!({"ok": true, "list": crate::cmd::list::to_json(vault)})),
-        other => bail!("unknown control request {other:?} (snapshot, status, list, verify, sync, restore_in_place)"),
+        other => bail!("unknown control request {other:?} (snapshot, status, list, verify, sync, check, restore_in_place)"),
     }
 }
 
@@ -160,6 +160,39 @@ pub(super) fn long_op(server: &Server, req: &Value, w: &UnixStream) -> anyhow::R
         crate::cmd::verify::report_json(&r, &vault, primary, true)
     };
     Ok(json!({"ok": true, "report": report}))
+}
+
+/// Runs a check inside the server at the rate asked for (hosts keep writing), streaming
+/// progress lines to `w`; one at a time.
+pub(super) fn check(server: &Server, req: &Value, w: &UnixStream) -> anyhow::Result<Value> {
+    let _one = match server.checking.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            bail!("a check is already running in this server; wait for it to finish")
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let progress = StreamProgress {
+        cancel: cancel.clone(),
+        ..StreamProgress::new(w.try_clone()?, server.shutdown.clone())
+    };
+    let opts = rewind_vault::check::CheckOptions {
+        rate: req["rate"].as_u64().filter(|r| *r > 0),
+        cancel: Some(cancel),
+    };
+    tracing::info!(rate = ?opts.rate, "control: check starting");
+    let r = rewind_engine::check::check_live(&server.volume, &opts, &progress)?;
+    for p in &r.problems {
+        tracing::error!(file = %p.path.display(), offset = p.offset, structure = %p.structure, error = %p.fault, "check: the vault is damaged");
+    }
+    tracing::info!(
+        problems = r.problems.len(),
+        bytes = r.bytes_read,
+        seconds = r.elapsed.as_secs_f64(),
+        "control: check done"
+    );
+    Ok(json!({"ok": true, "report": crate::cmd::check::report_json(&r)}))
 }
 
 /// Progress of a verify or sync, sent to the client as JSON lines (at most ten a second).
