@@ -77,13 +77,26 @@ pub fn check_vault(
     opts: &CheckOptions,
     progress: &dyn Progress,
 ) -> Result<CheckReport> {
-    if !crate::manifest_store::exists(dir) && !dir.join(names::BASE_DIR).is_dir() {
+    check_vault_on(rewind_storage::local(), dir, opts, progress)
+}
+
+/// [`check_vault`] on `fs`.
+pub fn check_vault_on(
+    fs: std::sync::Arc<dyn rewind_storage::Storage>,
+    dir: &Path,
+    opts: &CheckOptions,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
+    let is_dir = fs
+        .stat(&dir.join(names::BASE_DIR))
+        .is_ok_and(|s| s.kind == rewind_storage::Kind::Dir);
+    if !crate::manifest_store::exists(fs.as_ref(), dir) && !is_dir {
         return Err(VaultError::NotAVault {
             path: dir.to_path_buf(),
         });
     }
     let mut notes = Vec::new();
-    let _lock = match crate::lock::VaultLock::acquire(dir, "rewind check") {
+    let _lock = match crate::lock::VaultLock::acquire(fs.as_ref(), dir, "rewind check") {
         Ok(l) => Some(l),
         Err(e @ VaultError::Locked { .. }) => return Err(e),
         Err(e) => {
@@ -96,7 +109,7 @@ pub fn check_vault(
             None
         }
     };
-    let mut ck = Checker::new(dir, opts, progress, false);
+    let mut ck = Checker::new(fs, dir, opts, progress, false);
     ck.notes = notes;
     Ok(ck.run(None))
 }
@@ -107,7 +120,7 @@ impl Vault {
     /// vault's lock is held only to copy the catalog.
     pub fn check(&self, opts: &CheckOptions, progress: &dyn Progress) -> Result<CheckReport> {
         let scope = self.check_scope()?;
-        Ok(Checker::new(self.dir(), opts, progress, true).run(Some(scope)))
+        Ok(Checker::new(self.storage().clone(), self.dir(), opts, progress, true).run(Some(scope)))
     }
 }
 
@@ -146,10 +159,16 @@ struct SealedScan {
 }
 
 impl<'a> Checker<'a> {
-    fn new(dir: &Path, opts: &CheckOptions, progress: &'a dyn Progress, online: bool) -> Self {
+    fn new(
+        fs: std::sync::Arc<dyn rewind_storage::Storage>,
+        dir: &Path,
+        opts: &CheckOptions,
+        progress: &'a dyn Progress,
+        online: bool,
+    ) -> Self {
         Checker {
             dir: dir.to_path_buf(),
-            src: Source::new(progress, opts.rate, opts.cancel.clone()),
+            src: Source::new(fs, progress, opts.rate, opts.cancel.clone()),
             online,
             problems: Vec::new(),
             notes: Vec::new(),

@@ -1,13 +1,12 @@
-//! Every file operation of the check, in one place (so that it moves behind the storage
-//! backend in one step): listing, opening, sizes, reads (counted, throttled, cancellable),
-//! and where a sparse file has data.
+//! Every file operation of the check, in one place, through the storage seam: listing,
+//! opening, sizes, reads (counted, throttled, cancellable), and where a sparse file has data.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rewind_storage::{Kind, Open, Storage, StorageFile};
 
 use super::report::Fault;
 use crate::Progress;
@@ -17,6 +16,7 @@ pub(crate) const CHUNK: usize = 1 << 20;
 
 /// Reads for a check: counts bytes, reports progress, keeps to a rate, sees cancellation.
 pub(crate) struct Source<'a> {
+    fs: Arc<dyn Storage>,
     progress: &'a dyn Progress,
     rate: Option<u64>,
     cancel: Option<Arc<AtomicBool>>,
@@ -29,11 +29,13 @@ pub(crate) struct Source<'a> {
 
 impl<'a> Source<'a> {
     pub(crate) fn new(
+        fs: Arc<dyn Storage>,
         progress: &'a dyn Progress,
         rate: Option<u64>,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Source<'a> {
         Source {
+            fs,
             progress,
             rate: rate.filter(|r| *r > 0),
             cancel,
@@ -57,17 +59,15 @@ impl<'a> Source<'a> {
     /// The names in `dir` with their sizes (`None` for directories), sorted. A missing
     /// directory has none.
     pub(crate) fn list(&self, dir: &Path) -> Result<Vec<(String, Option<u64>)>, Fault> {
-        let rd = match std::fs::read_dir(dir) {
-            Ok(rd) => rd,
+        let names = match self.fs.list(dir) {
+            Ok(names) => names,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Fault::Unreadable(e)),
         };
         let mut out = Vec::new();
-        for e in rd {
-            let e = e.map_err(Fault::Unreadable)?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let meta = e.metadata().map_err(Fault::Unreadable)?;
-            out.push((name, (!meta.is_dir()).then_some(meta.len())));
+        for name in names {
+            let st = self.fs.stat(&dir.join(&name)).map_err(Fault::Unreadable)?;
+            out.push((name, (st.kind != Kind::Dir).then_some(st.len)));
         }
         out.sort();
         Ok(out)
@@ -75,9 +75,9 @@ impl<'a> Source<'a> {
 
     /// Opens a file for reading; `Ok(None)` when it does not exist.
     pub(crate) fn open(&self, path: &Path) -> Result<Option<Opened>, Fault> {
-        match File::open(path) {
+        match self.fs.open(path, Open::read()) {
             Ok(file) => {
-                let len = file.metadata().map_err(Fault::Unreadable)?.len();
+                let len = file.len().map_err(Fault::Unreadable)?;
                 Ok(Some(Opened {
                     file,
                     path: path.to_path_buf(),
@@ -129,7 +129,8 @@ impl<'a> Source<'a> {
 
     /// The next data region at or after `offset` (below `end`) of a sparse file.
     pub(crate) fn next_data(&self, f: &Opened, offset: u64, end: u64) -> Option<(u64, u64)> {
-        crate::fsutil::next_data(&f.file, offset, end)
+        // A file that cannot say: all data (read it all).
+        f.file.next_data(offset, end).unwrap_or(Some((offset, end)))
     }
 
     /// Counts a hole of `n` bytes as covered.
@@ -154,7 +155,7 @@ impl<'a> Source<'a> {
 
 /// An open file and its length when opened.
 pub(crate) struct Opened {
-    file: File,
+    file: Arc<dyn StorageFile>,
     pub path: PathBuf,
     pub len: u64,
 }
