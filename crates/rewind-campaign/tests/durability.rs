@@ -194,3 +194,48 @@ fn regions_the_limit_cleans_had_their_writes_flushed_first() {
     );
     v.stop().unwrap();
 }
+
+/// The open segment's last partial block is written again with the records that follow it
+/// (direct I/O writes whole aligned blocks). Its first bytes are then the same bytes as the
+/// durable ones, so a power cut that tears that write at any sectors keeps them: a flushed
+/// record in that block is never lost. Checked here from several moments, each under many
+/// random tears (every unsynced sector kept or dropped on its own).
+#[test]
+fn the_rewritten_last_partial_block_never_loses_a_flushed_record() {
+    let (fs, layout) = create(512, SealPolicy::default());
+    let storage: Arc<dyn Storage> = Arc::new(fs.clone());
+    let vault = Vault::open_on(storage, &layout.vault, "test").unwrap();
+    let mut rng = Rng(11);
+    let mut flushed: Vec<(Seq, u64, Vec<u8>)> = Vec::new();
+    let mut cuts = 0;
+    for round in 0..6u64 {
+        // A small record, flushed: its tail sits in a partial block.
+        let block = round;
+        let mut data = vec![0u8; BS];
+        rng.fill(&mut data);
+        let seq = vault.write(block, &data).unwrap();
+        vault.flush().unwrap();
+        flushed.push((seq, block, data));
+        // Then enough unflushed records that the log writer sends that block again, with
+        // them after it, but never syncs it.
+        for i in 0..300u64 {
+            vault
+                .write(64 + (round * 300 + i) % 448, &[round as u8 + 1; BS])
+                .unwrap();
+        }
+        for s in 0..40u64 {
+            let cut = fs.power_cut(Cut::Random(round * 1000 + s));
+            cuts += 1;
+            let storage: Arc<dyn Storage> = Arc::new(cut);
+            let after = Vault::open_on(storage, &layout.vault, "test").unwrap();
+            for (seq, block, data) in &flushed {
+                let got = after.read_at(&Point::Seq(*seq), *block, 1).unwrap();
+                assert!(
+                    &got == data,
+                    "cut {s} of round {round}: flushed seq {seq:?} lost after a torn rewrite"
+                );
+            }
+        }
+    }
+    assert_eq!(cuts, 240);
+}
