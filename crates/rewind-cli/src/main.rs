@@ -271,7 +271,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         return exit::BUSY;
     }
     match vault {
-        Some(VaultError::Corrupted { .. }) => exit::CORRUPTED,
+        Some(VaultError::Corrupted { .. } | VaultError::ManifestDamaged { .. }) => exit::CORRUPTED,
         Some(VaultError::Locked { .. }) => exit::BUSY,
         _ => exit::FAILURE,
     }
