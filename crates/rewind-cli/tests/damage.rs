@@ -304,3 +304,37 @@ fn a_corrupt_newest_manifest_is_read_as_the_previous_one_and_serve_refuses() {
         text(&o)
     );
 }
+
+#[test]
+fn salvage_writes_every_readable_block_and_lists_the_rest() {
+    let h = history();
+    let sums = h.vol.vault.join("base").join("base.sums");
+    flip(&sums, 24 + 4 * 3000 + 1);
+    let to = h.vol.path("salvaged.img");
+    let o = rewind(&[
+        "restore",
+        "--vault",
+        h.vol.v(),
+        "--at",
+        "s1",
+        "--to",
+        to.to_str().unwrap(),
+        "--salvage",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["unreadable_blocks"], 1, "{j:#}");
+    assert_eq!(j["unreadable"][0]["first_block"], 3000, "{j:#}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("blocks 3000..3001") && err.contains("base.sums"),
+        "{err}"
+    );
+    let got = std::fs::read(&to).unwrap();
+    let mut want = h.s1.clone();
+    want[3000 * BS as usize..3001 * BS as usize].fill(0);
+    assert_same(&got, &want, "salvaged image");
+    // Without --salvage the same restore writes nothing.
+    h.restore_fails_naming("s1", &sums);
+}
