@@ -338,3 +338,63 @@ fn salvage_writes_every_readable_block_and_lists_the_rest() {
     // Without --salvage the same restore writes nothing.
     h.restore_fails_naming("s1", &sums);
 }
+
+fn repair(h: &History, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["repair", "--vault", h.vol.v(), "--json"];
+    args.extend_from_slice(extra);
+    let o = rewind(&args);
+    let j = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    (o.status.code(), j)
+}
+
+#[test]
+fn repair_rebuilds_missing_and_damaged_delta_maps_from_the_log() {
+    let h = history();
+    let s1 = h.seq_of("s1");
+    let s2 = h.seq_of("s2");
+    let gone = h.map_path(h.interval_ending(s2));
+    std::fs::remove_file(&gone).unwrap();
+    let flipped = h.map_path(h.interval_ending(s1));
+    flip(&flipped, 60);
+    h.restore_fails_naming("s1", &flipped);
+
+    let (code, j) = repair(&h, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{j:#}");
+    assert_eq!(j["maps"].as_array().unwrap().len(), 2, "{j:#}");
+    assert!(!gone.exists(), "a dry run wrote the map");
+    h.restore_fails_naming("s1", &flipped);
+
+    let (code, j) = repair(&h, &[]);
+    assert_eq!(code, Some(0), "{j:#}");
+    assert!(
+        j["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["rebuilt"] == true),
+        "{j:#}"
+    );
+    assert!(h.list()["damage"].as_array().unwrap().is_empty());
+    h.restores_exactly("s1", &h.s1);
+    h.restores_exactly("s2", &h.s2);
+    h.restores_exactly("now", &h.now);
+    let (code, j) = repair(&h, &[]);
+    assert_eq!(code, Some(0), "{j:#}");
+    assert!(j["maps"].as_array().unwrap().is_empty(), "{j:#}");
+}
+
+#[test]
+fn repair_says_what_it_cannot_mend_and_exits_3() {
+    let h = history();
+    let interval = h.interval_ending(h.seq_of("s2"));
+    let seg = h.segment_path(interval);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    truncate(&seg, len / 2);
+    // The map is fine; its records are not: the map is not rebuilt from them.
+    std::fs::remove_file(h.map_path(interval)).unwrap();
+    let (code, j) = repair(&h, &[]);
+    assert_eq!(code, Some(3), "{j:#}");
+    assert_eq!(j["maps"][0]["rebuilt"], false, "{j:#}");
+    assert_eq!(j["not_repaired"][0]["file"].as_str(), seg.to_str(), "{j:#}");
+    assert!(!h.map_path(interval).exists());
+}

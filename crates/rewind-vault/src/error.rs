@@ -23,8 +23,8 @@ pub enum VaultError {
     },
 
     /// The current manifest is damaged and a writer was asked to open the vault; the
-    /// previous generation is intact (readers read it; `rewind repair` falls back to it).
-    #[error("{source}; the previous manifest (generation {previous}) is intact: `rewind repair` falls back to it and says what that loses (`rewind list` and `rewind restore` read it already)")]
+    /// previous generation is intact (readers read the vault as of it).
+    #[error("{source}; the previous manifest (generation {previous}) is intact: `rewind list` and `rewind restore` read the vault as of it; a writer refuses (`rewind repair` does not mend a manifest yet)")]
     ManifestDamaged {
         source: Box<VaultError>,
         previous: u64,
@@ -123,7 +123,7 @@ pub enum Corruption {
     SeqGap { expected: Seq, found: Seq },
     #[error("base image block {block} does not match its checksum")]
     BaseChecksum { block: u64 },
-    #[error("base image block {block} does not match its checksum in a damaged base.sums (either may be wrong; `rewind repair --rederive-base-sums` computes the sums again)")]
+    #[error("base image block {block} does not match its checksum in a damaged base.sums (either may be wrong)")]
     BaseSumDamaged { block: u64 },
     #[error("file is missing")]
     Missing,

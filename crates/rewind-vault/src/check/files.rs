@@ -150,7 +150,7 @@ impl Checker<'_> {
         };
         let fits =
             |s: &BaseSums| s.block_size == bs && blocks.is_none_or(|n| n == s.sums.len() as u64);
-        let kept = "the vault opens without it: each base image block is checked against its own sum (those that do not match are listed as base image problems); `rewind repair --rederive-base-sums` writes the file again";
+        let kept = "the vault opens without it: each base image block is checked against its own sum (those that do not match are listed as problems of their own)";
         let (fault, sums): (Fault, _) = match self.src.read_all(&f) {
             Err(fault) => (fault, None),
             Ok(raw) => match BaseSums::decode(&raw) {

@@ -79,7 +79,7 @@ pub(super) fn segment(path: &Path, s: &SegmentEntry, actual: Option<u64>) -> Dam
         unreadable: inside,
         blocks_from: Some(b),
         breaks,
-        repair: "nothing: the records are gone (put the file back from a copy if there is one); `rewind restore --salvage` writes what is readable",
+        repair: "cannot be mended: the records are gone (put the file back from a copy if there is one); `rewind restore --salvage` writes what reads",
     }
 }
 
@@ -114,7 +114,7 @@ pub(super) fn base_sums(path: &Path, error: String, layout: bool) -> Damage {
         unreadable: None,
         blocks_from: Some(Seq::BASE),
         breaks: breaks.into(),
-        repair: "with --rederive-base-sums: computes them again, from the primary for blocks no record has written since (trusting the primary), from the base image for the others (marked suspect)",
+        repair: "not mended yet (re-deriving the sums is planned): `rewind restore --salvage` writes what reads",
     }
 }
 
@@ -132,7 +132,7 @@ pub(super) fn manifest(path: &Path, error: String, previous: &Manifest) -> Damag
             previous.generation.0,
             previous.next_seq.0.saturating_sub(1)
         ),
-        repair: "falls back to the previous manifest and re-seals the write log after it, and says what that loses",
+        repair: "not mended yet (falling back to the previous generation is planned); readers already read it",
     }
 }
 

@@ -6,6 +6,7 @@ mod fixup;
 mod intents;
 mod listing;
 mod points;
+mod repair;
 mod scope;
 mod suspect;
 mod unit;
@@ -36,6 +37,7 @@ use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
 
 pub use damage::Damage;
+pub use repair::MapRepair;
 pub use suspect::SuspectMark;
 pub use unit::HostOp;
 use unit::RecordSpec;
