@@ -111,6 +111,8 @@ enum Command {
     Sync(cmd::sync::Args),
     /// Read every byte of the vault and report each damaged structure and the points it breaks.
     Check(cmd::check::Args),
+    /// Mend a damaged vault from what is intact (rebuild delta maps from the write log).
+    Repair(cmd::repair::Args),
 }
 
 impl Command {
@@ -126,6 +128,7 @@ impl Command {
             Command::Verify(a) => a.json,
             Command::Sync(a) => a.json,
             Command::Check(a) => a.json,
+            Command::Repair(a) => a.json,
         }
     }
 }
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Sync(a) => cmd::sync::run(a),
         Command::Check(a) => cmd::check::run(a),
+        Command::Repair(a) => cmd::repair::run(a),
     };
     let e = match result {
         Ok(()) => return ExitCode::SUCCESS,
@@ -271,7 +275,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         return exit::BUSY;
     }
     match vault {
-        Some(VaultError::Corrupted { .. }) => exit::CORRUPTED,
+        Some(VaultError::Corrupted { .. } | VaultError::ManifestDamaged { .. }) => exit::CORRUPTED,
         Some(VaultError::Locked { .. }) => exit::BUSY,
         _ => exit::FAILURE,
     }

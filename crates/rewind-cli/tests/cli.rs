@@ -334,7 +334,8 @@ fn corruption_exits_3_and_writes_nothing() {
     );
     assert!(!to.exists(), "a failed restore leaves no image");
 
-    // A corrupt manifest: list says so and exits 3.
+    // A corrupt manifest: list reads the previous generation and names the damage; a
+    // writer (snapshot, with no server) refuses with exit 3 naming it.
     let manifest = std::fs::read_dir(&vault)
         .unwrap()
         .flatten()
@@ -352,6 +353,13 @@ fn corruption_exits_3_and_writes_nothing() {
     bytes[30] ^= 1;
     std::fs::write(&manifest, bytes).unwrap();
     let o = rewind(&["list", "--vault", v]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        out.contains("DAMAGE") && out.contains(manifest.to_str().unwrap()),
+        "{out}"
+    );
+    let o = rewind(&["snapshot", "after", "--vault", v]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("manifest-"), "{}", stderr(&o));
 }

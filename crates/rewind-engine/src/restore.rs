@@ -92,6 +92,17 @@ pub struct RestorePlan {
     /// Blocks the point reads from a delta map (or the base image) that a sync marked
     /// suspect: the vault's copy of them there was found wrong.
     pub suspect: Vec<SuspectEntry>,
+    /// Salvage: write every block that reads, leave the unreadable ones as holes and list
+    /// them (the image appears even so; the caller exits non-zero).
+    pub salvage: bool,
+}
+
+/// Blocks a salvage could not read: `first..first + count`, and why (the first error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub first: u64,
+    pub count: u64,
+    pub error: String,
 }
 
 /// What a restore did.
@@ -101,6 +112,8 @@ pub struct RestoreReport {
     /// All-zero blocks left as holes.
     pub holes: u64,
     pub elapsed: Duration,
+    /// Salvage only: the blocks that could not be read (left as holes), as runs.
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// Plans restoring `point` of `vault` to `to`. `replace` allows replacing an existing file.
@@ -109,6 +122,18 @@ pub fn plan(
     point: &Point,
     to: &Path,
     replace: bool,
+) -> Result<(RestorePlan, PointView)> {
+    plan_salvage(vault, point, to, replace, false)
+}
+
+/// [`plan`]; with `salvage`, a restore that writes what is readable (see
+/// [`RestorePlan::salvage`]).
+pub fn plan_salvage(
+    vault: &Vault,
+    point: &Point,
+    to: &Path,
+    replace: bool,
+    salvage: bool,
 ) -> Result<(RestorePlan, PointView)> {
     crate::protect::check_restore_target(vault, to)?;
     let view = vault.view(point)?;
@@ -122,7 +147,10 @@ pub fn plan(
     let mut b = 0;
     while b < blocks {
         let n = (blocks - b).min(PLAN_STEP_BLOCKS);
-        for e in view.extents(b, n)? {
+        for e in view
+            .extents(b, n)
+            .or_else(|e| salvage_extents(salvage, e, b, n))?
+        {
             match e.kind {
                 ExtentKind::Base => from_base += e.count,
                 ExtentKind::BaseHole => {
@@ -146,7 +174,12 @@ pub fn plan(
         from_log,
         zeroed,
         maps_consulted: view.maps_consulted(),
-        suspect: vault.suspect_reads(&view)?,
+        suspect: if salvage {
+            vault.suspect_reads(&view).unwrap_or_default()
+        } else {
+            vault.suspect_reads(&view)?
+        },
+        salvage,
     };
     Ok((plan, view))
 }
@@ -170,7 +203,8 @@ pub fn execute_or_stop(
 ) -> Result<RestoreReport> {
     let start = Instant::now();
     let partial = partial_path(&plan.to);
-    let result = write_image(plan, view, &partial, progress, stop);
+    let mut unreadable = Vec::new();
+    let result = write_image(plan, view, &partial, progress, stop, &mut unreadable);
     match result {
         Ok((bytes_written, holes)) => {
             if plan.to.exists() && !plan.replace {
@@ -195,6 +229,7 @@ pub fn execute_or_stop(
                 bytes_written,
                 holes,
                 elapsed: start.elapsed(),
+                unreadable,
             })
         }
         Err(e) => {
@@ -218,6 +253,7 @@ fn write_image(
     path: &Path,
     progress: &dyn Progress,
     stop: &AtomicBool,
+    unreadable: &mut Vec<Unreadable>,
 ) -> Result<(u64, u64)> {
     let out = io(
         OpenOptions::new()
@@ -237,7 +273,10 @@ fn write_image(
     let mut b = 0;
     while b < blocks {
         let n = (blocks - b).min(PLAN_STEP_BLOCKS);
-        for e in view.extents(b, n)? {
+        let extents = view
+            .extents(b, n)
+            .or_else(|e| salvage_extents(plan.salvage, e, b, n))?;
+        for e in extents {
             if e.kind.reads_as_zero() {
                 // Zeroed, trimmed or a hole of the base image: nothing to read, a hole.
                 holes += e.count;
@@ -251,7 +290,13 @@ fn write_image(
                 }
                 let k = (e.end() - at).min(CHUNK_BLOCKS);
                 let chunk = &mut buf[..(k * bs) as usize];
-                view.read_into(at, chunk)?;
+                match view.read_into(at, chunk) {
+                    Ok(()) => {}
+                    Err(e) if plan.salvage && salvageable(&e) => {
+                        salvage_chunk(view, at, chunk, bs as usize, unreadable)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 let (w, h) = write_nonzero(&out, path, chunk, at * bs, bs as usize)?;
                 written += w;
                 holes += h;
@@ -267,6 +312,54 @@ fn write_image(
         return Err(RestoreError::Stopped);
     }
     Ok((written, holes))
+}
+
+/// Where the extents of a range cannot be known (a delta map of the chain is damaged): in a
+/// salvage, every block of it is read on its own (and fails if it needs the damage).
+fn salvage_extents(
+    salvage: bool,
+    e: VaultError,
+    first_block: u64,
+    count: u64,
+) -> std::result::Result<Vec<rewind_vault::Extent>, VaultError> {
+    if !salvage || !salvageable(&e) {
+        return Err(e);
+    }
+    Ok(vec![rewind_vault::Extent {
+        first_block,
+        count,
+        kind: ExtentKind::Record,
+    }])
+}
+
+/// Errors a salvage goes past: damaged bytes and failed reads of the vault's files.
+fn salvageable(e: &VaultError) -> bool {
+    matches!(e, VaultError::Corrupted { .. } | VaultError::Io { .. })
+}
+
+/// Reads `chunk` (blocks from `first`) block by block: the ones that fail are zeroed (left
+/// as holes) and added to `unreadable`.
+fn salvage_chunk(
+    view: &PointView,
+    first: u64,
+    chunk: &mut [u8],
+    bs: usize,
+    unreadable: &mut Vec<Unreadable>,
+) {
+    for (i, block) in chunk.chunks_mut(bs).enumerate() {
+        let b = first + i as u64;
+        if let Err(e) = view.read_into(b, block) {
+            block.fill(0);
+            match unreadable.last_mut() {
+                Some(u) if u.first + u.count == b => u.count += 1,
+                _ => unreadable.push(Unreadable {
+                    first: b,
+                    count: 1,
+                    error: e.to_string(),
+                }),
+            }
+        }
+    }
 }
 
 /// Writes the runs of non-zero blocks of `chunk` (at byte `offset` of the image), leaving

@@ -18,6 +18,8 @@ use crate::DecodeError;
 pub const MAGIC: &[u8; 8] = b"RWNDSUMS";
 pub const VERSION: u16 = 1;
 const WHAT: &str = "base checksums";
+/// Bytes before the first sum.
+const HEADER_LEN: u64 = 24;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseSums {
@@ -44,6 +46,31 @@ impl BaseSums {
     pub fn decode(buf: &[u8]) -> Result<BaseSums, DecodeError> {
         check_magic(buf, MAGIC, WHAT)?;
         let body = check_trailing_crc(buf, WHAT)?;
+        Self::decode_body(body)
+    }
+
+    /// Decodes a file whose trailing crc failed, for reading a damaged vault: the layout
+    /// (magic, version, block size, count against the length) must hold, the crc is not
+    /// checked. The sums it gives are not to be trusted one by one: a reader accepts a
+    /// block only when its bytes and its sum agree (a flipped sum then fails that block).
+    pub fn decode_unchecked(buf: &[u8]) -> Result<BaseSums, DecodeError> {
+        check_magic(buf, MAGIC, WHAT)?;
+        if buf.len() < 4 {
+            return Err(DecodeError::Truncated {
+                offset: 0,
+                needed: 4 - buf.len() as u64,
+                what: WHAT,
+            });
+        }
+        Self::decode_body(&buf[..buf.len() - 4])
+    }
+
+    /// Byte offset of block `block`'s sum in the file.
+    pub fn offset_of(block: u64) -> u64 {
+        HEADER_LEN + block * 4
+    }
+
+    fn decode_body(body: &[u8]) -> Result<BaseSums, DecodeError> {
         let mut r = Reader::new(body, WHAT);
         r.take(8)?;
         check_version(r.u16()?, VERSION, WHAT)?;
@@ -88,5 +115,27 @@ mod tests {
         for n in 0..buf.len() {
             assert!(BaseSums::decode(&buf[..n]).is_err(), "cut at {n}");
         }
+    }
+
+    #[test]
+    fn unchecked_decode_keeps_the_layout_and_ignores_only_the_crc() {
+        let s = BaseSums {
+            block_size: 512,
+            sums: vec![1, 2, 3, 0xdead_beef],
+        };
+        let buf = s.encode();
+        let mut bad = buf.clone();
+        let at = BaseSums::offset_of(2) as usize;
+        bad[at] ^= 4;
+        assert!(BaseSums::decode(&bad).is_err());
+        let got = BaseSums::decode_unchecked(&bad).map(|g| g.sums);
+        assert_eq!(got, Ok(vec![1, 2, 3 ^ 4, 0xdead_beef]));
+        // A damaged layout is still an error: magic, block size, count, length.
+        for i in [0, 12, 16] {
+            let mut bad = buf.clone();
+            bad[i] ^= 4;
+            assert!(BaseSums::decode_unchecked(&bad).is_err(), "flip at {i}");
+        }
+        assert!(BaseSums::decode_unchecked(&buf[..buf.len() - 2]).is_err());
     }
 }

@@ -18,8 +18,11 @@ const COPY_CHUNK: usize = 4 << 20;
 pub(crate) struct BaseImage {
     file: FileRef,
     path: PathBuf,
+    sums_path: PathBuf,
     block_size: u32,
     sums: Vec<u32>,
+    /// `base.sums` failed its own checksum: a mismatch may be the sum's fault.
+    sums_damaged: bool,
     /// The crc32c of an all-zero block.
     zero_sum: u32,
     /// Blocks read from the file since it was opened (reads are what holes save).
@@ -89,40 +92,72 @@ impl BaseImage {
         Ok(())
     }
 
-    /// Opens the base image of a volume of `blocks` blocks.
+    /// Opens the base image of a volume of `blocks` blocks. A damaged `base.sums` does not
+    /// stop it: the second value says what is wrong (and whether its sums could still be
+    /// read). Reads then accept a block only when its bytes and its sum agree, and name
+    /// `base.sums` when they do not: either may be the damaged one.
     pub(crate) fn open(
         fs: &dyn Storage,
         dir: &Path,
         block_size: u32,
         blocks: u64,
-    ) -> Result<BaseImage> {
+    ) -> Result<(BaseImage, Option<(crate::VaultError, bool)>)> {
         let path = dir.join(rewind_format::names::BASE_IMAGE);
         let sums_path = dir.join(rewind_format::names::BASE_SUMS);
         let file = fsutil::open_vault_file(fs, &path)?;
-        let raw = fsutil::read_file(fs, &sums_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => corrupted(&sums_path, 0, Corruption::Missing),
+        let (sums, damage) = match Self::read_sums(fs, &sums_path, block_size, blocks) {
+            Ok(sums) => (sums, None),
+            Err(e @ crate::VaultError::Corrupted { .. }) => {
+                let layout = fsutil::read_file(fs, &sums_path)
+                    .ok()
+                    .and_then(|raw| BaseSums::decode_unchecked(&raw).ok())
+                    .filter(|s| s.block_size == block_size && s.sums.len() as u64 == blocks);
+                let usable = layout.is_some();
+                (
+                    layout.map(|s| s.sums).unwrap_or_default(),
+                    Some((e, usable)),
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((
+            BaseImage {
+                file,
+                path,
+                sums_path,
+                block_size,
+                sums,
+                sums_damaged: damage.is_some(),
+                zero_sum: crc32c::crc32c(&vec![0u8; block_size as usize]),
+                blocks_read: AtomicU64::new(0),
+            },
+            damage,
+        ))
+    }
+
+    fn read_sums(
+        fs: &dyn Storage,
+        sums_path: &Path,
+        block_size: u32,
+        blocks: u64,
+    ) -> Result<Vec<u32>> {
+        let raw = fsutil::read_file(fs, sums_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => corrupted(sums_path, 0, Corruption::Missing),
             _ => crate::VaultError::Io {
                 op: "read",
-                path: sums_path.clone(),
+                path: sums_path.to_path_buf(),
                 source: e,
             },
         })?;
-        let sums = BaseSums::decode(&raw).map_err(|e| decode_err(&sums_path, 0, e))?;
+        let sums = BaseSums::decode(&raw).map_err(|e| decode_err(sums_path, 0, e))?;
         if sums.block_size != block_size || sums.sums.len() as u64 != blocks {
             return Err(corrupted(
-                &sums_path,
+                sums_path,
                 0,
                 Corruption::Inconsistent("checksums do not describe this volume"),
             ));
         }
-        Ok(BaseImage {
-            file,
-            path,
-            block_size,
-            sums: sums.sums,
-            zero_sum: crc32c::crc32c(&vec![0u8; block_size as usize]),
-            blocks_read: AtomicU64::new(0),
-        })
+        Ok(sums.sums)
     }
 
     /// Splits blocks first..first+count into runs that read as zeroes, verified, without
@@ -188,6 +223,13 @@ impl BaseImage {
             let b = first + i as u64;
             let want = self.sums.get(b as usize).copied();
             if want != Some(crc32c::crc32c(block)) {
+                if self.sums_damaged {
+                    return Err(corrupted(
+                        &self.sums_path,
+                        BaseSums::offset_of(b),
+                        Corruption::BaseSumDamaged { block: b },
+                    ));
+                }
                 return Err(corrupted(
                     &self.path,
                     b * bs,

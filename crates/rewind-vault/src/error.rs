@@ -22,6 +22,14 @@ pub enum VaultError {
         reason: Corruption,
     },
 
+    /// The current manifest is damaged and a writer was asked to open the vault; the
+    /// previous generation is intact (readers read the vault as of it).
+    #[error("{source}; the previous manifest (generation {previous}) is intact: `rewind list` and `rewind restore` read the vault as of it; a writer refuses (`rewind repair` does not mend a manifest yet)")]
+    ManifestDamaged {
+        source: Box<VaultError>,
+        previous: u64,
+    },
+
     #[error("vault {path} is in use by another writer ({holder}); stop it, or talk to it through its control socket")]
     Locked { path: PathBuf, holder: String },
 
@@ -115,6 +123,8 @@ pub enum Corruption {
     SeqGap { expected: Seq, found: Seq },
     #[error("base image block {block} does not match its checksum")]
     BaseChecksum { block: u64 },
+    #[error("base image block {block} does not match its checksum in a damaged base.sums (either may be wrong)")]
+    BaseSumDamaged { block: u64 },
     #[error("file is missing")]
     Missing,
     #[error(

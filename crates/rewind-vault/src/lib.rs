@@ -35,7 +35,8 @@ pub use rewind_format::manifest::{
 };
 pub use rewind_format::Seq;
 pub use vault::{
-    CreateOptions, HostOp, IntervalInfo, LogPosition, SuspectMark, Vault, VaultInfo, WriteRefusal,
+    CreateOptions, Damage, HostOp, IntervalInfo, LogPosition, MapRepair, SuspectMark, Vault,
+    VaultInfo, WriteRefusal,
 };
 pub use view::{BlockSource, Extent, ExtentKind, Origin, PointView};
 

@@ -71,6 +71,59 @@ pub(crate) fn load(fs: &dyn Storage, dir: &Path) -> Result<(Manifest, PathBuf)> 
     Ok((m, path))
 }
 
+/// Loads generation `g` (an error if it is not intact).
+pub(crate) fn load_generation(
+    fs: &dyn Storage,
+    dir: &Path,
+    g: Generation,
+) -> Result<(Manifest, PathBuf)> {
+    let path = dir.join(names::manifest(g));
+    let bytes = fsutil::read_file(fs, &path).io("read", &path)?;
+    let m = Manifest::decode(&bytes).map_err(|e| decode_err(&path, 0, e))?;
+    if m.generation != g {
+        return Err(crate::error::corrupted(
+            &path,
+            8,
+            crate::Corruption::Inconsistent("generation differs from the file name"),
+        ));
+    }
+    Ok((m, path))
+}
+
+/// The generation before the current one on disk, if any.
+pub(crate) fn previous_generation(fs: &dyn Storage, dir: &Path) -> Result<Option<Generation>> {
+    let gens = generations(fs, dir)?;
+    Ok(gens.len().checked_sub(2).map(|i| gens[i]))
+}
+
+/// A damaged current manifest: its path and what is wrong.
+pub(crate) type Damaged = (PathBuf, VaultError);
+
+/// [`load`] for a reader of a damaged vault: a corrupt current manifest falls back to the
+/// previous generation when that one is intact, and says so (the current one's path and
+/// error). Writers never do this: `rewind repair` does it, saying what it loses.
+pub(crate) fn load_or_previous(
+    fs: &dyn Storage,
+    dir: &Path,
+) -> Result<(Manifest, PathBuf, Option<Damaged>)> {
+    let err = match load(fs, dir) {
+        Ok((m, p)) => return Ok((m, p, None)),
+        Err(e @ VaultError::Corrupted { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    let current = generations(fs, dir)?
+        .last()
+        .map(|g| dir.join(names::manifest(*g)))
+        .unwrap_or_else(|| dir.to_path_buf());
+    let Some(prev) = previous_generation(fs, dir)? else {
+        return Err(err);
+    };
+    match load_generation(fs, dir, prev) {
+        Ok((m, p)) => Ok((m, p, Some((current, err)))),
+        Err(_) => Err(err),
+    }
+}
+
 /// Commits `m` (whose generation must be one more than the current) atomically, then
 /// removes generations older than the previous one.
 pub(crate) fn commit(fs: &dyn Storage, dir: &Path, m: &Manifest) -> Result<()> {

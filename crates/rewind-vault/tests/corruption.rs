@@ -89,6 +89,10 @@ fn assert_corrupt(
     what: &str,
 ) -> Corruption {
     match res {
+        // A writer refused for a damaged current manifest: the corruption is its source.
+        Err(VaultError::ManifestDamaged { source, .. }) => {
+            assert_corrupt(Err::<(), _>(*source), path, range, what)
+        }
         Err(VaultError::Corrupted {
             path: p,
             offset,
@@ -350,12 +354,13 @@ fn manifest_every_byte() {
         common::flip(&path, at, 0x80 >> (at % 8));
         let what = format!("manifest byte {at}");
         assert_corrupt(Vault::open(&dir).map(|v| v.info()), &path, 0..len, &what);
-        assert_corrupt(
-            Vault::open_read_only(&dir).map(|v| v.info()),
-            &path,
-            0..len,
-            &what,
-        );
+        // A reader falls back to the previous generation, and says so.
+        let vault = Vault::open_read_only(&dir).unwrap();
+        assert_eq!(vault.damage().len(), 1, "{what}");
+        assert_eq!(vault.damage()[0].path, path, "{what}");
+        if at % 32 == 0 {
+            check_everything(&vault, &model, &what);
+        }
     }
     for cut in [0, 7, len / 2, len - 1] {
         std::fs::write(&path, &pristine[..cut as usize]).unwrap();
@@ -457,53 +462,87 @@ fn base_image_block() {
     assert!(matches!(reason, Corruption::Missing));
 }
 
-/// The base checksums: any flipped byte and the vault does not open.
+/// The base checksums: any flipped byte and the vault still opens, naming the file; reads
+/// give the right data or fail naming it.
 #[test]
 fn base_sums_every_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, _) = build(tmp.path(), Compression::None);
+    let (dir, model) = build(tmp.path(), Compression::None);
     let path = dir.join("base").join("base.sums");
     let pristine = std::fs::read(&path).unwrap();
     let len = pristine.len() as u64;
+    // The vault opens, says the file is damaged, and every read either gives the model's
+    // data or fails naming base.sums: a block is read only when it matches its own sum.
+    let reads_or_names = |vault: &Vault, what: &str| {
+        assert_eq!(vault.damage().len(), 1, "{what}");
+        assert_eq!(vault.damage()[0].path, path, "{what}");
+        for s in 0..=model.newest() {
+            match read(vault, &format!("seq:{s}"), 0, BLOCKS as u64) {
+                Ok(got) => assert_eq!(got, model.image(s), "{what}: seq:{s}"),
+                Err(e) => {
+                    assert_corrupt(Err::<(), _>(e), &path, 0..len, what);
+                }
+            }
+        }
+    };
     for at in 0..len {
         std::fs::write(&path, &pristine).unwrap();
         common::flip(&path, at, 0x04);
         let what = format!("sums byte {at}");
-        assert_corrupt(Vault::open(&dir).map(|v| v.info()), &path, 0..len, &what);
-        assert_corrupt(
-            Vault::open_read_only(&dir).map(|v| v.info()),
-            &path,
-            0..len,
-            &what,
-        );
+        reads_or_names(&Vault::open(&dir).unwrap(), &what);
+        reads_or_names(&Vault::open_read_only(&dir).unwrap(), &what);
     }
+    // A flipped sum fails the reads of its block at seq:0, naming the sum.
+    std::fs::write(&path, &pristine).unwrap();
+    let sum_of = |b: u64| rewind_format::base_sums::BaseSums::offset_of(b);
+    common::flip(&path, sum_of(2), 0x04);
+    let vault = Vault::open_read_only(&dir).unwrap();
+    assert_corrupt(
+        read(&vault, "seq:0", 2, 1),
+        &path,
+        sum_of(2)..sum_of(2) + 1,
+        "sum 2",
+    );
+    assert_eq!(
+        read(&vault, "seq:0", 3, 1).unwrap(),
+        model_blocks(&model, 0, 3, 1)
+    );
+    drop(vault);
     std::fs::write(&path, &pristine[..pristine.len() - 4]).unwrap();
-    assert_corrupt(Vault::open(&dir).map(|v| v.info()), &path, 0..len, "cut");
+    let vault = Vault::open(&dir).unwrap();
+    assert_corrupt(read(&vault, "seq:0", 0, 1), &path, 0..len, "cut");
+    drop(vault);
     std::fs::remove_file(&path).unwrap();
-    assert_corrupt(Vault::open(&dir).map(|v| v.info()), &path, 0..1, "missing");
+    let vault = Vault::open(&dir).unwrap();
+    assert_corrupt(read(&vault, "seq:0", 0, 1), &path, 0..len, "missing");
 }
 
-/// A sealed segment that is missing or shorter than the manifest says: the vault does not
-/// open.
+/// A sealed segment that is missing or shorter than the manifest says: the vault opens and
+/// names it; points before its interval read as ever, points inside it fail naming it.
 #[test]
 fn missing_or_short_segment() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, _) = build(tmp.path(), Compression::None);
+    let (dir, model) = build(tmp.path(), Compression::None);
     let path = seg(&dir, 4);
     let pristine = std::fs::read(&path).unwrap();
-    std::fs::write(&path, &pristine[..pristine.len() - 1]).unwrap();
-    let reason = assert_corrupt(
-        Vault::open(&dir).map(|v| v.info()),
-        &path,
-        0..pristine.len() as u64,
-        "short",
-    );
-    assert!(matches!(reason, Corruption::Length { .. }), "{reason:?}");
+    let short = pristine.len() as u64 - 1;
+    std::fs::write(&path, &pristine[..short as usize]).unwrap();
+    let check = |vault: Vault, what: &str| {
+        assert_eq!(vault.damage().len(), 1, "{what}");
+        assert_eq!(vault.damage()[0].path, path, "{what}");
+        for s in 0..=3 {
+            let got = read(&vault, &format!("seq:{s}"), 0, BLOCKS as u64).unwrap();
+            assert_eq!(got, model.image(s), "{what}: seq:{s}");
+        }
+        for s in 4..=6 {
+            let r = read(&vault, &format!("seq:{s}"), 0, BLOCKS as u64);
+            assert_corrupt(r, &path, 0..short + 1, what);
+        }
+    };
+    check(Vault::open(&dir).unwrap(), "short");
     std::fs::remove_file(&path).unwrap();
-    for res in [Vault::open(&dir), Vault::open_read_only(&dir)] {
-        let reason = assert_corrupt(res.map(|v| v.info()), &path, 0..1, "missing");
-        assert!(matches!(reason, Corruption::Missing), "{reason:?}");
-    }
+    check(Vault::open(&dir).unwrap(), "missing");
+    check(Vault::open_read_only(&dir).unwrap(), "missing, read-only");
 }
 
 /// The open segment's header, when it has records: the vault does not open.

@@ -199,6 +199,13 @@ fn suspect_marks_persist_merge_and_are_refused_when_they_name_nothing() {
     let m = current_manifest(&dir);
     let len = std::fs::metadata(&m).unwrap().len();
     flip(&m, len - 10, 0x10);
-    let e = Vault::open_read_only(&dir).unwrap_err();
-    assert_eq!(corrupted_at(&e).0, m.as_path());
+    // A reader reads the previous generation and names the damage; a writer refuses.
+    let reader = Vault::open_read_only(&dir).unwrap();
+    assert_eq!(reader.damage()[0].path, m);
+    match Vault::open(&dir).unwrap_err() {
+        rewind_vault::VaultError::ManifestDamaged { source, .. } => {
+            assert_eq!(corrupted_at(&source).0, m.as_path())
+        }
+        e => panic!("a writer opened past a damaged manifest: {e}"),
+    }
 }

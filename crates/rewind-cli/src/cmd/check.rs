@@ -29,7 +29,7 @@ It does not stop at the first problem.
 
 What it reports, per problem: the file, the byte range of the damaged structure (a
 record, a map's head or entries, a base block, a manifest, a DRL copy), the error, and
-what it breaks: the vault does not open (a manifest, base.sums, a missing segment);
+what it breaks: the vault does not open (the base image; the manifest for writers);
 every read of points seq A..=B (a replay of an interval, or a delta map chain, reads
 it); reads of some blocks at points seq A..=B (each block until it is written again),
 and the snapshots among those points; only crash repair (the DRL); or nothing (a
@@ -156,7 +156,7 @@ fn affects_text(impact: &Impact, newest: Seq) -> String {
     match impact {
         Impact::Vault {
             previous_manifest_intact: Some(true),
-        } => "the vault does not open: no point can be read or served (the previous manifest generation is intact: it lacks only the newest commit)".into(),
+        } => "no writer opens the vault (serve refuses); readers (list, restore) read it as of the previous manifest generation, which is intact and lacks only the newest commit (`rewind repair` does not mend a manifest yet)".into(),
         Impact::Vault {
             previous_manifest_intact: Some(false),
         } => "the vault does not open: no point can be read or served (the previous manifest generation is damaged too)".into(),

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use rewind_format::delta_map::{FLAG_FIXUP, FLAG_MERGED, FLAG_SUSPECT};
-use rewind_vault::{format_time, SuspectEntry, Vault};
+use rewind_vault::{format_time, Damage, Seq, SuspectEntry, Vault};
 use serde_json::{json, Value};
 
 use super::VaultArg;
@@ -16,7 +16,14 @@ Interval flags (STATE column, \"flags\" in --json):
   SUSPECT   a sync found the vault's copy of some blocks this interval wrote wrong
             (different from the primary, or failing its checksum); points that read
             those blocks from here may be wrong, and `rewind restore` and @point
-            exports warn which blocks. The base image can be suspect too.")]
+            exports warn which blocks. The base image can be suspect too.
+  UNREADABLE  some points of the interval cannot be read at all: a file they need is
+            damaged (see DAMAGE below, \"damage\" in --json)
+  DAMAGED   reads of some blocks at its points fail: their data is in a damaged file
+
+DAMAGE lists the damaged files the vault was opened despite, what each breaks and what
+`rewind repair` does about it. A read that needs damaged bytes fails (exit 3) naming the
+file and byte; `rewind check` reads every byte and finds damage inside files too.")]
 pub struct Args {
     #[command(flatten)]
     pub vault: VaultArg,
@@ -89,9 +96,52 @@ pub fn warn_suspect_reads(at: &str, reads: &[SuspectEntry]) {
     }
 }
 
+/// The damage a vault was opened despite, as JSON.
+pub fn damage_json(damage: &[Damage]) -> Value {
+    json!(damage
+        .iter()
+        .map(|d| json!({
+            "file": d.path,
+            "offset": d.offset,
+            "structure": d.structure,
+            "error": d.error,
+            "unreadable": d.unreadable.map(|(from, to)| json!({"from": from.0, "to": to.map(|t| t.0)})),
+            "blocks_from": d.blocks_from.map(|s| s.0),
+            "breaks": d.breaks,
+            "repair": d.repair,
+        }))
+        .collect::<Vec<_>>())
+}
+
+/// Why reads of point `seq` fail (all of them: `unreadable`; of some blocks: `blocks`).
+fn damage_at(damage: &[Damage], seq: Seq) -> Value {
+    let unreadable: Vec<String> = damage
+        .iter()
+        .filter(|d| d.unreadable_at(seq))
+        .map(|d| format!("{}: {}", d.path.display(), d.error))
+        .collect();
+    let blocks: Vec<String> = damage
+        .iter()
+        .filter(|d| !d.unreadable_at(seq) && d.affects(seq))
+        .map(|d| format!("{}: {}", d.path.display(), d.error))
+        .collect();
+    json!({"unreadable": unreadable, "blocks": blocks})
+}
+
 /// The vault's timeline as JSON (also served over the control socket).
 pub fn to_json(vault: &Vault) -> Value {
     let info = vault.info();
+    let damage = vault.damage();
+    let interval_damage = |from: Seq, to: Seq| -> (bool, bool) {
+        let unreadable = damage.iter().any(|d| {
+            d.unreadable
+                .is_some_and(|(a, b)| a <= to && b.is_none_or(|b| b >= from))
+        });
+        let some = damage
+            .iter()
+            .any(|d| d.blocks_from.is_some_and(|f| f <= to));
+        (unreadable, some)
+    };
     let bs = u64::from(info.block_size);
     let suspects = vault.suspects();
     let suspect_of = |from: rewind_vault::Seq, to: rewind_vault::Seq| {
@@ -124,7 +174,9 @@ pub fn to_json(vault: &Vault) -> Value {
         })),
         "snapshots": vault.snapshots().iter().map(|s| json!({
             "name": s.name, "seq": s.seq.0, "time": format_time(s.time_ns), "app_consistent": s.app_consistent,
+            "damage": damage_at(damage, s.seq),
         })).collect::<Vec<_>>(),
+        "damage": damage_json(damage),
         "intervals": vault.intervals().iter().map(|i| json!({
             "seq_from": i.seq_from.0, "seq_to": i.seq_to.0,
             "time_from": format_time(i.time_from_ns), "time_to": format_time(i.time_to_ns),
@@ -136,6 +188,8 @@ pub fn to_json(vault: &Vault) -> Value {
             "fixup": i.flags & FLAG_FIXUP != 0,
             "suspect": i.flags & FLAG_SUSPECT != 0,
             "suspect_blocks": suspect_json(suspect_of(i.seq_from, i.seq_to)),
+            "unreadable": interval_damage(i.seq_from, i.seq_to).0,
+            "damaged": interval_damage(i.seq_from, i.seq_to).1,
         })).collect::<Vec<_>>(),
     })
 }
@@ -216,12 +270,21 @@ fn print_human(j: &Value) {
             } else {
                 ""
             };
+            let d = &s["damage"];
+            let mark = if d["unreadable"].as_array().is_some_and(|a| !a.is_empty()) {
+                "  UNREADABLE"
+            } else if d["blocks"].as_array().is_some_and(|a| !a.is_empty()) {
+                "  DAMAGED"
+            } else {
+                ""
+            };
             println!(
-                "  {:w$}  {:>10}  {}{}",
+                "  {:w$}  {:>10}  {}{}{}",
                 s["name"].as_str().unwrap_or("?"),
                 s["seq"].to_string(),
                 s["time"].as_str().unwrap_or("?"),
-                ac
+                ac,
+                mark
             );
         }
     }
@@ -229,18 +292,52 @@ fn print_human(j: &Value) {
     let intervals = j["intervals"].as_array().cloned().unwrap_or_default();
     if intervals.is_empty() {
         println!("No writes recorded yet.");
+    } else {
+        print_intervals(&intervals, base);
+    }
+    print_damage(j);
+}
+
+/// The DAMAGE section: each damaged file, what it breaks, what repair does.
+pub fn print_damage(j: &Value) {
+    let damage = j["damage"].as_array().cloned().unwrap_or_default();
+    if damage.is_empty() {
         return;
     }
+    println!();
+    println!("DAMAGE (the vault opened without these; a read that needs them fails, exit 3):");
+    for d in &damage {
+        println!(
+            "  {} ({}) {}",
+            d["file"].as_str().unwrap_or("?"),
+            d["structure"].as_str().unwrap_or("?"),
+            d["error"].as_str().unwrap_or("?")
+        );
+        println!("      breaks: {}", d["breaks"].as_str().unwrap_or("?"));
+        println!(
+            "      rewind repair: {}",
+            d["repair"].as_str().unwrap_or("?")
+        );
+    }
+    println!("`rewind check` reads every byte of the vault; `rewind repair --dry-run` shows what it would do.");
+}
+
+fn print_intervals(intervals: &[Value], base: &Value) {
     println!("INTERVALS");
     println!(
         "  {:>23}  {:<30}  {:<30}  {:>9}  {:>10}  {:>10}  STATE",
         "SEQ", "FROM", "TO", "BLOCKS", "CHANGED", "LOG"
     );
     let mut suspect_notes = Vec::new();
-    for i in &intervals {
+    for i in intervals {
         let mut state = i["state"].as_str().unwrap_or("?").to_string();
         if i["fixup"] == json!(true) {
             state.push_str(" fix-up");
+        }
+        if i["unreadable"] == json!(true) {
+            state.push_str(" UNREADABLE");
+        } else if i["damaged"] == json!(true) {
+            state.push_str(" DAMAGED");
         }
         if i["suspect"] == json!(true) {
             let s = &i["suspect_blocks"];

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod init;
 pub mod list;
+pub mod repair;
 pub mod restore;
 pub mod serve;
 pub mod snapshot;

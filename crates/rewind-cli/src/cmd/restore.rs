@@ -54,6 +54,11 @@ pub struct Args {
     /// Replace --to if it exists
     #[arg(long)]
     pub force: bool,
+    /// On a damaged vault: write every block that reads, leave the unreadable ones as
+    /// holes, list them (stderr, and "unreadable" in --json) and exit 3. Never silent: an
+    /// image with unreadable blocks always exits non-zero
+    #[arg(long, conflicts_with = "in_place")]
+    pub salvage: bool,
     /// Print what would be done, and do nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -71,8 +76,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let at = a.at.clone().unwrap_or_default();
     let vault = Vault::open_read_only(&dir)
         .with_context(|| format!("cannot open vault {}", dir.display()))?;
-    let (plan, view) =
-        restore::plan(&vault, &point, &to, a.force).context("cannot plan the restore")?;
+    let (plan, view) = restore::plan_salvage(&vault, &point, &to, a.force, a.salvage)
+        .context("cannot plan the restore")?;
     let summary = json!({
         "point": at,
         "seq": plan.point.seq.0,
@@ -128,21 +133,60 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 plan.to.display()
             )
         })?;
+    let bad: u64 = report.unreadable.iter().map(|u| u.count).sum();
+    for u in &report.unreadable {
+        eprintln!(
+            "unreadable: blocks {}..{} (bytes {}..{}): {}",
+            u.first,
+            u.first + u.count,
+            u.first * bs,
+            (u.first + u.count) * bs,
+            u.error
+        );
+    }
+    if bad > 0 {
+        eprintln!(
+            "error: {} could not be read and are holes in {} (zeroes); the rest is the point's data",
+            crate::cmd::list::plural(bad, "block"),
+            plan.to.display()
+        );
+    }
+    let exit = if bad > 0 {
+        Err(crate::exit::Code(crate::exit::CORRUPTED).into())
+    } else {
+        Ok(())
+    };
     if a.json {
         let mut s = summary;
         s["bytes_written"] = json!(report.bytes_written);
         s["hole_blocks"] = json!(report.holes);
         s["seconds"] = json!(report.elapsed.as_secs_f64());
-        return output::json(&s);
+        s["salvage"] = json!(a.salvage);
+        s["unreadable_blocks"] = json!(bad);
+        s["unreadable"] = json!(report
+            .unreadable
+            .iter()
+            .map(|u| json!({"first_block": u.first, "blocks": u.count, "offset": u.first * bs, "length": u.count * bs, "error": u.error}))
+            .collect::<Vec<_>>());
+        output::json(&s)?;
+        return exit;
     }
     println!(
-        "Restored {} (seq {}, {}) to {}: {} written, the rest left sparse, in {:.1}s.",
+        "Restored {} (seq {}, {}) to {}: {} written, the rest left sparse, in {:.1}s{}.",
         at,
         plan.point.seq,
         format_time(plan.point.time_ns),
         plan.to.display(),
         output::bytes(report.bytes_written),
-        report.elapsed.as_secs_f64()
+        report.elapsed.as_secs_f64(),
+        if bad > 0 {
+            format!(
+                " ({} unreadable, listed on stderr)",
+                output::bytes(bad * bs)
+            )
+        } else {
+            String::new()
+        }
     );
-    Ok(())
+    exit
 }

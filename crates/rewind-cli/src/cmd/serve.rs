@@ -138,6 +138,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Vault::open_as(&vault_dir, "rewind serve")
             .with_context(|| format!("cannot open vault {}", vault_dir.display()))?,
     );
+    // The live volume needs the primary and the write log's open end, not history: a
+    // damaged past is said here, and reads of it fail (exports of points that need it).
+    for d in vault.damage() {
+        tracing::warn!(file = %d.path.display(), error = %d.error, breaks = %d.breaks, "the vault is damaged; serving what is intact (`rewind list` shows it, `rewind repair` mends what it can)");
+    }
     // The vault's own record unless told: `serve --vault X` serves what X protects.
     let primary = primary.unwrap_or_else(|| PathBuf::from(vault.info().primary));
     check_identity(&primary, &vault.info().primary, a.moved_primary)?;

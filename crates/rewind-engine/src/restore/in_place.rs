@@ -132,6 +132,7 @@ pub fn execute_in_place(
             bytes_written: 0,
             holes: 0,
             elapsed: start.elapsed(),
+            unreadable: Vec::new(),
         });
     }
     vault.begin_restore(RestoreInPlace {
@@ -169,6 +170,7 @@ pub fn execute_in_place(
         bytes_written: written,
         holes: 0,
         elapsed: start.elapsed(),
+        unreadable: Vec::new(),
     })
 }
 

@@ -141,24 +141,60 @@ impl Checker<'_> {
     fn base_sums(&mut self, bs: u32, blocks: Option<u64>) -> Option<Vec<u32>> {
         let path = self.dir.join(names::BASE_DIR).join(names::BASE_SUMS);
         let what = "base image checksums";
-        let f = self.open_named(&path, what, NO_OPEN).ok()?;
-        let decoded = self
-            .src
-            .read_all(&f)
-            .and_then(|b| BaseSums::decode(&b).map_err(|e| Corruption::Decode(e).into()));
-        match decoded {
-            Ok(s) if s.block_size == bs && blocks.is_none_or(|n| n == s.sums.len() as u64) => {
-                Some(s.sums)
+        let f = match self.open_named(&path, what, Impact::Points(Vec::new())) {
+            Ok(f) => f,
+            Err(p) => {
+                self.watch_all_base(p, blocks);
+                return None;
             }
-            Ok(_) => {
-                let c = Corruption::Inconsistent("checksums do not describe this volume");
-                self.problem(&path, (0, f.len), what.into(), c.into(), NO_OPEN);
+        };
+        let fits =
+            |s: &BaseSums| s.block_size == bs && blocks.is_none_or(|n| n == s.sums.len() as u64);
+        let kept = "the vault opens without it: each base image block is checked against its own sum (those that do not match are listed as problems of their own)";
+        let (fault, sums): (Fault, _) = match self.src.read_all(&f) {
+            Err(fault) => (fault, None),
+            Ok(raw) => match BaseSums::decode(&raw) {
+                Ok(s) if fits(&s) => return Some(s.sums),
+                Ok(_) => (
+                    Corruption::Inconsistent("checksums do not describe this volume").into(),
+                    None,
+                ),
+                // What the vault reads of it: its sums, when only its checksum failed.
+                Err(e) => (
+                    Corruption::Decode(e).into(),
+                    BaseSums::decode_unchecked(&raw).ok().filter(fits),
+                ),
+            },
+        };
+        match sums {
+            Some(sums) => {
+                self.problem(&path, (0, f.len), what.into(), fault, Impact::Nothing(kept));
+                self.sums_damaged = true;
+                Some(sums.sums)
+            }
+            None => {
+                // No sum can be read: every read of a block from the base image fails,
+                // from seq 0 until a record writes the block.
+                let p = self.problem(
+                    &path,
+                    (0, f.len),
+                    what.into(),
+                    fault,
+                    Impact::Points(Vec::new()),
+                );
+                self.watch_all_base(p, blocks);
                 None
             }
-            Err(fault) => {
-                self.problem(&path, (0, f.len), what.into(), fault, NO_OPEN);
-                None
-            }
+        }
+    }
+
+    /// Problem `p` breaks every read of a base image block (of `blocks`, when known), from
+    /// seq 0 until a record writes the block.
+    fn watch_all_base(&mut self, p: usize, blocks: Option<u64>) {
+        if let Some(n) = blocks {
+            let mut all = RoaringTreemap::new();
+            all.insert_range(0..n);
+            self.tracker.watch(p, Seq::BASE, all);
         }
     }
 
@@ -259,8 +295,16 @@ impl Checker<'_> {
             } else {
                 format!("base image blocks {first}..{}", first + n)
             };
-            let fault = Corruption::BaseChecksum { block: first }.into();
-            let p = self.problem(path, (first * bsz, n * bsz), what, fault, impact());
+            let p = if self.sums_damaged {
+                let sums = self.dir.join(names::BASE_DIR).join(names::BASE_SUMS);
+                let fault = Corruption::BaseSumDamaged { block: first }.into();
+                let at = BaseSums::offset_of(first);
+                let what = format!("checksum of {what}");
+                self.problem(&sums, (at, n * 4), what, fault, impact())
+            } else {
+                let fault = Corruption::BaseChecksum { block: first }.into();
+                self.problem(path, (first * bsz, n * bsz), what, fault, impact())
+            };
             if watch {
                 self.tracker
                     .watch(p, Seq::BASE, (first..first + n).collect());

@@ -137,6 +137,9 @@ pub(crate) struct Checker<'a> {
     files: u64,
     generation: Option<u64>,
     used_previous: bool,
+    /// `base.sums` failed its checksum but its sums were read: a block that does not match
+    /// is named at its sum (either may be wrong), as the vault's reads name it.
+    sums_damaged: bool,
     block_size: u32,
     volume_size: u64,
     rate: Option<u64>,
@@ -178,6 +181,7 @@ impl<'a> Checker<'a> {
             files: 0,
             generation: None,
             used_previous: false,
+            sums_damaged: false,
             block_size: 0,
             volume_size: 0,
             rate: opts.rate.filter(|r| *r > 0),
@@ -337,7 +341,7 @@ impl<'a> Checker<'a> {
         e: Option<&MapEntry>,
         map: Option<&DeltaMap>,
     ) {
-        let Some(scan) = self.sealed_segment(m, s) else {
+        let Some(scan) = self.sealed_segment(m, s, map) else {
             return;
         };
         let (a, b) = (s.id.0, s.last_seq);
@@ -368,23 +372,43 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Scans a sealed segment; a missing or short one is a problem (the vault checks every
-    /// listed segment when it opens, so it does not open).
-    fn sealed_segment(&mut self, m: &Manifest, s: &SegmentEntry) -> Option<SealedScan> {
+    /// Scans a sealed segment. A missing or short one breaks the points inside its
+    /// interval (their replay reads the whole segment) and, from the interval's end on,
+    /// reads of the blocks its delta map takes from the lost bytes.
+    fn sealed_segment(
+        &mut self,
+        m: &Manifest,
+        s: &SegmentEntry,
+        map: Option<&DeltaMap>,
+    ) -> Option<SealedScan> {
         let path = self.dir.join(names::LOG_DIR).join(names::segment(s.id));
-        let file = self.open_named(&path, "write log segment", NO_OPEN).ok()?;
+        let (a, b) = (s.id.0, s.last_seq);
+        let inside = Upto::Seq(Seq(b.0.saturating_sub(1)));
+        let file = match self.open_named(&path, "write log segment", Impact::Points(Vec::new())) {
+            Ok(f) => f,
+            Err(p) => {
+                self.tracker.whole(p, a, inside);
+                if let Some(map) = map {
+                    let lost = maps::blocks_from(map, s.id, 0, u64::MAX, |_, _| true);
+                    self.tracker.watch(p, b, lost);
+                }
+                return None;
+            }
+        };
         if file.len < s.length {
             let c = Corruption::Length {
                 expected: s.length,
                 actual: file.len,
             };
-            self.problem(
+            // The scan names the records cut off, and the blocks they held.
+            let p = self.problem(
                 &path,
                 (file.len, 0),
                 "write log segment (shorter than the manifest says)".into(),
                 c.into(),
-                NO_OPEN,
+                Impact::Points(Vec::new()),
             );
+            self.tracker.whole(p, a, inside);
         } else if file.len > s.length {
             self.note(
                 &path,

@@ -42,8 +42,9 @@ pub struct Problem {
 #[non_exhaustive]
 pub enum Impact {
     /// The vault does not open until this is repaired: no point can be read or served.
-    /// For a damaged current manifest, whether the previous generation is intact (a person
-    /// can put it back: it lacks only the newest seal).
+    /// For a damaged current manifest, whether the previous generation is intact: then
+    /// readers open the vault as of it and writers refuse (`rewind repair` falls back to
+    /// it; it lacks only the newest commit).
     Vault {
         previous_manifest_intact: Option<bool>,
     },

@@ -1,10 +1,12 @@
 //! The vault: creating, opening, appending, flushing (group commit) and sealing.
 //! Listing lives in [`listing`], points and point-in-time views in [`points`].
 
+mod damage;
 mod fixup;
 mod intents;
 mod listing;
 mod points;
+mod repair;
 mod scope;
 mod suspect;
 mod unit;
@@ -34,6 +36,8 @@ use crate::write_log::writer::LogWriter;
 use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
 
+pub use damage::Damage;
+pub use repair::MapRepair;
 pub use suspect::SuspectMark;
 pub use unit::HostOp;
 use unit::RecordSpec;
@@ -131,6 +135,8 @@ pub struct Vault {
     shared: Arc<Shared>,
     inner: Mutex<Inner>,
     synced: Condvar,
+    /// Damaged files the vault opened despite (see [`Vault::damage`]).
+    damage: Vec<Damage>,
 }
 
 impl Vault {
@@ -285,7 +291,29 @@ impl Vault {
 
     fn open_with(fs: Arc<dyn Storage>, dir: &Path, lock: Option<VaultLock>) -> Result<Vault> {
         let repair = lock.is_some();
-        let (manifest, mpath) = manifest_store::load(fs.as_ref(), dir)?;
+        let mut found = Vec::new();
+        let (manifest, mpath) = if repair {
+            match manifest_store::load(fs.as_ref(), dir) {
+                Ok(m) => m,
+                Err(e @ VaultError::Corrupted { .. }) => {
+                    return Err(match manifest_store::load_or_previous(fs.as_ref(), dir) {
+                        Ok((m, _, Some(_))) => VaultError::ManifestDamaged {
+                            source: Box::new(e),
+                            previous: m.generation.0,
+                        },
+                        _ => e,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            let (m, p, bad) = manifest_store::load_or_previous(fs.as_ref(), dir)?;
+            if let Some((current, e)) = bad {
+                tracing::info!(error = %e, previous = %p.display(), "the current manifest is damaged; reading the vault as of the previous one");
+                found.push(damage::manifest(&current, corruption_text(&e), &m));
+            }
+            (m, p)
+        };
         let bs = manifest.block_size;
         if manifest.volume_size % u64::from(bs) != 0 || manifest.volume_size == 0 {
             return Err(corrupted(
@@ -295,25 +323,42 @@ impl Vault {
             ));
         }
         let blocks = manifest.volume_size / u64::from(bs);
-        let base = BaseImage::open(fs.as_ref(), &dir.join(names::BASE_DIR), bs, blocks)?;
+        let base_dir = dir.join(names::BASE_DIR);
+        let (base, sums_damage) = BaseImage::open(fs.as_ref(), &base_dir, bs, blocks)?;
+        if let Some((e, layout)) = sums_damage {
+            tracing::info!(error = %e, "base.sums is damaged; base image blocks are checked against their own sums");
+            found.push(damage::base_sums(
+                &base_dir.join(names::BASE_SUMS),
+                corruption_text(&e),
+                layout,
+            ));
+        }
         let log_dir = dir.join(names::LOG_DIR);
         let segments = SegmentFiles::new(fs.clone(), log_dir.clone(), bs);
         for s in &manifest.segments {
             let p = segments.path(s.id);
             match fs.stat(&p) {
                 Ok(m) if m.len >= s.length => {}
-                Ok(m) => {
-                    return Err(corrupted(
-                        &p,
-                        m.len,
-                        Corruption::Length {
-                            expected: s.length,
-                            actual: m.len,
-                        },
-                    ))
+                Ok(m) => found.push(damage::segment(&p, s, Some(m.len))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    found.push(damage::segment(&p, s, None))
                 }
-                Err(_) => return Err(corrupted(&p, 0, Corruption::Missing)),
+                Err(e) => return Err(e).io("stat", &p),
             }
+        }
+        let maps_dir = dir.join(names::MAPS_DIR);
+        for e in &manifest.maps {
+            let p = maps_dir.join(names::delta_map(e.interval.seq_from, e.interval.seq_to));
+            match fs.stat(&p) {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    found.push(damage::map(&p, e))
+                }
+                Err(err) => return Err(err).io("stat", &p),
+            }
+        }
+        for d in &found {
+            tracing::info!(file = %d.path.display(), error = %d.error, breaks = %d.breaks, "the vault is damaged");
         }
         let log_writer = if repair {
             Some(Arc::new(LogWriter::start(BUFFER_BYTES)?))
@@ -366,6 +411,7 @@ impl Vault {
                 seal_failed: None,
             }),
             synced: Condvar::new(),
+            damage: found,
         };
         if repair {
             let mut inner = vault.lock();
@@ -891,6 +937,14 @@ impl Drop for Vault {
                 }
             }
         }
+    }
+}
+
+/// The text of a corruption (without the path, which a [`Damage`] holds on its own).
+fn corruption_text(e: &VaultError) -> String {
+    match e {
+        VaultError::Corrupted { offset, reason, .. } => format!("at byte {offset}: {reason}"),
+        other => other.to_string(),
     }
 }
 
