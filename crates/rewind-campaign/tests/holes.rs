@@ -285,3 +285,66 @@ fn a_snapshot_that_failed_after_its_marker_was_appended_can_be_retried() {
     assert!(v.vault().snapshots().iter().any(|x| x.name == "full"));
     v.stop().unwrap();
 }
+
+/// A torn tail: the header of the last record was lost with its sector, the rest of it
+/// kept. The torn-tail check looks past a bad record for a valid one that says the bad one
+/// was durable (then it is damage, not a tear); a guest's data holding a record-shaped copy
+/// (its crc computed as the format says) must not be taken for one: the open fails with
+/// "corrupt" and the restart needs a manual step, or worse, the fake is believed. Each
+/// record's crc is bound to its vault, segment and offset, which a payload cannot fake.
+#[test]
+fn record_shaped_bytes_in_a_guest_payload_never_fool_the_torn_tail_check() {
+    use rewind_format::compress::StoredAs;
+    use rewind_format::record::{self, NewRecord, RecordKind};
+    let (fs, layout) = create();
+    let v = open(&fs, &layout);
+    v.write(0, &[1u8; BS], false).unwrap();
+    v.flush().unwrap();
+    let pos = v.vault().log_position();
+    let (tail, next_seq) = (pos.durable_bytes, v.vault().newest_seq().0 + 1);
+    // The guest writes, as data, a zero record of the whole volume that claims the write
+    // carrying it was durable.
+    let fake = NewRecord {
+        kind: RecordKind::Zero,
+        seq: rewind_vault::Seq(next_seq + 1),
+        timestamp_ns: 1,
+        first_block: 0,
+        block_count: BLOCKS as u32,
+        durable_seq: rewind_vault::Seq(next_seq),
+        app_consistent: false,
+        continues: false,
+    };
+    let mut payload = vec![7u8; 2 * BS];
+    let mut rec = Vec::new();
+    record::encode(&mut rec, &fake, &[], 0, StoredAs::Raw, None);
+    payload[1024..1024 + rec.len()].copy_from_slice(&rec);
+    v.write(8 * BS as u64, &payload, false).unwrap();
+    v.vault().write_out().unwrap();
+    // Until the log writer has put it in the file.
+    let want_len = tail + (record::HEADER_LEN + 2 * BS) as u64;
+    for _ in 0..1000 {
+        if fs.contents(&pos.segment).unwrap().len() as u64 >= want_len {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let cut = fs.power_cut(Cut::Everything);
+    drop(v);
+    // The power cut lost the sector holding the record's header: what was there when the
+    // segment was last synced (the flushed tail, then zeroes) is back.
+    let mut seg = cut.contents(&pos.segment).unwrap();
+    let sector_end = (tail as usize / 512 + 1) * 512;
+    seg[tail as usize..sector_end].fill(0);
+    cut.put(&pos.segment, &seg).unwrap();
+    let v = recover(&cut, &layout);
+    let mut want = vec![0u8; BLOCKS * BS];
+    want[..BS].fill(1);
+    want[8 * BS..10 * BS].copy_from_slice(&payload);
+    assert!(live(&v) == want, "the primary lost the write");
+    assert!(
+        newest(&v) == want,
+        "the vault took the guest's bytes for a record"
+    );
+    clean(&v);
+    v.stop().unwrap();
+}

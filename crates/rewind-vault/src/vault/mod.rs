@@ -297,7 +297,7 @@ impl Vault {
         let blocks = manifest.volume_size / u64::from(bs);
         let base = BaseImage::open(fs.as_ref(), &dir.join(names::BASE_DIR), bs, blocks)?;
         let log_dir = dir.join(names::LOG_DIR);
-        let segments = SegmentFiles::new(fs.clone(), log_dir.clone(), bs);
+        let segments = SegmentFiles::new(fs.clone(), log_dir.clone(), bs, manifest.vault_id);
         for s in &manifest.segments {
             let p = segments.path(s.id);
             match fs.stat(&p) {
