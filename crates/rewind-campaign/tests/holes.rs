@@ -186,3 +186,165 @@ fn a_lost_dirty_region_log_after_a_machine_crash_never_lets_a_stale_primary_win(
         v.stop().unwrap();
     }
 }
+
+/// A snapshot's seal syncs the log; when that sync fails it may have dropped the marker
+/// (and Linux's next sync says all is well): the snapshot must not be acknowledged, and
+/// after the restart a retry with the same name works and is kept.
+#[test]
+fn a_snapshot_whose_sync_failed_is_not_acknowledged_and_its_retry_works() {
+    let (fs, layout) = create();
+    let v = open(&fs, &layout);
+    v.write(0, &[1u8; 4 * BS], false).unwrap();
+    v.flush().unwrap();
+    v.write(8 * BS as u64, &[2u8; BS], false).unwrap();
+    v.flush().unwrap();
+    fs.set_faults(FaultPlan::new(vec![Fault::once(
+        OpKind::Sync,
+        1,
+        FaultKind::Eio,
+    )
+    .on_paths("log/seg-")]));
+    let acked = v.vault().snapshot("before", false).is_ok();
+    fs.set_faults(FaultPlan::default());
+    // The machine goes on from what was synced.
+    let cut = fs.power_cut(Cut::DurableOnly);
+    drop(v);
+    let v = recover(&cut, &layout);
+    let kept = v.vault().snapshots().iter().any(|s| s.name == "before");
+    assert!(
+        !acked || kept,
+        "the snapshot was acknowledged and is gone after the restart"
+    );
+    // Whatever survived, the same name can be taken again now.
+    v.vault().snapshot("before", false).unwrap();
+    let want = live(&v);
+    let cut2 = cut.power_cut(Cut::DurableOnly);
+    drop(v);
+    let v = recover(&cut2, &layout);
+    let got = v
+        .vault()
+        .read_at(&"before".parse().unwrap(), 0, BLOCKS as u64)
+        .unwrap();
+    assert!(got == want, "the retried snapshot reads back wrong");
+    v.stop().unwrap();
+}
+
+/// A snapshot whose marker was appended and whose seal and sync then failed (the log's
+/// file system full) leaves the marker in the log: a retry with the same name, once space
+/// is back, is that snapshot, not "already exists"; and the host's writes go on.
+#[test]
+fn a_snapshot_that_failed_after_its_marker_was_appended_can_be_retried() {
+    let (fs, layout) = create();
+    let v = open(&fs, &layout);
+    v.write(0, &[1u8; 2 * BS], false).unwrap();
+    v.flush().unwrap();
+    fs.set_faults(FaultPlan::new(vec![Fault::from_then_on(
+        OpKind::Write,
+        1,
+        FaultKind::Enospc,
+    )
+    .on_paths("log/seg-")]));
+    let first = v.vault().snapshot("full", false);
+    assert!(
+        first.as_ref().is_err_and(|e| e.is_no_space()),
+        "the snapshot cannot be made durable: {first:?}"
+    );
+    fs.set_faults(FaultPlan::default());
+    // The log writer tries the refused write again by itself (or when poked).
+    let mut retry = v.vault().snapshot("full", false);
+    for _ in 0..200 {
+        match &retry {
+            Err(e) if e.is_no_space() => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                retry = v.vault().snapshot("full", false);
+            }
+            _ => break,
+        }
+    }
+    let s = retry.expect("the retried snapshot works");
+    assert_eq!(
+        v.vault()
+            .snapshots()
+            .iter()
+            .filter(|x| x.name == "full")
+            .count(),
+        1
+    );
+    v.write(4 * BS as u64, &[3u8; BS], false).unwrap();
+    v.flush().unwrap();
+    let cut = fs.power_cut(Cut::DurableOnly);
+    drop(v);
+    let v = recover(&cut, &layout);
+    let got = v
+        .vault()
+        .read_at(&Point::Seq(s.seq), 0, BLOCKS as u64)
+        .unwrap();
+    let mut want = vec![0u8; BLOCKS * BS];
+    want[..2 * BS].fill(1);
+    assert!(got == want, "the snapshot reads back wrong");
+    assert!(v.vault().snapshots().iter().any(|x| x.name == "full"));
+    v.stop().unwrap();
+}
+
+/// A torn tail: the header of the last record was lost with its sector, the rest of it
+/// kept. The torn-tail check looks past a bad record for a valid one that says the bad one
+/// was durable (then it is damage, not a tear); a guest's data holding a record-shaped copy
+/// (its crc computed as the format says) must not be taken for one: the open fails with
+/// "corrupt" and the restart needs a manual step, or worse, the fake is believed. Each
+/// record's crc is bound to its vault, segment and offset, which a payload cannot fake.
+#[test]
+fn record_shaped_bytes_in_a_guest_payload_never_fool_the_torn_tail_check() {
+    use rewind_format::compress::StoredAs;
+    use rewind_format::record::{self, NewRecord, RecordKind};
+    let (fs, layout) = create();
+    let v = open(&fs, &layout);
+    v.write(0, &[1u8; BS], false).unwrap();
+    v.flush().unwrap();
+    let pos = v.vault().log_position();
+    let (tail, next_seq) = (pos.durable_bytes, v.vault().newest_seq().0 + 1);
+    // The guest writes, as data, a zero record of the whole volume that claims the write
+    // carrying it was durable.
+    let fake = NewRecord {
+        kind: RecordKind::Zero,
+        seq: rewind_vault::Seq(next_seq + 1),
+        timestamp_ns: 1,
+        first_block: 0,
+        block_count: BLOCKS as u32,
+        durable_seq: rewind_vault::Seq(next_seq),
+        app_consistent: false,
+        continues: false,
+    };
+    let mut payload = vec![7u8; 2 * BS];
+    let mut rec = Vec::new();
+    record::encode(&mut rec, &fake, &[], 0, StoredAs::Raw, None);
+    payload[1024..1024 + rec.len()].copy_from_slice(&rec);
+    v.write(8 * BS as u64, &payload, false).unwrap();
+    v.vault().write_out().unwrap();
+    // Until the log writer has put it in the file.
+    let want_len = tail + (record::HEADER_LEN + 2 * BS) as u64;
+    for _ in 0..1000 {
+        if fs.contents(&pos.segment).unwrap().len() as u64 >= want_len {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let cut = fs.power_cut(Cut::Everything);
+    drop(v);
+    // The power cut lost the sector holding the record's header: what was there when the
+    // segment was last synced (the flushed tail, then zeroes) is back.
+    let mut seg = cut.contents(&pos.segment).unwrap();
+    let sector_end = (tail as usize / 512 + 1) * 512;
+    seg[tail as usize..sector_end].fill(0);
+    cut.put(&pos.segment, &seg).unwrap();
+    let v = recover(&cut, &layout);
+    let mut want = vec![0u8; BLOCKS * BS];
+    want[..BS].fill(1);
+    want[8 * BS..10 * BS].copy_from_slice(&payload);
+    assert!(live(&v) == want, "the primary lost the write");
+    assert!(
+        newest(&v) == want,
+        "the vault took the guest's bytes for a record"
+    );
+    clean(&v);
+    v.stop().unwrap();
+}

@@ -110,6 +110,33 @@ impl RecordKind {
     }
 }
 
+/// What a record's crc is bound to (segment version 3 on; see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    pub vault_id: [u8; 16],
+    pub segment_first_seq: Seq,
+    /// The record's byte offset in its segment.
+    pub offset: u64,
+}
+
+impl Binding {
+    fn bytes(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[..16].copy_from_slice(&self.vault_id);
+        b[16..24].copy_from_slice(&self.segment_first_seq.0.to_le_bytes());
+        b[24..].copy_from_slice(&self.offset.to_le_bytes());
+        b
+    }
+}
+
+/// The crc of the binding (if any) followed by the header's first 52 bytes.
+fn header_crc(bind: Option<&Binding>, header_prefix: &[u8]) -> u32 {
+    match bind {
+        Some(b) => crc32c::crc32c_append(crc32c::crc32c(&b.bytes()), header_prefix),
+        None => crc32c::crc32c(header_prefix),
+    }
+}
+
 /// A decoded record header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -274,9 +301,18 @@ impl RecordHeader {
         Ok(h)
     }
 
-    /// Checks the record's crc over the header bytes and the stored payload.
-    pub fn verify(&self, header_bytes: &[u8], payload: &[u8]) -> Result<(), DecodeError> {
-        let computed = record_crc(&header_bytes[..52.min(header_bytes.len())], payload);
+    /// Checks the record's crc over the header bytes and the stored payload, bound to
+    /// `bind` (segment version 3 on; `None` for older segments).
+    pub fn verify(
+        &self,
+        header_bytes: &[u8],
+        payload: &[u8],
+        bind: Option<&Binding>,
+    ) -> Result<(), DecodeError> {
+        let computed = crc32c::crc32c_append(
+            header_crc(bind, &header_bytes[..52.min(header_bytes.len())]),
+            payload,
+        );
         if computed != self.crc || payload.len() != self.payload_len as usize {
             return Err(DecodeError::Checksum {
                 offset: 52,
@@ -287,10 +323,6 @@ impl RecordHeader {
         }
         Ok(())
     }
-}
-
-fn record_crc(header_prefix: &[u8], payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(header_prefix), payload)
 }
 
 /// Fields of a record to encode (the payload is passed separately).
@@ -308,9 +340,17 @@ pub struct NewRecord {
 }
 
 /// Appends an encoded record (header + stored payload) to `out`. `stored` is the payload
-/// as it goes to disk; `raw_len` its length before compression; `stored_as` the codec.
-pub fn encode(out: &mut Vec<u8>, r: &NewRecord, stored: &[u8], raw_len: u32, stored_as: StoredAs) {
-    encode_header(out, r, stored, raw_len, stored_as);
+/// as it goes to disk; `raw_len` its length before compression; `stored_as` the codec;
+/// `bind` what the crc is bound to (`None`: a segment older than version 3).
+pub fn encode(
+    out: &mut Vec<u8>,
+    r: &NewRecord,
+    stored: &[u8],
+    raw_len: u32,
+    stored_as: StoredAs,
+    bind: Option<&Binding>,
+) {
+    encode_header(out, r, stored, raw_len, stored_as, bind);
     out.extend_from_slice(stored);
 }
 
@@ -322,6 +362,7 @@ pub fn encode_header(
     stored: &[u8],
     raw_len: u32,
     stored_as: StoredAs,
+    bind: Option<&Binding>,
 ) {
     encode_header_with_payload_crc(
         out,
@@ -330,6 +371,7 @@ pub fn encode_header(
         crc32c::crc32c(stored),
         raw_len,
         stored_as,
+        bind,
     );
 }
 
@@ -343,6 +385,7 @@ pub fn encode_header_with_payload_crc(
     payload_crc: u32,
     raw_len: u32,
     stored_as: StoredAs,
+    bind: Option<&Binding>,
 ) {
     let start = out.len();
     let mut flags = match stored_as {
@@ -368,16 +411,20 @@ pub fn encode_header_with_payload_crc(
     out.extend_from_slice(&r.durable_seq.0.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     let crc = crate::crc::concat(
-        crc32c::crc32c(&out[start..start + 52]),
+        header_crc(bind, &out[start..start + 52]),
         payload_crc,
         u64::from(stored_len),
     );
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes and verifies a whole record from `buf` (header then payload). Returns the
-/// header and the stored payload slice.
-pub fn decode(buf: &[u8], block_size: u32) -> Result<(RecordHeader, &[u8]), DecodeError> {
+/// Decodes and verifies a whole record from `buf` (header then payload), its crc bound to
+/// `bind` (see [`Binding`]). Returns the header and the stored payload slice.
+pub fn decode<'a>(
+    buf: &'a [u8],
+    block_size: u32,
+    bind: Option<&Binding>,
+) -> Result<(RecordHeader, &'a [u8]), DecodeError> {
     let h = RecordHeader::decode(buf, block_size)?;
     let end = HEADER_LEN + h.payload_len as usize;
     if buf.len() < end {
@@ -388,7 +435,7 @@ pub fn decode(buf: &[u8], block_size: u32) -> Result<(RecordHeader, &[u8]), Deco
         });
     }
     let payload = &buf[HEADER_LEN..end];
-    h.verify(&buf[..HEADER_LEN], payload)?;
+    h.verify(&buf[..HEADER_LEN], payload, bind)?;
     Ok((h, payload))
 }
 
@@ -408,7 +455,14 @@ mod tests {
             app_consistent: kind == RecordKind::Marker,
             continues: false,
         };
-        encode(&mut out, &r, payload, payload.len() as u32, StoredAs::Raw);
+        encode(
+            &mut out,
+            &r,
+            payload,
+            payload.len() as u32,
+            StoredAs::Raw,
+            None,
+        );
         out
     }
 
@@ -416,7 +470,7 @@ mod tests {
     fn round_trip() {
         let data = vec![0xabu8; 1024];
         let buf = sample(RecordKind::Write, &data, 2);
-        let (h, p) = decode(&buf, 512).expect("decodes");
+        let (h, p) = decode(&buf, 512, None).expect("decodes");
         assert_eq!(h.kind, RecordKind::Write);
         assert_eq!(h.seq, Seq(7));
         assert_eq!(h.first_block, 42);
@@ -426,7 +480,7 @@ mod tests {
         assert_eq!(h.total_len(), buf.len() as u64);
 
         let m = sample(RecordKind::Marker, b"before-upgrade", 0);
-        let (h, p) = decode(&m, 512).expect("marker decodes");
+        let (h, p) = decode(&m, 512, None).expect("marker decodes");
         assert!(h.app_consistent());
         assert_eq!(p, b"before-upgrade");
     }
@@ -438,7 +492,10 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x5a;
-            assert!(decode(&bad, 512).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                decode(&bad, 512, None).is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
     }
 
@@ -446,7 +503,7 @@ mod tests {
     fn truncation_is_an_error() {
         let buf = sample(RecordKind::Write, &[1u8; 512], 1);
         for n in 0..buf.len() {
-            match decode(&buf[..n], 512) {
+            match decode(&buf[..n], 512, None) {
                 Err(DecodeError::Truncated { .. }) => {}
                 other => panic!("cut at {n}: {other:?}"),
             }
@@ -458,7 +515,7 @@ mod tests {
         let mut buf = sample(RecordKind::Write, &[9u8; 512], 1);
         buf[HEADER_LEN + 100] ^= 1;
         assert!(matches!(
-            decode(&buf, 512),
+            decode(&buf, 512, None),
             Err(DecodeError::Checksum { .. })
         ));
     }
@@ -467,7 +524,7 @@ mod tests {
     fn fix_up_round_trips_like_a_write_and_damage_is_typed() {
         let data: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
         let buf = sample(RecordKind::FixUp, &data, 2);
-        let (h, p) = decode(&buf, 512).expect("fix-up decodes");
+        let (h, p) = decode(&buf, 512, None).expect("fix-up decodes");
         assert_eq!(h.kind, RecordKind::FixUp);
         assert!(h.kind.carries_data() && RecordKind::Write.carries_data());
         assert!(!RecordKind::Zero.carries_data() && !RecordKind::Marker.carries_data());
@@ -476,12 +533,15 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x5a;
-            assert!(decode(&bad, 512).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                decode(&bad, 512, None).is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
         // A fix-up must carry whole blocks, like a write.
         let short = sample(RecordKind::FixUp, &data[..1000], 2);
         assert!(matches!(
-            decode(&short, 512),
+            decode(&short, 512, None),
             Err(DecodeError::Invalid { offset: 36, .. })
         ));
         // The next kind code is not known.
@@ -507,11 +567,11 @@ mod tests {
             app_consistent: false,
             continues: true,
         };
-        encode(&mut out, &r, &data, 512, StoredAs::Raw);
-        let (h, _) = decode(&out, 512).expect("decodes");
+        encode(&mut out, &r, &data, 512, StoredAs::Raw, None);
+        let (h, _) = decode(&out, 512, None).expect("decodes");
         assert!(h.continues());
         let plain = sample(RecordKind::Write, &data, 1);
-        assert!(!decode(&plain, 512).expect("decodes").0.continues());
+        assert!(!decode(&plain, 512, None).expect("decodes").0.continues());
         let mut m = Vec::new();
         let marker = NewRecord {
             kind: RecordKind::Marker,
@@ -519,17 +579,75 @@ mod tests {
             first_block: 0,
             ..r
         };
-        encode(&mut m, &marker, b"snap", 4, StoredAs::Raw);
+        encode(&mut m, &marker, b"snap", 4, StoredAs::Raw, None);
         assert!(matches!(
             RecordHeader::decode(&m, 512),
             Err(DecodeError::Invalid { offset: 4, .. })
         ));
     }
 
+    #[test]
+    fn a_bound_crc_holds_only_for_its_vault_segment_and_offset() {
+        let bind = Binding {
+            vault_id: [9; 16],
+            segment_first_seq: Seq(100),
+            offset: 4096,
+        };
+        let r = NewRecord {
+            kind: RecordKind::Write,
+            seq: Seq(120),
+            timestamp_ns: 1,
+            first_block: 3,
+            block_count: 1,
+            durable_seq: Seq(119),
+            app_consistent: false,
+            continues: false,
+        };
+        let data = vec![0x42u8; 512];
+        let mut buf = Vec::new();
+        encode(&mut buf, &r, &data, 512, StoredAs::Raw, Some(&bind));
+        assert!(decode(&buf, 512, Some(&bind)).is_ok());
+        // The same bytes anywhere else, in another segment or vault, or read as a version
+        // 2 record, are a checksum error.
+        for other in [
+            Binding {
+                offset: 4097,
+                ..bind
+            },
+            Binding {
+                segment_first_seq: Seq(101),
+                ..bind
+            },
+            Binding {
+                vault_id: [8; 16],
+                ..bind
+            },
+        ] {
+            assert!(matches!(
+                decode(&buf, 512, Some(&other)),
+                Err(DecodeError::Checksum { .. })
+            ));
+        }
+        assert!(matches!(
+            decode(&buf, 512, None),
+            Err(DecodeError::Checksum { .. })
+        ));
+        // And an unbound (version 2) record is not valid as a version 3 one.
+        let mut old = Vec::new();
+        encode(&mut old, &r, &data, 512, StoredAs::Raw, None);
+        assert!(decode(&old, 512, None).is_ok());
+        assert!(decode(&old, 512, Some(&bind)).is_err());
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x5a;
+            assert!(decode(&bad, 512, Some(&bind)).is_err(), "flip at {i}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = decode(&bytes, 4096);
+            let _ = decode(&bytes, 4096, None);
         }
     }
 }

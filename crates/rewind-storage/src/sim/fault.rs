@@ -65,6 +65,11 @@ pub struct Fault {
     pub sticky: bool,
     /// Only operations on paths containing this text count (`None`: all).
     pub path_contains: Option<String>,
+    /// `path_contains` must be the whole path, not a part of it.
+    pub path_exact: bool,
+    /// Once it has hit, a sticky fault fails that kind of operation on every path (a
+    /// device that died, a file system that filled up), not only on the paths it counts.
+    pub everywhere: bool,
     /// A failing write lands its first half (whole sectors) before it fails, as a device
     /// that dies part way may leave it.
     pub torn: bool,
@@ -81,6 +86,8 @@ impl Fault {
             kind,
             sticky: false,
             path_contains: None,
+            path_exact: false,
+            everywhere: false,
             torn: false,
             seen: 0,
         }
@@ -103,6 +110,23 @@ impl Fault {
     pub fn on_paths(self, text: &str) -> Fault {
         Fault {
             path_contains: Some(text.to_string()),
+            ..self
+        }
+    }
+
+    /// Only on exactly `path`.
+    pub fn on_path(self, path: &std::path::Path) -> Fault {
+        Fault {
+            path_contains: Some(path.to_string_lossy().into_owned()),
+            path_exact: true,
+            ..self
+        }
+    }
+
+    /// A sticky fault that, once it hit, fails its kind of operation on every path.
+    pub fn everywhere(self) -> Fault {
+        Fault {
+            everywhere: true,
             ..self
         }
     }
@@ -146,8 +170,18 @@ impl FaultPlan {
             if f.op != op {
                 continue;
             }
+            if f.sticky && f.everywhere && f.seen >= f.nth {
+                hit.get_or_insert((f.kind, f.torn));
+                continue;
+            }
             if let Some(t) = &f.path_contains {
-                if !path.to_string_lossy().contains(t.as_str()) {
+                let p = path.to_string_lossy();
+                let matches = if f.path_exact {
+                    p == t.as_str()
+                } else {
+                    p.contains(t.as_str())
+                };
+                if !matches {
                     continue;
                 }
             }

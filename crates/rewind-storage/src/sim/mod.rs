@@ -79,6 +79,10 @@ struct Sim {
     boot: u64,
     /// The last fault that hit was a torn write.
     torn: bool,
+    /// Every counted operation, in order, while tracing (see [`SimStorage::trace`]).
+    trace: Option<Vec<(OpKind, PathBuf)>>,
+    /// Operations a fault failed so far.
+    fault_hits: u64,
 }
 
 /// Memory storage with durable/volatile state, power cuts and faults. Clones share the
@@ -117,6 +121,9 @@ impl Sim {
         }
         *self.stats.ops.entry(kind).or_default() += 1;
         self.stats.total += 1;
+        if let Some(t) = &mut self.trace {
+            t.push((kind, path.to_path_buf()));
+        }
         if let Some((at, how)) = self.armed {
             if self.stats.total >= at {
                 self.armed = None;
@@ -127,6 +134,7 @@ impl Sim {
         match self.faults.check(kind, path) {
             Some((e, torn)) => {
                 self.torn = torn;
+                self.fault_hits += 1;
                 Err(e)
             }
             None => Ok(()),
@@ -197,6 +205,21 @@ impl SimStorage {
     /// Replaces the fault plan (counts start again).
     pub fn set_faults(&self, plan: FaultPlan) {
         self.lock().faults = plan;
+    }
+
+    /// Starts (or stops, and forgets) recording every counted operation with its path.
+    pub fn set_tracing(&self, on: bool) {
+        self.lock().trace = on.then(Vec::new);
+    }
+
+    /// The operations recorded since tracing started, in the order they were counted.
+    pub fn trace(&self) -> Vec<(OpKind, PathBuf)> {
+        self.lock().trace.clone().unwrap_or_default()
+    }
+
+    /// Operations the fault plans failed so far.
+    pub fn fault_hits(&self) -> u64 {
+        self.lock().fault_hits
     }
 
     /// Operations counted so far.

@@ -187,3 +187,42 @@ fn locks_are_exclusive_until_the_handle_goes() {
     drop(a);
     assert!(b.try_lock().unwrap());
 }
+
+#[test]
+fn an_exact_path_fault_counts_only_that_file_and_everywhere_spreads_once_hit() {
+    let s = setup();
+    let a = s.open(Path::new("/v/a"), Open::create_new()).unwrap();
+    let ab = s.open(Path::new("/v/ab"), Open::create_new()).unwrap();
+    s.set_tracing(true);
+    s.set_faults(FaultPlan::new(vec![Fault::from_then_on(
+        OpKind::Write,
+        2,
+        FaultKind::Enospc,
+    )
+    .on_path(Path::new("/v/a"))
+    .everywhere()]));
+    a.write_all_at(b"1", 0).unwrap();
+    // "/v/ab" contains "/v/a" but is not it: not counted.
+    ab.write_all_at(b"1", 0).unwrap();
+    ab.write_all_at(b"2", 0).unwrap();
+    assert_eq!(s.fault_hits(), 0);
+    let e = a.write_all_at(b"2", 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    // Hit once: now every write fails, on any path; other kinds go on.
+    assert!(ab.write_all_at(b"3", 0).is_err());
+    ab.sync_data().unwrap();
+    assert_eq!(s.fault_hits(), 2);
+    let kinds: Vec<OpKind> = s.trace().iter().map(|t| t.0).collect();
+    assert_eq!(
+        kinds,
+        [
+            OpKind::Write,
+            OpKind::Write,
+            OpKind::Write,
+            OpKind::Write,
+            OpKind::Write,
+            OpKind::Sync
+        ]
+    );
+    assert_eq!(s.trace()[1].1, Path::new("/v/ab"));
+}

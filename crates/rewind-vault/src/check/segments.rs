@@ -86,6 +86,7 @@ pub(crate) fn scan(
         start: 0,
         buf: Vec::new(),
         limit,
+        header: None,
     };
     let mut out = Scanned::default();
     check_header(src, &mut w, want, &mut out);
@@ -131,7 +132,7 @@ fn step(
         last_seq,
         fault,
     };
-    match try_record(src, w, pos, want.block_size) {
+    match try_record(src, w, pos, want) {
         Tried::Ok(h) if h.seq == expect => {
             let rec = rec_of(&h, pos);
             let payload = w
@@ -200,7 +201,10 @@ fn check_header(src: &mut Source<'_>, w: &mut Window<'_>, want: &Expect, out: &m
             Ok(h) if want.vault_id.is_some_and(|id| id != h.vault_id) => Some(Fault::Corrupted(
                 Corruption::Inconsistent("segment header names another vault"),
             )),
-            Ok(_) => None,
+            Ok(h) => {
+                w.header = Some(h);
+                None
+            }
         },
     };
     if let Some(fault) = fault {
@@ -264,7 +268,7 @@ fn find_next(
             continue;
         };
         let cand = at + i as u64;
-        if let Tried::Ok(h) = try_record(src, w, cand, want.block_size) {
+        if let Tried::Ok(h) = try_record(src, w, cand, want) {
             let in_segment = match want.limit {
                 Limit::Sealed { last_seq, .. } => h.seq <= last_seq,
                 Limit::Open { .. } => true,
@@ -305,8 +309,23 @@ enum Tried {
 }
 
 /// Decodes and verifies the record at `pos` (and decompresses a compressed payload).
-fn try_record(src: &mut Source<'_>, w: &mut Window<'_>, pos: u64, bs: u32) -> Tried {
+fn try_record(src: &mut Source<'_>, w: &mut Window<'_>, pos: u64, want: &Expect) -> Tried {
+    let bs = want.block_size;
     let limit = w.limit;
+    // What the crc is bound to: as the header says; with a damaged header, as this build
+    // writes (the vault's id, this segment) or, failing that, unbound (an older segment).
+    let binds: Vec<Option<rewind_format::record::Binding>> = match &w.header {
+        Some(h) => vec![h.binding(pos)],
+        None => vec![
+            want.vault_id
+                .map(|vault_id| rewind_format::record::Binding {
+                    vault_id,
+                    segment_first_seq: want.id.0,
+                    offset: pos,
+                }),
+            None,
+        ],
+    };
     let truncated = |needed: u64, what| {
         Tried::Bad(Corruption::Decode(DecodeError::Truncated {
             offset: limit,
@@ -329,7 +348,14 @@ fn try_record(src: &mut Source<'_>, w: &mut Window<'_>, pos: u64, bs: u32) -> Tr
         Ok(Some(b)) => b,
     };
     let (hdr, payload) = b.split_at(HEADER_LEN);
-    if let Err(e) = h.verify(hdr, payload) {
+    let mut checked = Ok(());
+    for bind in &binds {
+        checked = h.verify(hdr, payload, bind.as_ref());
+        if checked.is_ok() {
+            break;
+        }
+    }
+    if let Err(e) = checked {
         return Tried::Bad(Corruption::Decode(e.shifted(pos)));
     }
     let stored = h.stored_as();
@@ -362,6 +388,8 @@ struct Window<'f> {
     buf: Vec<u8>,
     /// Bytes of the file that count.
     limit: u64,
+    /// The segment header, once decoded: what its records' crcs are bound to.
+    header: Option<SegmentHeader>,
 }
 
 impl Window<'_> {

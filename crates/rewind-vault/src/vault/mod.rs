@@ -334,7 +334,7 @@ impl Vault {
             ));
         }
         let log_dir = dir.join(names::LOG_DIR);
-        let segments = SegmentFiles::new(fs.clone(), log_dir.clone(), bs);
+        let segments = SegmentFiles::new(fs.clone(), log_dir.clone(), bs, manifest.vault_id);
         for s in &manifest.segments {
             let p = segments.path(s.id);
             match fs.stat(&p) {
@@ -553,7 +553,14 @@ impl Vault {
     pub fn snapshot(&self, name: &str, app_consistent: bool) -> Result<SnapshotEntry> {
         crate::point::check_snapshot_name(name)?;
         let mut inner = self.lock_writable()?;
-        if Self::find_snapshot(&inner, name).is_some() {
+        if let Some(s) = Self::find_snapshot(&inner, name) {
+            // A retry of a snapshot whose call failed after its marker was appended (its
+            // seal or its sync failed, or a restart came between): nothing was appended
+            // since, so that marker is this very point. It is made durable and returned.
+            if s.seq == inner.open.last_seq() {
+                self.make_durable_locked(&mut inner, s.seq)?;
+                return Ok(s);
+            }
             return Err(VaultError::SnapshotExists(name.to_string()));
         }
         self.refuse_if_full()?;
@@ -576,19 +583,37 @@ impl Vault {
         // Markers seal, which makes them durable. If the seal fails (a full disk for the
         // delta map), the marker is still a snapshot once it is durable in the log: the
         // open interval answers it, and the seal is tried again later.
+        // A seal that failed after the marker was made durable (its manifest commit) still
+        // leaves a snapshot; one whose sync failed does not: the sync may have dropped the
+        // marker with the rest of what it did not write (see "fsyncgate"), and a second
+        // sync would say all is well.
         if let Err(e) = self.seal_locked(&mut inner) {
-            inner.open.write_out_and_wait()?;
-            let path = inner.open.path.clone();
-            if let Err(sync) = inner.open.file().sync_data().io("fdatasync", &path) {
-                inner.poisoned = true;
-                return Err(sync);
+            if inner.durable_seq < seq {
+                if inner.poisoned {
+                    return Err(e);
+                }
+                self.make_durable_locked(&mut inner, seq)?;
             }
-            inner.durable_seq = inner.durable_seq.max(seq);
             tracing::warn!(error = %e, snapshot = name, "the snapshot is kept in the write log; sealing its interval failed and is tried again later");
         }
         Self::find_snapshot(&inner, name)
             .filter(|s| s.seq == seq)
             .ok_or(VaultError::UnknownSnapshot(name.to_string()))
+    }
+
+    /// Makes the open segment durable up to `seq` (a marker whose seal failed).
+    fn make_durable_locked(&self, inner: &mut Inner, seq: Seq) -> Result<()> {
+        if inner.durable_seq >= seq {
+            return Ok(());
+        }
+        inner.open.write_out_and_wait()?;
+        let path = inner.open.path.clone();
+        if let Err(sync) = inner.open.file().sync_data().io("fdatasync", &path) {
+            inner.poisoned = true;
+            return Err(sync);
+        }
+        inner.durable_seq = inner.durable_seq.max(seq);
+        Ok(())
     }
 
     /// Appends one record to the open segment (the caller holds the vault lock and seals

@@ -77,6 +77,9 @@ pub(crate) struct OpenSegment {
     /// Scratch for the block crcs and the header of the record being appended.
     crcs: Vec<u32>,
     header: Vec<u8>,
+    /// What the records' crcs are bound to, but the offset (`None`: a segment older than
+    /// version 3, whose records are appended unbound as it began).
+    binding: Option<record::Binding>,
 }
 
 impl OpenSegment {
@@ -94,6 +97,7 @@ impl OpenSegment {
             .open(&path, Open::create_truncate())
             .io("create", &path)?;
         let header = SegmentHeader {
+            version: rewind_format::segment::VERSION,
             block_size,
             first_seq: id.0,
             vault_id,
@@ -101,7 +105,9 @@ impl OpenSegment {
         file.write_all_at(&header.encode(), 0).io("write", &path)?;
         file.sync_all().io("fsync", &path)?;
         fsutil::sync_dir(fs, log_dir)?;
-        OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size).use_writer(fs, writer)
+        let mut seg = OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size);
+        seg.binding = header.binding(0);
+        seg.use_writer(fs, writer)
     }
 
     fn new(
@@ -125,6 +131,7 @@ impl OpenSegment {
             present: PresentMap::default(),
             crcs: Vec::new(),
             header: Vec::with_capacity(record::HEADER_LEN),
+            binding: None,
         }
     }
 
@@ -231,6 +238,7 @@ impl OpenSegment {
             fs.open(&path, Open::read()).io("open", &path)?
         };
         let mut seg = OpenSegment::new(id, path, file, scan.valid_len, block_size);
+        seg.binding = scan.header.binding(0);
         if repair {
             seg = seg.use_writer(fs, writer)?;
         }
@@ -273,6 +281,10 @@ impl OpenSegment {
         let mut crcs = std::mem::take(&mut self.crcs);
         crcs.clear();
         let per_block = self.block_crcs(r.kind, r.block_count, stored, stored_as, &mut crcs);
+        let bind = self.binding.map(|b| record::Binding {
+            offset: self.len(),
+            ..b
+        });
         if per_block {
             let payload_crc = crc::concat_equal(&crcs, u64::from(self.block_size));
             record::encode_header_with_payload_crc(
@@ -282,9 +294,10 @@ impl OpenSegment {
                 payload_crc,
                 raw_len,
                 stored_as,
+                bind.as_ref(),
             );
         } else {
-            record::encode_header(&mut header, r, stored, raw_len, stored_as);
+            record::encode_header(&mut header, r, stored, raw_len, stored_as, bind.as_ref());
         }
         let crcs_ref = per_block.then_some(crcs.as_slice());
         let res = self.append_encoded(r, &header, stored, crcs_ref, marker_name);

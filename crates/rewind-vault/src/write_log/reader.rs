@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use rewind_storage::Storage;
 
 use rewind_format::compress::{decompress, StoredAs};
-use rewind_format::record::{RecordHeader, HEADER_LEN};
+use rewind_format::record::{Binding, RecordHeader, HEADER_LEN};
+use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
 use rewind_format::{names, SegmentId};
 
 use crate::error::{corrupted, decode_err, Corruption, Result};
@@ -22,7 +23,10 @@ pub(crate) struct SegmentFiles {
     fs: Arc<dyn Storage>,
     log_dir: PathBuf,
     block_size: u32,
-    open: Mutex<HashMap<SegmentId, FileRef>>,
+    vault_id: [u8; 16],
+    /// Each open segment's handle and header (what its records' crcs are bound to; `None`:
+    /// the header does not decode).
+    open: Mutex<HashMap<SegmentId, (FileRef, Option<SegmentHeader>)>>,
 }
 
 /// One write record's data, decoded.
@@ -43,11 +47,17 @@ impl DecodedRecord {
 }
 
 impl SegmentFiles {
-    pub(crate) fn new(fs: Arc<dyn Storage>, log_dir: PathBuf, block_size: u32) -> SegmentFiles {
+    pub(crate) fn new(
+        fs: Arc<dyn Storage>,
+        log_dir: PathBuf,
+        block_size: u32,
+        vault_id: [u8; 16],
+    ) -> SegmentFiles {
         SegmentFiles {
             fs,
             log_dir,
             block_size,
+            vault_id,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -61,16 +71,44 @@ impl SegmentFiles {
         self.fs.as_ref()
     }
 
-    fn file(&self, id: SegmentId) -> Result<(FileRef, PathBuf)> {
+    fn file(&self, id: SegmentId) -> Result<(FileRef, PathBuf, Option<SegmentHeader>)> {
         let path = self.path(id);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = open.get(&id) {
-            return Ok((f.clone(), path));
+        if let Some((f, h)) = open.get(&id) {
+            return Ok((f.clone(), path, *h));
         }
         let f = crate::fsutil::open_vault_file(self.fs.as_ref(), &path)?;
+        let mut head = [0u8; SEG_HEADER_LEN];
+        // A damaged header damages no record: each is still verified, bound as this build
+        // binds them or not at all (see `bindings`).
+        let h = crate::fsutil::read_exact_at(f.as_ref(), &mut head, 0, &path)
+            .ok()
+            .and_then(|()| SegmentHeader::decode(&head).ok());
         f.advise_random();
-        open.insert(id, f.clone());
-        Ok((f, path))
+        open.insert(id, (f.clone(), h));
+        Ok((f, path, h))
+    }
+
+    /// What the crc of the record at `offset` of segment `id` may be bound to: as its
+    /// header says, or, when the header does not decode, as this build binds (this vault,
+    /// this segment) or unbound (an older segment).
+    fn bindings(
+        &self,
+        id: SegmentId,
+        header: Option<SegmentHeader>,
+        offset: u64,
+    ) -> [Option<Binding>; 2] {
+        match header {
+            Some(h) => [h.binding(offset), h.binding(offset)],
+            None => [
+                Some(Binding {
+                    vault_id: self.vault_id,
+                    segment_first_seq: id.0,
+                    offset,
+                }),
+                None,
+            ],
+        }
     }
 
     /// Reads the write record at `offset` of `segment` into `out`, checking that it is a
@@ -82,7 +120,7 @@ impl SegmentFiles {
         block: u64,
         out: &mut DecodedRecord,
     ) -> Result<()> {
-        let (file, path) = self.file(segment)?;
+        let (file, path, seg) = self.file(segment)?;
         // One read usually gets header and payload: guess the payload's size (small
         // records are the common case for random I/O), read the rest only if it is larger.
         let guess = HEADER_LEN + SPECULATIVE_PAYLOAD.max(self.block_size as usize);
@@ -141,7 +179,15 @@ impl SegmentFiles {
         }
         out.raw.truncate(total);
         let (hdr, payload) = out.raw.split_at(HEADER_LEN);
-        h.verify(hdr, payload)
+        let [first, second] = self.bindings(segment, seg, offset);
+        h.verify(hdr, payload, first.as_ref())
+            .or_else(|e| {
+                if first == second {
+                    Err(e)
+                } else {
+                    h.verify(hdr, payload, second.as_ref())
+                }
+            })
             .map_err(|e| decode_err(&path, offset, e))?;
         // Keep only the payload in `raw`.
         out.raw.drain(..HEADER_LEN);
@@ -168,7 +214,7 @@ impl SegmentFiles {
         crcs: &[u32],
         out: &mut [u8],
     ) -> Result<()> {
-        let (file, path) = self.file(segment)?;
+        let (file, path, _) = self.file(segment)?;
         crate::fsutil::read_exact_at(file.as_ref(), out, offset, &path)?;
         let bs = self.block_size as usize;
         for (i, (block, &stored)) in out.chunks_exact(bs).zip(crcs).enumerate() {

@@ -81,7 +81,8 @@ pub(crate) fn scan_tail(
     let mut pos = SEG_HEADER_LEN;
     let mut expect = first_seq;
     while pos < bytes.len() {
-        match record::decode(&bytes[pos..], block_size) {
+        let bind = header.binding(pos as u64);
+        match record::decode(&bytes[pos..], block_size, bind.as_ref()) {
             Ok((h, payload)) if h.seq == expect => {
                 push(&mut records, &mut markers, &h, payload, pos as u64);
                 let raw = h.kind.carries_data() && h.stored_as() == StoredAs::Raw;
@@ -101,7 +102,9 @@ pub(crate) fn scan_tail(
                 ));
             }
             Err(e) => {
-                if let Some(later) = durable_record_after(&bytes, pos + 1, expect, block_size) {
+                if let Some(later) =
+                    durable_record_after(&bytes, &header, pos + 1, expect, block_size)
+                {
                     tracing::error!(path = %path.display(), offset = pos, later, "corrupt record before the tail");
                     // The error names the bad record's offset; the decode error inside
                     // says which byte (absolute) failed, which may lie past the record
@@ -143,14 +146,22 @@ pub(crate) fn scan_tail(
 }
 
 /// Looks for a valid record after `from` that says seq `bad` was already durable. Returns
-/// its offset.
-fn durable_record_after(bytes: &[u8], from: usize, bad: Seq, block_size: u32) -> Option<usize> {
+/// its offset. In a version 3 segment a record is valid only at its own offset (its crc is
+/// bound to it): record-shaped bytes in a payload are never taken for one.
+fn durable_record_after(
+    bytes: &[u8],
+    header: &SegmentHeader,
+    from: usize,
+    bad: Seq,
+    block_size: u32,
+) -> Option<usize> {
     let magic = record::MAGIC.to_le_bytes();
     let mut at = from;
     while at + HEADER_LEN <= bytes.len() {
         let next = bytes[at..].windows(2).position(|w| w == magic)?;
         at += next;
-        if let Ok((h, _)) = record::decode(&bytes[at..], block_size) {
+        let bind = header.binding(at as u64);
+        if let Ok((h, _)) = record::decode(&bytes[at..], block_size, bind.as_ref()) {
             if h.seq > bad && h.durable_seq >= bad {
                 return Some(at);
             }
@@ -261,7 +272,7 @@ pub(crate) fn scan_sealed(
         }
         payload.resize(h.payload_len as usize, 0);
         read_exact(&mut r, &mut payload, path, pos, "record payload")?;
-        h.verify(&rh, &payload)
+        h.verify(&rh, &payload, sh.binding(pos).as_ref())
             .map_err(|e| decode_err(path, pos, e))?;
         if !visit(&meta(&h, pos)) {
             return Ok(());

@@ -346,10 +346,12 @@ impl FoundRecord {
 /// The valid records of a segment file, in order, up to the first invalid byte.
 pub fn segment_records(path: &Path, bs: u32) -> Vec<FoundRecord> {
     let bytes = std::fs::read(path).unwrap();
+    let seg = rewind_format::segment::SegmentHeader::decode(&bytes).unwrap();
     let mut out = Vec::new();
     let mut pos = SEG_HEADER_LEN;
     while pos < bytes.len() {
-        match rewind_format::record::decode(&bytes[pos..], bs) {
+        let bind = seg.binding(pos as u64);
+        match rewind_format::record::decode(&bytes[pos..], bs, bind.as_ref()) {
             Ok((h, _)) => {
                 out.push(FoundRecord {
                     offset: pos as u64,
