@@ -348,3 +348,97 @@ fn record_shaped_bytes_in_a_guest_payload_never_fool_the_torn_tail_check() {
     clean(&v);
     v.stop().unwrap();
 }
+
+/// A snapshot whose seal failed lives in the open interval, durable in the log. When the
+/// log writer then cannot write (a dead device), reading it must not wait for the writer:
+/// every record it needs is in the file already.
+#[test]
+fn a_snapshot_in_the_open_interval_reads_on_while_the_log_writer_cannot_write() {
+    // The seal fails making the delta map, or making the next segment (after its sync).
+    for (op, path) in [(OpKind::Create, "maps/"), (OpKind::Create, "log/seg-")] {
+        let (fs, layout) = create();
+        let v = open(&fs, &layout);
+        v.write(0, &[1u8; 3 * BS], false).unwrap();
+        v.flush().unwrap();
+        fs.set_faults(FaultPlan::new(vec![
+            Fault::once(op, 1, FaultKind::Enospc).on_paths(path)
+        ]));
+        let s = v.vault().snapshot("kept", false).unwrap();
+        fs.set_faults(FaultPlan::new(vec![Fault::from_then_on(
+            OpKind::Write,
+            1,
+            FaultKind::Eio,
+        )
+        .on_paths("log/seg-")]));
+        v.write(8 * BS as u64, &[2u8; BS], false).unwrap();
+        let _ = v.vault().write_out();
+        let _ = v.flush();
+        let got = v
+            .vault()
+            .read_at(&Point::Seq(s.seq), 0, BLOCKS as u64)
+            .unwrap_or_else(|e| panic!("{path}: reading the snapshot failed: {e}"));
+        let mut want = vec![0u8; BLOCKS * BS];
+        want[..3 * BS].fill(1);
+        assert!(got == want, "{path}: the snapshot reads back wrong");
+    }
+}
+
+/// A write-zeroes whose primary zeroing failed after its unaligned head was written: the
+/// host reads the head zeroed; a snapshot taken next must show that, not the blocks as
+/// they were before the failed write.
+#[test]
+fn a_snapshot_after_a_write_that_failed_part_way_shows_what_the_host_reads() {
+    let (fs, layout) = create();
+    let v = open(&fs, &layout);
+    v.write(0, &[5u8; 8 * BS], false).unwrap();
+    v.flush().unwrap();
+    fs.set_faults(FaultPlan::new(vec![Fault::once(
+        OpKind::Zero,
+        1,
+        FaultKind::Eio,
+    )
+    .on_paths("primary.img")]));
+    assert!(v.zero(100, 4 * BS as u64, false, false, false).is_err());
+    fs.set_faults(FaultPlan::default());
+    let host = live(&v);
+    v.flush().unwrap();
+    let s = v.vault().snapshot("after", false).unwrap();
+    let got = v
+        .vault()
+        .read_at(&Point::Seq(s.seq), 0, BLOCKS as u64)
+        .unwrap();
+    assert!(
+        got == host,
+        "the snapshot shows blocks the host does not read"
+    );
+    v.stop().unwrap();
+}
+
+/// The primary's sync fails, and the rewrite of what it may have dropped fails to sync
+/// too: the host must still read what it wrote (the pages are written once more).
+#[test]
+fn a_primary_sync_that_fails_twice_never_leaves_the_host_reading_old_data() {
+    let (fs, layout) = create();
+    let v = open(&fs, &layout);
+    v.write(0, &[1u8; 2 * BS], false).unwrap();
+    v.flush().unwrap();
+    v.checkpoint().unwrap();
+    v.write(0, &[2u8; 2 * BS], false).unwrap();
+    v.flush().unwrap();
+    fs.set_faults(FaultPlan::new(vec![Fault::from_then_on(
+        OpKind::Sync,
+        1,
+        FaultKind::Eio,
+    )
+    .on_paths("primary.img")]));
+    assert!(v.checkpoint().is_err());
+    let mut want = vec![0u8; BLOCKS * BS];
+    want[..2 * BS].fill(2);
+    assert!(
+        live(&v) == want,
+        "the host reads what the failed syncs dropped"
+    );
+    fs.set_faults(FaultPlan::default());
+    v.checkpoint().unwrap();
+    v.stop().unwrap();
+}

@@ -497,6 +497,9 @@ impl LiveVolume {
         self.make_room(offset, data.len() as u64)?;
         let entered = self.drl.enter(offset, data.len() as u64)?;
         let res = self.write_locked(offset, data);
+        if res.is_err() {
+            self.resync_after_failure(offset, data.len() as u64);
+        }
         self.note_primary_result(&res);
         // A failed write keeps its region dirty for good: primary and log may differ.
         self.drl
@@ -506,6 +509,32 @@ impl LiveVolume {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// After a host write that failed part way (the primary written in part, or the
+    /// primary written and the log not): the vault is given what the primary now holds
+    /// there, as fix-up records, so that every later point (a snapshot the host takes
+    /// next) shows what the host reads, not what the blocks held before. If that fails
+    /// too, the region stays dirty and the next start compares it.
+    fn resync_after_failure(&self, offset: u64, len: u64) {
+        let bs = self.block_size;
+        let (first, last) = (offset / bs, (offset + len).div_ceil(bs));
+        let _g = self.lock(first, last);
+        let mut b = first;
+        while b < last {
+            let n = (last - b).min(REDO_CHUNK_BLOCKS);
+            let mut buf = vec![0u8; (n * bs) as usize];
+            let res = self
+                .primary
+                .read_exact_at(&mut buf, b * bs)
+                .map_err(self.io("read"))
+                .and_then(|()| Ok(self.vault.fix_up(b, &buf)?));
+            if let Err(e) = res {
+                tracing::warn!(error = %e, first_block = b, blocks = n, "could not give the vault what the primary holds after a failed write; the region stays dirty until compared");
+                return;
+            }
+            b += n;
+        }
     }
 
     /// Keeps the dirty region log within its limit: before a write would dirty one region
@@ -573,6 +602,9 @@ impl LiveVolume {
         self.make_room(offset, len)?;
         let entered = self.drl.enter(offset, len)?;
         let res = self.zero_locked(offset, end, trim, no_hole);
+        if res.is_err() {
+            self.resync_after_failure(offset, len);
+        }
         self.note_primary_result(&res);
         self.drl
             .leave(entered, res.as_ref().map_or(u64::MAX, |s| s.0));
@@ -723,8 +755,14 @@ impl LiveVolume {
             // them all), then sync again; only then does the checkpoint move.
             let from = Seq(self.drl.checkpoint());
             tracing::error!(path = %self.path.display(), error = %e, checkpoint = %from, "syncing the primary failed; writing what it may have lost again from the write log");
-            self.copy_from_vault(&self.vault.changed_since(from)?, true)?;
-            self.primary.sync_data().map_err(self.io("fdatasync"))?;
+            let changed = self.vault.changed_since(from)?;
+            self.copy_from_vault(&changed, true)?;
+            if let Err(e) = self.primary.sync_data() {
+                // Failed again, and may have dropped them again: write them once more, so
+                // that the host reads what it wrote; the next checkpoint tries again.
+                let _ = self.copy_from_vault(&changed, true);
+                return Err(self.io("fdatasync")(e));
+            }
         }
         self.drl.set_checkpoint(covered)?;
         self.record_serving()?;

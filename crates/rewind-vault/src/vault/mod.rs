@@ -613,6 +613,7 @@ impl Vault {
             return Err(sync);
         }
         inner.durable_seq = inner.durable_seq.max(seq);
+        inner.durable_bytes = inner.durable_bytes.max(inner.open.written);
         Ok(())
     }
 
@@ -862,6 +863,7 @@ impl Vault {
             return Err(e);
         }
         inner.durable_seq = last.seq;
+        inner.durable_bytes = inner.open.written;
         // The next segment exists (durably) before the manifest that names it.
         let next = match OpenSegment::create(
             fs,

@@ -184,8 +184,16 @@ impl Vault {
         let (holding_from, partial, chain, replay) = {
             let mut inner = self.lock();
             if p != Seq::BASE && p >= inner.open.id.0 && self._lock.is_some() {
-                // Readers go through the file: hand it what is buffered.
-                inner.open.write_out_and_wait()?;
+                // Readers go through the file: hand it what is buffered, unless every
+                // record up to the point is durable in it already (a snapshot, a flushed
+                // point), so that those read on while the log writer cannot write.
+                let records = &inner.open.records;
+                let end = records[..records.partition_point(|r| r.seq <= p)]
+                    .last()
+                    .map_or(0, |r| r.offset + u64::from(r.len));
+                if end > inner.durable_bytes {
+                    inner.open.write_out_and_wait()?;
+                }
             }
             let maps = &inner.manifest.maps;
             if p == Seq::BASE {
