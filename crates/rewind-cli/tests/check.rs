@@ -70,19 +70,6 @@ fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x04;
-    f.write_all_at(&b, at).unwrap();
-}
-
 /// Offsets to flip in a file of `len` bytes: all of a small one; of a large one its first
 /// 256 bytes and 48 more spread over it.
 fn sample(len: u64) -> Vec<u64> {

@@ -195,19 +195,6 @@ fn truncate(path: &Path, len: u64) {
         .unwrap();
 }
 
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x04;
-    f.write_all_at(&b, at).unwrap();
-}
-
 #[test]
 fn a_missing_delta_map_breaks_only_the_points_after_it() {
     let h = history();

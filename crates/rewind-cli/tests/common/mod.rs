@@ -778,3 +778,16 @@ pub fn gen_write(rng: &mut Rng, j: u64, size: u64) -> W {
         fua: j % 11 == 10,
     }
 }
+
+/// Flips one bit of the byte at `at` in `path` (damage made behind rewind's back).
+pub fn flip(path: &Path, at: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x04;
+    f.write_all_at(&b, at).unwrap();
+}
