@@ -385,3 +385,106 @@ fn repair_says_what_it_cannot_mend_and_exits_3() {
     assert_eq!(j["not_repaired"][0]["file"].as_str(), seg.to_str(), "{j:#}");
     assert!(!h.map_path(interval).exists());
 }
+
+fn newest_manifest(vault: &Path) -> PathBuf {
+    std::fs::read_dir(vault)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("manifest-") && !n.contains('.')
+        })
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn repair_goes_on_from_the_previous_manifest_and_says_what_that_loses() {
+    let h = history();
+    let newest = newest_manifest(&h.vol.vault);
+    flip(&newest, 40);
+
+    let (code, j) = repair(&h, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{j:#}");
+    let m = &j["manifest"];
+    assert_eq!(m["repaired"], true, "{j:#}");
+    assert!(!m["loses"].as_array().unwrap().is_empty(), "{j:#}");
+    assert!(newest.exists(), "a dry run changed the manifest");
+    h.list_names(&newest);
+
+    let o = rewind(&["repair", "--vault", h.vol.v()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("What that loses") && said.contains("machine crash"),
+        "{said}"
+    );
+    assert!(h.list()["damage"].as_array().unwrap().is_empty());
+    assert!(PathBuf::from(format!("{}.damaged", newest.display())).exists());
+    h.restores_exactly("s1", &h.s1);
+    h.restores_exactly("s2", &h.s2);
+    h.restores_exactly("now", &h.now);
+    // The next serve recovers as after a machine crash, then serves; verify is clean.
+    h.serves_live();
+    let o = rewind(&["verify", "--vault", h.vol.v()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = rewind(&["check", "--vault", h.vol.v()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn repair_derives_base_sums_again_only_when_asked() {
+    let h = history();
+    let base0 = h.vol.restore("seq:0");
+    let sums = h.vol.vault.join("base").join("base.sums");
+    let img = h.vol.vault.join("base").join("base.img");
+    // Block 3000 is unchanged since the base (its sum comes from the primary), block 1 was
+    // written since (its sum can only come from the base image file, on trust); block 3500
+    // of the base image file is damaged too (the primary still holds its data).
+    flip(&sums, 24 + 4 * 3000 + 1);
+    flip(&sums, 24 + 4 + 2);
+    flip(&img, 3500 * BS + 17);
+    h.restore_fails_naming("s1", &sums);
+
+    let (code, j) = repair(&h, &[]);
+    assert_eq!(code, Some(3), "{j:#}");
+    assert!(j["base_sums"].is_null(), "{j:#}");
+    let left = &j["not_repaired"][0];
+    assert_eq!(left["file"].as_str(), sums.to_str(), "{j:#}");
+    assert!(
+        left["repair"]
+            .as_str()
+            .unwrap()
+            .contains("--rederive-base-sums"),
+        "{j:#}"
+    );
+
+    let (code, j) = repair(&h, &["--rederive-base-sums", "--dry-run"]);
+    assert_eq!(code, Some(0), "{j:#}");
+    let b = &j["base_sums"];
+    assert_eq!(
+        b["trusted"],
+        serde_json::json!([{"first_block": 1, "count": 1}]),
+        "{j:#}"
+    );
+    assert_eq!(
+        b["base_rewritten"],
+        serde_json::json!([{"first_block": 3500, "count": 1}]),
+        "{j:#}"
+    );
+    h.restore_fails_naming("s1", &sums);
+
+    let (code, j) = repair(&h, &["--rederive-base-sums"]);
+    assert_eq!(code, Some(0), "{j:#}");
+    assert!(h.list()["damage"].as_array().unwrap().is_empty());
+    assert_same(
+        &h.vol.restore("seq:0"),
+        &base0,
+        "the base image after the repair",
+    );
+    h.restores_exactly("s1", &h.s1);
+    h.restores_exactly("s2", &h.s2);
+    h.restores_exactly("now", &h.now);
+    let o = rewind(&["check", "--vault", h.vol.v()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -24,7 +24,7 @@ pub enum VaultError {
 
     /// The current manifest is damaged and a writer was asked to open the vault; the
     /// previous generation is intact (readers read the vault as of it).
-    #[error("{source}; the previous manifest (generation {previous}) is intact: `rewind list` and `rewind restore` read the vault as of it; a writer refuses (`rewind repair` does not mend a manifest yet)")]
+    #[error("{source}; the previous manifest (generation {previous}) is intact: `rewind list` and `rewind restore` read the vault as of it; a writer refuses until `rewind repair` goes on from it (stop the server first; `rewind repair --dry-run` says what that loses)")]
     ManifestDamaged {
         source: Box<VaultError>,
         previous: u64,
@@ -97,6 +97,10 @@ pub enum VaultError {
 
     #[error("an earlier write-log sync failed; the vault refuses writes until it is reopened")]
     Poisoned,
+
+    /// The vault is not in a state this operation can start from; the text says what to do.
+    #[error("{0}")]
+    NotNow(String),
 }
 
 impl VaultError {

@@ -26,6 +26,7 @@ mod vault;
 mod view;
 mod write_log;
 
+pub use base::SumsRepair;
 pub use error::{Corruption, Result, VaultError};
 pub use point::{check_snapshot_name, format_time, now_ns, Point, ResolvedPoint};
 pub use rewind_format::compress::Compression;
@@ -35,8 +36,8 @@ pub use rewind_format::manifest::{
 };
 pub use rewind_format::Seq;
 pub use vault::{
-    CreateOptions, Damage, HostOp, IntervalInfo, LogPosition, MapRepair, SuspectMark, Vault,
-    VaultInfo, WriteRefusal,
+    CreateOptions, Damage, HostOp, IntervalInfo, LogPosition, ManifestRepair, MapRepair,
+    SuspectMark, Vault, VaultInfo, WriteRefusal,
 };
 pub use view::{BlockSource, Extent, ExtentKind, Origin, PointView};
 

@@ -156,7 +156,7 @@ fn affects_text(impact: &Impact, newest: Seq) -> String {
     match impact {
         Impact::Vault {
             previous_manifest_intact: Some(true),
-        } => "no writer opens the vault (serve refuses); readers (list, restore) read it as of the previous manifest generation, which is intact and lacks only the newest commit (`rewind repair` does not mend a manifest yet)".into(),
+        } => "no writer opens the vault (serve refuses); readers (list, restore) read it as of the previous manifest generation, which is intact and lacks only the newest commit (`rewind repair` goes on from it)".into(),
         Impact::Vault {
             previous_manifest_intact: Some(false),
         } => "the vault does not open: no point can be read or served (the previous manifest generation is damaged too)".into(),

@@ -114,7 +114,7 @@ pub(super) fn base_sums(path: &Path, error: String, layout: bool) -> Damage {
         unreadable: None,
         blocks_from: Some(Seq::BASE),
         breaks: breaks.into(),
-        repair: "not mended yet (re-deriving the sums is planned): `rewind restore --salvage` writes what reads",
+        repair: "with --rederive-base-sums (only then: it trusts the primary), derives the sums again from the primary where blocks are unchanged since the base image and from the base image file, on trust, where they changed; until then `rewind restore --salvage` writes what reads",
     }
 }
 
@@ -132,7 +132,7 @@ pub(super) fn manifest(path: &Path, error: String, previous: &Manifest) -> Damag
             previous.generation.0,
             previous.next_seq.0.saturating_sub(1)
         ),
-        repair: "not mended yet (falling back to the previous generation is planned); readers already read it",
+        repair: "goes on from the previous generation, sealing again from the write log what the lost commit sealed, and says what that loses (`--dry-run` first)",
     }
 }
 

@@ -37,7 +37,7 @@ use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
 
 pub use damage::Damage;
-pub use repair::MapRepair;
+pub use repair::{ManifestRepair, MapRepair};
 pub use suspect::SuspectMark;
 pub use unit::HostOp;
 use unit::RecordSpec;
