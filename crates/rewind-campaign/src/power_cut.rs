@@ -160,7 +160,7 @@ fn dry_run(cfg: &Config, seal: rewind_vault::SealPolicy) -> Result<u64, String> 
 }
 
 /// Recovers as `rewind serve` would and checks every promise (see the module doc).
-fn check_recovery(
+pub(crate) fn check_recovery(
     cfg: &Config,
     fs: SimStorage,
     layout: Layout,

@@ -442,3 +442,30 @@ fn a_primary_sync_that_fails_twice_never_leaves_the_host_reading_old_data() {
     v.checkpoint().unwrap();
     v.stop().unwrap();
 }
+
+/// A sync of the write log that fails for lack of space (delayed allocation, a thin
+/// volume) poisons the vault as any failed sync does, but the host is told ENOSPC, not
+/// EIO: its disk is full, not broken (found by the fault campaign).
+#[test]
+fn a_log_sync_that_fails_for_lack_of_space_is_enospc_to_the_host() {
+    let (fs, layout) = create();
+    let v = open(&fs, &layout);
+    v.write(0, &[5u8; 2 * BS], false).unwrap();
+    fs.set_faults(FaultPlan::new(vec![Fault::from_then_on(
+        OpKind::Sync,
+        1,
+        FaultKind::Enospc,
+    )
+    .on_paths("/log/")]));
+    let first = v.flush().unwrap_err();
+    assert!(first.is_no_space(), "{first}");
+    fs.set_faults(FaultPlan::default());
+    // Refused until reopened: still a full disk to the host, not a dead one.
+    let then = v.write(8 * BS as u64, &[6u8; BS], false).unwrap_err();
+    assert!(then.is_no_space(), "the refusal after it is EIO: {then}");
+    drop(v);
+    let v = recover(&fs, &layout);
+    assert!(live(&v) == newest(&v));
+    clean(&v);
+    v.stop().unwrap();
+}

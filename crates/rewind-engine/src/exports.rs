@@ -19,7 +19,7 @@ fn export_error(e: InterceptError) -> ExportError {
     }
     match e {
         InterceptError::OutOfRange { .. } => ExportError::Invalid(e.to_string()),
-        InterceptError::Vault(VaultError::Poisoned) => ExportError::Io(e.to_string()),
+        InterceptError::Vault(VaultError::Poisoned { .. }) => ExportError::Io(e.to_string()),
         other => ExportError::Io(other.to_string()),
     }
 }

@@ -95,8 +95,11 @@ pub enum VaultError {
     #[error("no sealed interval {from}-{to} in the delta map chain")]
     UnknownInterval { from: Seq, to: Seq },
 
-    #[error("an earlier write-log sync failed; the vault refuses writes until it is reopened")]
-    Poisoned,
+    #[error("an earlier write-log sync failed{}; the vault refuses writes until it is reopened", if *no_space { " (no space left on the device)" } else { "" })]
+    Poisoned {
+        /// The sync failed for lack of space.
+        no_space: bool,
+    },
 
     /// The vault is not in a state this operation can start from; the text says what to do.
     #[error("{0}")]
@@ -112,6 +115,7 @@ impl VaultError {
                 source.kind(),
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
             ),
+            VaultError::Poisoned { no_space } => *no_space,
             _ => false,
         }
     }

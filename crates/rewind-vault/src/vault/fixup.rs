@@ -85,7 +85,7 @@ impl Vault {
             }
             Err(fsutil::AtomicWriteError::Before(e)) => Err(e),
             Err(fsutil::AtomicWriteError::After(e)) => {
-                inner.poisoned = true;
+                inner.poison(&e);
                 Err(e)
             }
         }

@@ -115,11 +115,28 @@ struct Inner {
     durable_bytes: u64,
     syncing: bool,
     poisoned: bool,
+    /// What poisoned it was a full file system (the host is told ENOSPC, not EIO).
+    poisoned_no_space: bool,
     crashed: bool,
     last_ts: i64,
     scratch: Vec<u8>,
     /// When a seal the policy asked for last failed, and how many tries failed in a row.
     seal_failed: Option<(std::time::Instant, u64)>,
+}
+
+impl Inner {
+    /// A sync failed (or a commit failed after its rename): memory and disk may disagree,
+    /// so nothing more is promised until the vault is reopened.
+    fn poison(&mut self, cause: &VaultError) {
+        self.poisoned = true;
+        self.poisoned_no_space |= cause.is_no_space();
+    }
+
+    fn poisoned_error(&self) -> VaultError {
+        VaultError::Poisoned {
+            no_space: self.poisoned_no_space,
+        }
+    }
 }
 
 /// An open vault. A writer holds the vault's lock; a read-only vault does not and never
@@ -405,6 +422,7 @@ impl Vault {
                 durable_bytes,
                 syncing: false,
                 poisoned: false,
+                poisoned_no_space: false,
                 crashed: false,
                 last_ts,
                 scratch: Vec::new(),
@@ -440,7 +458,7 @@ impl Vault {
         }
         let inner = self.lock();
         if inner.poisoned {
-            return Err(VaultError::Poisoned);
+            return Err(inner.poisoned_error());
         }
         Ok(inner)
     }
@@ -609,7 +627,7 @@ impl Vault {
         inner.open.write_out_and_wait()?;
         let path = inner.open.path.clone();
         if let Err(sync) = inner.open.file().sync_data().io("fdatasync", &path) {
-            inner.poisoned = true;
+            inner.poison(&sync);
             return Err(sync);
         }
         inner.durable_seq = inner.durable_seq.max(seq);
@@ -723,10 +741,15 @@ impl Vault {
                 retries_by_itself: true,
             });
         }
-        if self.lock().poisoned {
+        let (poisoned, no_space) = {
+            let inner = self.lock();
+            (inner.poisoned, inner.poisoned_no_space)
+        };
+        if poisoned {
+            let why = if no_space { " for lack of space" } else { "" };
             return Some(WriteRefusal {
                 since: std::time::SystemTime::now(),
-                reason: "an earlier sync of the write log failed; nothing written since can be promised (restart `rewind serve`)".into(),
+                reason: format!("an earlier sync of the write log failed{why}; nothing written since can be promised (free space if the disk is full, then restart `rewind serve`)"),
                 path: self.dir.join(names::LOG_DIR),
                 retries_by_itself: false,
             });
@@ -747,7 +770,7 @@ impl Vault {
         let target = inner.open.last_seq();
         loop {
             if inner.poisoned {
-                return Err(VaultError::Poisoned);
+                return Err(inner.poisoned_error());
             }
             if inner.durable_seq >= target {
                 return Ok(inner.durable_seq);
@@ -789,7 +812,7 @@ impl Vault {
                     }
                 }
                 Err(_) if keep_going => {}
-                Err(_) => inner.poisoned = true,
+                Err(e) => inner.poison(e),
             }
             self.synced.notify_all();
             res?;
@@ -859,7 +882,7 @@ impl Vault {
             .sync_data()
             .io("fdatasync", &inner.open.path)
         {
-            inner.poisoned = true;
+            inner.poison(&e);
             return Err(e);
         }
         inner.durable_seq = last.seq;
@@ -908,7 +931,7 @@ impl Vault {
             Ok(()) => {}
             Err(fsutil::AtomicWriteError::Before(e)) => return abandon(e, Some(next)),
             Err(fsutil::AtomicWriteError::After(e)) => {
-                inner.poisoned = true;
+                inner.poison(&e);
                 return Err(e);
             }
         }

@@ -238,7 +238,7 @@ impl LogWriter {
                 .failed
                 .as_ref()
                 .map(failure)
-                .unwrap_or(VaultError::Poisoned));
+                .unwrap_or(VaultError::Poisoned { no_space: false }));
         }
         Ok(ticket)
     }
