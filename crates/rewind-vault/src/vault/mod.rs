@@ -120,6 +120,8 @@ struct Inner {
     scratch: Vec<u8>,
     /// When a seal the policy asked for last failed, and how many tries failed in a row.
     seal_failed: Option<(std::time::Instant, u64)>,
+    /// The manifest's delta map chain, shared with views, and the generation it is of.
+    chain: Option<(Generation, Arc<[MapEntry]>)>,
 }
 
 /// An open vault. A writer holds the vault's lock; a read-only vault does not and never
@@ -409,6 +411,7 @@ impl Vault {
                 last_ts,
                 scratch: Vec::new(),
                 seal_failed: None,
+                chain: None,
             }),
             synced: Condvar::new(),
             damage: found,
