@@ -24,6 +24,7 @@ use rewind_format::{names, Generation, SegmentId, Seq};
 use rewind_storage::{Open, Storage};
 
 use crate::base::BaseImage;
+use crate::cache::{CacheLimits, CacheStats};
 use crate::error::{corrupted, Corruption, IoContext, Result, VaultError};
 use crate::lock::VaultLock;
 use crate::point::{format_time, now_ns, Point, ResolvedPoint};
@@ -446,6 +447,17 @@ impl Vault {
             return Err(VaultError::Poisoned);
         }
         Ok(inner)
+    }
+
+    /// Sets how many segment files readers keep open and how many delta map entries stay
+    /// loaded (see [`CacheLimits`]); what is over the new limits is let go at once.
+    pub fn set_cache_limits(&self, limits: CacheLimits) {
+        self.shared.set_cache_limits(limits);
+    }
+
+    /// What the readers' caches hold now.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.cache_stats()
     }
 
     /// The vault directory.
