@@ -15,6 +15,7 @@
 //! ```
 
 mod base;
+mod cache;
 pub mod check;
 mod error;
 mod fsutil;
@@ -27,6 +28,7 @@ mod view;
 mod write_log;
 
 pub use base::SumsRepair;
+pub use cache::{CacheLimits, CacheStats};
 pub use error::{Corruption, Result, VaultError};
 pub use point::{check_snapshot_name, format_time, now_ns, Point, ResolvedPoint};
 pub use rewind_format::compress::Compression;

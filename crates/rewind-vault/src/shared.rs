@@ -10,6 +10,7 @@ use rewind_format::manifest::MapEntry;
 use rewind_format::{names, Seq};
 
 use crate::base::BaseImage;
+use crate::cache::{CacheLimits, CacheStats, Lru};
 use crate::error::{corrupted, decode_err, Corruption, Result};
 use crate::write_log::reader::SegmentFiles;
 
@@ -23,7 +24,10 @@ pub(crate) struct Shared {
     pub base: BaseImage,
     pub segments: SegmentFiles,
     pub maps_dir: PathBuf,
-    maps: Mutex<HashMap<MapKey, Arc<DeltaMap>>>,
+    /// Loaded delta maps, at most [`CacheLimits::map_entries`] entries of them; a view
+    /// keeps the maps it uses alive (its `Arc`s), an evicted one is loaded (and checked)
+    /// again when next asked for.
+    maps: Mutex<Lru<MapKey, Arc<DeltaMap>>>,
     /// Maps whose entries a thread is reading (the others wait on the inner lock).
     loading: Mutex<HashMap<MapKey, Arc<Mutex<()>>>>,
 }
@@ -42,7 +46,7 @@ impl Shared {
             base,
             segments,
             maps_dir,
-            maps: Mutex::new(HashMap::new()),
+            maps: Mutex::new(Lru::new(CacheLimits::default().map_entries)),
             loading: Mutex::new(HashMap::new()),
         }
     }
@@ -52,13 +56,8 @@ impl Shared {
     /// lookup first needs them ([`Shared::load_entries`]).
     pub(crate) fn map(&self, e: &MapEntry) -> Result<Arc<DeltaMap>> {
         let key = (e.interval.seq_from, e.interval.seq_to);
-        if let Some(m) = self
-            .maps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(m.clone());
+        if let Some(m) = self.cached_maps().get(&key) {
+            return Ok(m);
         }
         let path = self.map_path(key);
         let map = read_map_head(self.segments.storage(), &path)?;
@@ -122,10 +121,27 @@ impl Shared {
 
     pub(crate) fn insert(&self, map: Arc<DeltaMap>) {
         let key = (map.interval.seq_from, map.interval.seq_to);
-        self.maps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, map);
+        // The weight whether the entries are loaded or not: what they cost once read.
+        let weight = map.len() as u64 + 1;
+        self.cached_maps().insert(key, map, weight);
+    }
+
+    fn cached_maps(&self) -> std::sync::MutexGuard<'_, Lru<MapKey, Arc<DeltaMap>>> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_cache_limits(&self, limits: CacheLimits) {
+        self.segments.set_limit(limits.segment_files);
+        self.cached_maps().set_budget(limits.map_entries);
+    }
+
+    pub(crate) fn cache_stats(&self) -> CacheStats {
+        let maps = self.cached_maps();
+        CacheStats {
+            segment_files: self.segments.open_handles(),
+            maps: maps.len(),
+            map_entries: maps.weight(),
+        }
     }
 }
 

@@ -44,7 +44,10 @@ pub struct PointView {
     /// First seq of the interval whose replay `partial` is (none when nothing was replayed).
     holding: Option<Seq>,
     partial: Arc<BTreeMap<u64, Location>>,
+    /// The manifest's delta map chain, oldest first (shared with the vault, not copied):
+    /// the view reads `chain[..chain_len]`, newest first.
     chain: Arc<[MapEntry]>,
+    chain_len: usize,
     maps: Arc<Mutex<Option<LoadedChain>>>,
     shared: Arc<Shared>,
 }
@@ -72,14 +75,16 @@ impl PointView {
         point: ResolvedPoint,
         holding: Option<Seq>,
         partial: BTreeMap<u64, Location>,
-        chain: Vec<MapEntry>,
+        chain: Arc<[MapEntry]>,
+        chain_len: usize,
         shared: Arc<Shared>,
     ) -> PointView {
         PointView {
             point,
             holding,
             partial: Arc::new(partial),
-            chain: chain.into(),
+            chain_len: chain_len.min(chain.len()),
+            chain,
             maps: Arc::new(Mutex::new(None)),
             shared,
         }
@@ -102,7 +107,12 @@ impl PointView {
 
     /// Delta maps a read may consult (the chain before the interval holding the point).
     pub fn maps_consulted(&self) -> usize {
-        self.chain.len()
+        self.chain_len
+    }
+
+    /// The chain entry the view consults `i`-th (0: the newest).
+    fn chain_entry(&self, i: usize) -> &MapEntry {
+        &self.chain[self.chain_len - 1 - i]
     }
 
     /// Blocks the partial replay of the holding interval produced.
@@ -130,29 +140,31 @@ impl PointView {
     /// reading and checking whole files, so a cold chain of dozens of maps costs disk
     /// round trips and CPU that overlap well.
     fn load_chain(&self) -> Result<Vec<Arc<DeltaMap>>> {
-        let n = self.chain.len();
+        let n = self.chain_len;
         let threads = std::thread::available_parallelism()
             .map_or(2, |p| p.get())
             .clamp(2, MAX_LOAD_THREADS)
             .min(n);
         if threads <= 1 || n < PARALLEL_LOAD_FROM {
-            return self.chain.iter().map(|e| self.shared.map(e)).collect();
+            return (0..n)
+                .map(|i| self.shared.map(self.chain_entry(i)))
+                .collect();
         }
         let slots: Vec<Mutex<Option<Result<Arc<DeltaMap>>>>> =
             (0..n).map(|_| Mutex::new(None)).collect();
         on_threads(n, threads, |i| {
-            let m = self.shared.map(&self.chain[i]);
+            let m = self.shared.map(self.chain_entry(i));
             *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
             true
         });
         slots
             .into_iter()
-            .zip(self.chain.iter())
-            .map(|(slot, e)| {
+            .enumerate()
+            .map(|(i, slot)| {
                 match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
                     Some(m) => m,
                     // Not reached (every index is taken once), but never guess.
-                    None => self.shared.map(e),
+                    None => self.shared.map(self.chain_entry(i)),
                 }
             })
             .collect()

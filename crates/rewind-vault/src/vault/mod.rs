@@ -24,6 +24,7 @@ use rewind_format::{names, Generation, SegmentId, Seq};
 use rewind_storage::{Open, Storage};
 
 use crate::base::BaseImage;
+use crate::cache::{CacheLimits, CacheStats};
 use crate::error::{corrupted, Corruption, IoContext, Result, VaultError};
 use crate::lock::VaultLock;
 use crate::point::{format_time, now_ns, Point, ResolvedPoint};
@@ -122,6 +123,8 @@ struct Inner {
     scratch: Vec<u8>,
     /// When a seal the policy asked for last failed, and how many tries failed in a row.
     seal_failed: Option<(std::time::Instant, u64)>,
+    /// The manifest's delta map chain, shared with views, and the generation it is of.
+    chain: Option<(Generation, Arc<[MapEntry]>)>,
 }
 
 impl Inner {
@@ -427,6 +430,7 @@ impl Vault {
                 last_ts,
                 scratch: Vec::new(),
                 seal_failed: None,
+                chain: None,
             }),
             synced: Condvar::new(),
             damage: found,
@@ -461,6 +465,17 @@ impl Vault {
             return Err(inner.poisoned_error());
         }
         Ok(inner)
+    }
+
+    /// Sets how many segment files readers keep open and how many delta map entries stay
+    /// loaded (see [`CacheLimits`]); what is over the new limits is let go at once.
+    pub fn set_cache_limits(&self, limits: CacheLimits) {
+        self.shared.set_cache_limits(limits);
+    }
+
+    /// What the readers' caches hold now.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.cache_stats()
     }
 
     /// The vault directory.

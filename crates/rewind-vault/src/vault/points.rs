@@ -1,6 +1,7 @@
 //! Resolving points to seqs, and opening point-in-time views.
 
 use super::*;
+use crate::write_log::records::TakenRecords;
 
 impl Vault {
     // ---- points ----------------------------------------------------------------------
@@ -47,10 +48,13 @@ impl Vault {
         if seq >= inner.open.id.0 {
             let recs = &inner.open.records;
             let i = (seq.0 - inner.open.id.0 .0) as usize;
-            if let Some(j) = recs[..=i].iter().rposition(|r| !r.continues) {
+            if let Some(r) = recs
+                .rposition_before(i + 1, |r| !r.continues)
+                .and_then(|j| recs.get(j))
+            {
                 return Ok(Resolution::Done(ResolvedPoint {
-                    seq: recs[j].seq,
-                    time_ns: recs[j].timestamp_ns,
+                    seq: r.seq,
+                    time_ns: r.timestamp_ns,
                 }));
             }
             // The open interval's first host write: the point is the end of the sealed log.
@@ -105,10 +109,13 @@ impl Vault {
         }
         let recs = &inner.open.records;
         let upto = recs.partition_point(|r| r.timestamp_ns <= t);
-        if let Some(j) = recs[..upto].iter().rposition(|r| !r.continues) {
+        if let Some(r) = recs
+            .rposition_before(upto, |r| !r.continues)
+            .and_then(|j| recs.get(j))
+        {
             return Ok(Resolution::Done(ResolvedPoint {
-                seq: recs[j].seq,
-                time_ns: recs[j].timestamp_ns,
+                seq: r.seq,
+                time_ns: r.timestamp_ns,
             }));
         }
         let i = m.segments.partition_point(|s| s.time_from_ns <= t);
@@ -178,105 +185,140 @@ impl Vault {
         self.view_resolved(rp)
     }
 
-    /// A view at an already resolved point.
+    /// A view at an already resolved point. The vault's lock is held only to take the
+    /// plan (see [`ViewPlan`]); the replay and the copy into a search tree run after it
+    /// is let go, so that opening views (an NBD client looping on `@now`) does not stall
+    /// host writes.
     pub fn view_resolved(&self, rp: ResolvedPoint) -> Result<PointView> {
         let p = rp.seq;
-        let (holding_from, partial, chain, replay) = {
+        let plan = {
             let mut inner = self.lock();
-            if p != Seq::BASE && p >= inner.open.id.0 && self._lock.is_some() {
-                // Readers go through the file: hand it what is buffered, unless every
-                // record up to the point is durable in it already (a snapshot, a flushed
-                // point), so that those read on while the log writer cannot write.
-                let records = &inner.open.records;
-                let end = records[..records.partition_point(|r| r.seq <= p)]
-                    .last()
-                    .map_or(0, |r| r.offset + u64::from(r.len));
-                if end > inner.durable_bytes {
-                    inner.open.write_out_and_wait()?;
-                }
-            }
-            let maps = &inner.manifest.maps;
-            if p == Seq::BASE {
-                (None, BTreeMap::new(), Vec::new(), None)
-            } else if p >= inner.open.id.0 {
-                if p > inner.open.last_seq() {
-                    return Err(VaultError::SeqAfterNewest {
-                        seq: p,
-                        newest: inner.open.last_seq(),
-                    });
-                }
-                let chain: Vec<MapEntry> = maps.iter().rev().copied().collect();
-                let partial = if p == inner.open.last_seq() {
-                    inner.open.present.ordered_map()
-                } else {
-                    let id = inner.open.id;
-                    replay(inner.open.records.iter().take_while(|r| r.seq <= p), id)
-                };
-                (Some(inner.open.id.0), partial, chain, None)
-            } else {
-                let i = maps.partition_point(|e| e.interval.seq_to < p);
-                let Some(holding) = maps.get(i).copied() else {
-                    return Err(corrupted(
-                        &self.dir,
-                        0,
-                        Corruption::Inconsistent("no delta map covers a sealed seq"),
-                    ));
-                };
-                if holding.interval.seq_to == p {
-                    (
-                        None,
-                        BTreeMap::new(),
-                        maps[..=i].iter().rev().copied().collect(),
-                        None,
-                    )
-                } else {
-                    let segs: Vec<SegmentEntry> = inner
-                        .manifest
-                        .segments
-                        .iter()
-                        .filter(|s| s.last_seq >= holding.interval.seq_from && s.id.0 <= p)
-                        .copied()
-                        .collect();
-                    (
-                        Some(holding.interval.seq_from),
-                        BTreeMap::new(),
-                        maps[..i].iter().rev().copied().collect(),
-                        Some(segs),
-                    )
-                }
-            }
+            self.plan_view(&mut inner, p)?
         };
-        let partial = match replay {
-            None => partial,
-            Some(segs) => {
-                let mut map = BTreeMap::new();
-                for s in segs {
-                    let path = self.shared.segments.path(s.id);
-                    scan_sealed(
-                        self.fs(),
-                        &path,
-                        s.id.0,
-                        s.length,
-                        self.shared.block_size,
-                        |r| {
-                            if r.seq > p {
-                                return false;
-                            }
-                            apply(&mut map, r, s.id);
-                            true
-                        },
-                    )?;
-                }
-                map
-            }
+        if let Some((writer, ticket)) = plan.wait {
+            writer.wait(ticket)?;
+        }
+        let (holding, partial) = match plan.partial {
+            Partial::None => (None, BTreeMap::new()),
+            Partial::Records { id, records } => (Some(id.0), replay(records.iter(), id)),
+            Partial::Sealed { from, segments } => (Some(from), self.replay_sealed(&segments, p)?),
         };
         Ok(PointView::new(
             rp,
-            holding_from,
+            holding,
             partial,
-            chain,
+            plan.chain,
+            plan.chain_len,
             self.shared.clone(),
         ))
+    }
+
+    /// What a view of `p` is built from, taken under the lock: the chain (shared, not
+    /// copied), and what to replay: the open interval's records up to the point (their
+    /// shared chunks: the appends go on), or the sealed segments to scan.
+    fn plan_view(&self, inner: &mut Inner, p: Seq) -> Result<ViewPlan> {
+        let mut wait = None;
+        if p != Seq::BASE && p >= inner.open.id.0 && self._lock.is_some() {
+            // Readers go through the file: hand it what is buffered (the wait for the log
+            // writer is the caller's, after the lock), unless every record up to the point
+            // is durable in it already (a snapshot, a flushed point), so that those read on
+            // while the log writer cannot write.
+            let records = &inner.open.records;
+            let end = records
+                .partition_point(|r| r.seq <= p)
+                .checked_sub(1)
+                .and_then(|i| records.get(i))
+                .map_or(0, |r| r.offset + u64::from(r.len));
+            if end > inner.durable_bytes {
+                inner.open.write_out()?;
+                wait = inner.open.pending_write();
+            }
+        }
+        let chain = Self::chain_arc(inner);
+        let maps = &inner.manifest.maps;
+        let (partial, chain_len) = if p == Seq::BASE {
+            (Partial::None, 0)
+        } else if p >= inner.open.id.0 {
+            if p > inner.open.last_seq() {
+                return Err(VaultError::SeqAfterNewest {
+                    seq: p,
+                    newest: inner.open.last_seq(),
+                });
+            }
+            // The records, not the present map: putting that in order (and copying it) for
+            // each view of `@now` held the lock for a millisecond of a 60k-record interval.
+            let upto = inner.open.records.partition_point(|r| r.seq <= p);
+            let partial = Partial::Records {
+                id: inner.open.id,
+                records: inner.open.records.upto(upto),
+            };
+            (partial, maps.len())
+        } else {
+            let i = maps.partition_point(|e| e.interval.seq_to < p);
+            let Some(holding) = maps.get(i).copied() else {
+                return Err(corrupted(
+                    &self.dir,
+                    0,
+                    Corruption::Inconsistent("no delta map covers a sealed seq"),
+                ));
+            };
+            if holding.interval.seq_to == p {
+                (Partial::None, i + 1)
+            } else {
+                let segments = inner
+                    .manifest
+                    .segments
+                    .iter()
+                    .filter(|s| s.last_seq >= holding.interval.seq_from && s.id.0 <= p)
+                    .copied()
+                    .collect();
+                let from = holding.interval.seq_from;
+                (Partial::Sealed { from, segments }, i)
+            }
+        };
+        Ok(ViewPlan {
+            chain,
+            chain_len,
+            partial,
+            wait,
+        })
+    }
+
+    /// The manifest's delta map chain, shared: built once per manifest generation, so that
+    /// a view of a long chain copies nothing under the lock.
+    fn chain_arc(inner: &mut Inner) -> Arc<[MapEntry]> {
+        let generation = inner.manifest.generation;
+        match &inner.chain {
+            Some((g, chain)) if *g == generation => chain.clone(),
+            _ => {
+                let chain: Arc<[MapEntry]> = inner.manifest.maps.as_slice().into();
+                inner.chain = Some((generation, chain.clone()));
+                chain
+            }
+        }
+    }
+
+    /// The blocks the records of `segments` up to `p` changed (a sealed interval's replay).
+    fn replay_sealed(&self, segments: &[SegmentEntry], p: Seq) -> Result<BTreeMap<u64, Location>> {
+        let mut map = BTreeMap::new();
+        for s in segments {
+            let path = self.shared.segments.path(s.id);
+            scan_sealed(
+                self.fs(),
+                &path,
+                s.id.0,
+                s.length,
+                self.shared.block_size,
+                |r| {
+                    if r.seq > p {
+                        return false;
+                    }
+                    apply(&mut map, r, s.id);
+                    true
+                },
+            )?;
+        }
+        Ok(map)
     }
 
     /// Reads `count` blocks from `first_block` as they were at `point`.
@@ -352,6 +394,32 @@ impl Vault {
         }
         Ok(runs)
     }
+}
+
+/// What a view is built from (see [`Vault::plan_view`]).
+struct ViewPlan {
+    /// The manifest's chain, oldest first; the view reads `chain[..chain_len]`.
+    chain: Arc<[MapEntry]>,
+    chain_len: usize,
+    partial: Partial,
+    /// The log writer's ticket to wait for before reading the open segment's file.
+    wait: Option<(Arc<LogWriter>, u64)>,
+}
+
+/// The replay a view needs of the interval holding its point.
+enum Partial {
+    /// None: the point ends an interval (or is the base image).
+    None,
+    /// The open interval's records up to the point (shared chunks, see `Records::upto`).
+    Records {
+        id: SegmentId,
+        records: TakenRecords,
+    },
+    /// The records up to the point of a sealed interval starting at `from`.
+    Sealed {
+        from: Seq,
+        segments: Vec<SegmentEntry>,
+    },
 }
 
 enum Resolution {

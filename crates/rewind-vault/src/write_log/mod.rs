@@ -4,11 +4,13 @@
 //! - [`present`]: the open interval's present delta map.
 //! - [`scan`]: reading a segment's records back (recovery, replay, time look-ups).
 //! - [`reader`]: reading one record's data by location, verified.
+//! - [`records`]: the open segment's record index, in shared chunks.
 
 mod aligned;
 pub(crate) mod open_segment;
 pub(crate) mod present;
 pub(crate) mod reader;
+pub(crate) mod records;
 pub(crate) mod scan;
 pub(crate) mod writer;
 

@@ -17,6 +17,7 @@
 //! A write the file system refuses for lack of space is kept by the writer and tried
 //! again: records handed over are never dropped (see [`super::writer`]).
 
+use crate::write_log::records::Records;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,7 +70,7 @@ pub(crate) struct OpenSegment {
     /// Encoded records not yet written to the file (after the carried partial block).
     buf: AlignedBuf,
     /// Every record in the segment, in seq order.
-    pub records: Vec<RecordMeta>,
+    pub records: Records,
     /// The markers among them.
     pub markers: Vec<ScannedMarker>,
     /// The present delta map: block -> newest location in this interval.
@@ -126,7 +127,7 @@ impl OpenSegment {
             written,
             buf_start: written,
             buf: AlignedBuf::new(BUFFER_BYTES),
-            records: Vec::new(),
+            records: Records::default(),
             markers: Vec::new(),
             present: PresentMap::default(),
             crcs: Vec::new(),
@@ -246,7 +247,7 @@ impl OpenSegment {
             let data = raw.map(|(at, len)| &scan.bytes[at..at + len]);
             seg.index(r, data);
         }
-        seg.records = scan.records;
+        seg.records = scan.records.into();
         seg.markers = scan.markers;
         Ok(seg)
     }

@@ -1,6 +1,5 @@
 //! Reading a write record's data by its location, verified against the record's crc.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -11,13 +10,16 @@ use rewind_format::record::{Binding, RecordHeader, HEADER_LEN};
 use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
 use rewind_format::{names, SegmentId};
 
+use crate::cache::{CacheLimits, Lru};
 use crate::error::{corrupted, decode_err, Corruption, Result};
 use crate::fsutil::FileRef;
 
 /// Payload bytes read together with a record's header.
 const SPECULATIVE_PAYLOAD: usize = 16 << 10;
 
-/// Open read handles to segment files, shared by every reader of a vault.
+/// Open read handles to segment files, shared by every reader of a vault: at most
+/// [`CacheLimits::segment_files`], the least recently used closed past that (a read that
+/// holds a handle keeps it open until it is done).
 #[derive(Debug)]
 pub(crate) struct SegmentFiles {
     fs: Arc<dyn Storage>,
@@ -26,7 +28,7 @@ pub(crate) struct SegmentFiles {
     vault_id: [u8; 16],
     /// Each open segment's handle and header (what its records' crcs are bound to; `None`:
     /// the header does not decode).
-    open: Mutex<HashMap<SegmentId, (FileRef, Option<SegmentHeader>)>>,
+    open: Mutex<Lru<SegmentId, (FileRef, Option<SegmentHeader>)>>,
 }
 
 /// One write record's data, decoded.
@@ -58,7 +60,7 @@ impl SegmentFiles {
             log_dir,
             block_size,
             vault_id,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Lru::new(CacheLimits::default().segment_files as u64)),
         }
     }
 
@@ -73,9 +75,9 @@ impl SegmentFiles {
 
     fn file(&self, id: SegmentId) -> Result<(FileRef, PathBuf, Option<SegmentHeader>)> {
         let path = self.path(id);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.handles();
         if let Some((f, h)) = open.get(&id) {
-            return Ok((f.clone(), path, *h));
+            return Ok((f, path, h));
         }
         let f = crate::fsutil::open_vault_file(self.fs.as_ref(), &path)?;
         let mut head = [0u8; SEG_HEADER_LEN];
@@ -85,8 +87,24 @@ impl SegmentFiles {
             .ok()
             .and_then(|()| SegmentHeader::decode(&head).ok());
         f.advise_random();
-        open.insert(id, (f.clone(), h));
+        open.insert(id, (f.clone(), h), 1);
         Ok((f, path, h))
+    }
+
+    fn handles(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Lru<SegmentId, (FileRef, Option<SegmentHeader>)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps at most `n` handles open (at least one).
+    pub(crate) fn set_limit(&self, n: usize) {
+        self.handles().set_budget(n.max(1) as u64);
+    }
+
+    /// Handles open now.
+    pub(crate) fn open_handles(&self) -> usize {
+        self.handles().len()
     }
 
     /// What the crc of the record at `offset` of segment `id` may be bound to: as its
