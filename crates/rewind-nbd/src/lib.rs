@@ -5,11 +5,18 @@
 //! - [`transmission`]: request headers and replies (simple and structured).
 //! - [`server`]: serving connections with blocking I/O on threads; exports plug in
 //!   through the [`Export`] and [`Exports`] traits.
+//! - [`capacity`]: what clients may use of the server (connections, threads, memory).
 
+pub mod capacity;
 pub mod negotiate;
 pub mod proto;
+mod replies;
 pub mod server;
 pub mod transmission;
 mod workers;
 
-pub use server::{serve_connection, Export, ExportError, Exports, ServerStats};
+pub use capacity::{Bounds, Capacity};
+pub use server::{
+    refuse_connection, serve_connection, serve_connection_within, Export, ExportError, Exports,
+    ServerStats,
+};

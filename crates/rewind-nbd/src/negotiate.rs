@@ -299,6 +299,30 @@ impl Negotiation {
     }
 }
 
+/// Answers an option of a connection the server will not serve (it is at its connection
+/// limit): NBD_REP_ERR_POLICY ("the server denies the request by policy") with `why` as
+/// its text, which clients print (qemu: "server reported: ..."). NBD_OPT_EXPORT_NAME has no
+/// way to say no: the connection closes, as the spec says; NBD_OPT_ABORT is acknowledged.
+pub fn refuse(opt: u32, why: &str, out: &mut Vec<u8>) -> Step {
+    match opt {
+        OPT_EXPORT_NAME => {
+            tracing::info!(reason = why, "connection refused");
+            Step::Close
+        }
+        OPT_ABORT => {
+            reply(out, opt, REP_ACK, &[]);
+            Step::Close
+        }
+        _ => {
+            if opt == OPT_GO {
+                tracing::info!(reason = why, "connection refused");
+            }
+            error(out, opt, REP_ERR_POLICY, why);
+            Step::Continue
+        }
+    }
+}
+
 /// Logs why an export was refused: as a warning when the client meant to use it (GO,
 /// EXPORT_NAME; clients ask INFO and META_CONTEXT about it first, which is only debug).
 /// libnbd's tools (nbdinfo, nbdcopy, nbdfuse) print only the errno the reply code stands

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::capacity::Capacity;
 use crate::negotiate::{greeting, Negotiation, Step};
 use crate::proto::*;
 use crate::transmission::*;
@@ -181,39 +182,86 @@ pub enum ConnError {
 }
 
 /// Serves one connection until the client disconnects. `reader` and `writer` are the two
-/// halves of one socket (e.g. a stream and its `try_clone`).
+/// halves of one socket (e.g. a stream and its `try_clone`). With the default
+/// [`crate::Bounds`], for this connection alone; a server shares one [`Capacity`] among
+/// its connections with [`serve_connection_within`].
 pub fn serve_connection<R: Read + Send, W: Write + Send>(
-    mut reader: R,
+    reader: R,
     writer: W,
     exports: &dyn Exports,
     stats: &ServerStats,
 ) -> Result<(), ConnError> {
+    serve_connection_within(reader, writer, exports, stats, &Capacity::default())
+}
+
+/// Serves one (admitted) connection until the client disconnects, within `capacity`:
+/// its worker threads beyond this one are taken from the server's, and the memory its
+/// requests hold stays within its bound.
+pub fn serve_connection_within<R: Read + Send, W: Write + Send>(
+    mut reader: R,
+    writer: W,
+    exports: &dyn Exports,
+    stats: &ServerStats,
+    capacity: &Capacity,
+) -> Result<(), ConnError> {
     let writer = Mutex::new(writer);
-    let Some((export, neg)) = negotiate(&mut reader, &writer, exports)? else {
+    let mut neg = Negotiation::default();
+    let chosen = haggle(
+        &mut reader,
+        &writer,
+        &mut neg,
+        usize::MAX,
+        |neg, opt, data, out| neg.handle(opt, data, exports, out),
+    )?;
+    let Some(export) = chosen else {
         return Ok(());
     };
     stats.clients.fetch_add(1, Ordering::Relaxed);
     stats.connections_total.fetch_add(1, Ordering::Relaxed);
-    let result = crate::workers::transmit(&mut reader, &writer, export.as_ref(), &neg, stats);
+    let result =
+        crate::workers::transmit(&mut reader, &writer, export.as_ref(), &neg, stats, capacity);
     stats.clients.fetch_sub(1, Ordering::Relaxed);
     result
 }
 
-/// The export a client chose and what it negotiated.
-type Negotiated = (Arc<dyn Export>, Negotiation);
+/// Options a refused connection is answered at most; then it is closed.
+const REFUSED_OPTIONS: usize = 16;
 
-fn negotiate<R: Read, W: Write>(
+/// Refuses a connection the server will not serve (e.g. it is at its connection limit):
+/// the greeting, then every option is answered with NBD_REP_ERR_POLICY and `why`, which
+/// clients print (qemu: "server reported: ..."), until the client gives up.
+pub fn refuse_connection<R: Read, W: Write>(
+    mut reader: R,
+    writer: W,
+    why: &str,
+) -> Result<(), ConnError> {
+    let writer = Mutex::new(writer);
+    let mut neg = Negotiation::default();
+    haggle(
+        &mut reader,
+        &writer,
+        &mut neg,
+        REFUSED_OPTIONS,
+        |_, opt, _, out| crate::negotiate::refuse(opt, why, out),
+    )?;
+    Ok(())
+}
+
+/// The greeting, then options (at most `max_options`) answered by `handle` until it
+/// says to close (`None`) or to transmit.
+fn haggle<R: Read, W: Write>(
     reader: &mut R,
     writer: &Mutex<W>,
-    exports: &dyn Exports,
-) -> Result<Option<Negotiated>, ConnError> {
+    neg: &mut Negotiation,
+    max_options: usize,
+    mut handle: impl FnMut(&mut Negotiation, u32, &[u8], &mut Vec<u8>) -> Step,
+) -> Result<Option<Arc<dyn Export>>, ConnError> {
     send(writer, &greeting())?;
-    let mut neg = Negotiation::default();
     let mut flags = [0u8; 4];
     reader.read_exact(&mut flags)?;
     neg.client_flags(u32::from_be_bytes(flags))?;
     let mut out = Vec::new();
-    loop {
+    for _ in 0..max_options {
         let mut h = [0u8; 16];
         match reader.read_exact(&mut h) {
             Ok(()) => {}
@@ -231,14 +279,15 @@ fn negotiate<R: Read, W: Write>(
         let mut data = vec![0u8; len as usize];
         reader.read_exact(&mut data)?;
         out.clear();
-        let step = neg.handle(opt, &data, exports, &mut out);
+        let step = handle(neg, opt, &data, &mut out);
         send(writer, &out)?;
         match step {
             Step::Continue => {}
             Step::Close => return Ok(None),
-            Step::Transmit(e) => return Ok(Some((e, neg))),
+            Step::Transmit(e) => return Ok(Some(e)),
         }
     }
+    Ok(None)
 }
 
 fn send<W: Write>(writer: &Mutex<W>, bytes: &[u8]) -> io::Result<()> {

@@ -1,54 +1,62 @@
 //! The transmission phase's threads: how requests are read, run and answered.
 //!
-//! A pool of workers shares the connection (leader/follower). The leader holds the
+//! A crew of workers shares the connection (leader/follower). The leader holds the
 //! request reader: it reads the next request and, when the request cannot make it wait on
 //! the disk (a write into the page cache, a read of cached data, a zero or trim, block
 //! status), runs it at once and reads on, with no thread hand-off at all. So does a FLUSH
 //! (or FUA request): it waits for the log's fdatasync, but a hand-off costs more than that
 //! wait. A request that may wait longer (a read of uncached data, a very large write) is
-//! run after the leader lets go of the reader, so that a follower takes over reading
+//! run after the leader lets go of the reader, so that another worker takes over reading
 //! while it waits.
 //!
+//! Workers are threads made on demand: the connection's own thread is the first; when a
+//! leader lets go and no worker waits to take over, one more is started, up to
+//! [`WORKERS_PER_CONNECTION`] and while the server's [`Capacity`] has threads to give; one
+//! that has waited [`IDLE`] without leading ends. When no thread can be had (the limit, or
+//! the system refuses one) the request waits for a worker of the connection to come back:
+//! an idle connection costs one thread, a busy one at most 32.
+//!
 //! Requests are read through one buffer: a client with many requests in flight has several
-//! of them read by one system call. Replies are queued and written out together: the
-//! leader writes everything queued before it would block reading the socket, and a worker
-//! that finishes while the leader is blocked writes its reply (and whatever else is
-//! queued) itself. So a burst of requests costs one read and one write, not one each.
+//! of them read by one system call. Replies are queued and written out together (see
+//! [`crate::replies`]): the leader writes everything queued before it would block reading
+//! the socket, and a worker that finishes while the leader is blocked writes its reply
+//! (and whatever else is queued) itself. So a burst of requests costs one read and one
+//! write, not one each.
 //!
 //! Each request's payload is held in one buffer, once: a WRITE's payload is read into its
 //! own buffer (or run from the request buffer when it is small and already there), a
 //! READ's data is read into the buffer its reply is written from, and a READ reply longer
 //! than the queue's limit is never copied into the queue (its worker waits for the socket
-//! instead). A connection holds at most one request per worker, so the payloads it pins
-//! are at most [`WORKERS`] x [`MAX_PAYLOAD`] (32 x 64 MiB), plus the reply queue (each
-//! reply in it at most [`QUEUE_LIMIT`]) and the pool of reused WRITE buffers
-//! ([`POOL_BYTES`]).
+//! instead). Payloads and queued replies together stay within the connection's budget
+//! ([`crate::capacity::Bounds::max_request_memory`], see [`crate::replies`]), beside the
+//! request buffer ([`READ_BUFFER`]) and the pool of reused WRITE buffers (at most
+//! [`POOL_BYTES`], and no more than the budget).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::Scope;
+use std::time::Duration;
+
+use crate::capacity::{Capacity, WORKERS_PER_CONNECTION};
+use crate::replies::{Replies, SocketReader, QUEUE_LIMIT};
 
 use crate::negotiate::Negotiation;
 use crate::proto::*;
 use crate::server::{ConnError, Export, ExportError, ServerStats};
 use crate::transmission::*;
 
-/// Worker threads per connection: requests that may wait on the disk at once.
-const WORKERS: usize = 32;
+/// How long a worker beyond the connection's own waits to lead before it ends.
+const IDLE: Duration = Duration::from_secs(2);
 /// Bytes of requests read from the socket at once.
 const READ_BUFFER: usize = 256 << 10;
 /// Writes up to this size run on the leader (they only copy into the page cache).
 const INLINE_WRITE: usize = 4 << 20;
 /// Reads up to this size are tried on the leader, without waiting for the disk.
 const INLINE_READ: usize = 256 << 10;
-/// Replies queued beyond this many bytes are written out at once, whoever is reading.
-const QUEUE_LIMIT: usize = 256 << 10;
-/// Replies at least this large are written straight from the worker's buffer when nothing
-/// else is queued, instead of being copied into the queue.
-const DIRECT_REPLY: usize = 64 << 10;
 /// WRITE payload buffers kept for reuse per connection: how many, the bytes they may hold
 /// in all, and the largest one kept.
-const POOL_BUFFERS: usize = WORKERS + 8;
+const POOL_BUFFERS: usize = WORKERS_PER_CONNECTION + 8;
 const POOL_BYTES: usize = 48 << 20;
 const POOL_MAX_BUFFER: usize = 4 << 20;
 
@@ -60,6 +68,8 @@ struct Job {
     /// The WRITE's payload was whole in the request buffer when its header was read: the
     /// leader runs it from there (no copy) and then consumes it.
     in_buffer: bool,
+    /// Bytes of the connection's budget the job holds (its payload, or its READ's data).
+    held: usize,
 }
 
 impl Job {
@@ -82,9 +92,10 @@ impl Job {
 /// WRITE payload buffers of a connection, reused: a payload is read straight from the
 /// socket into memory that is already initialized, so no request pays for zero-filling
 /// (or faulting in) its buffer, and large payloads bypass the request buffer (one copy).
-#[derive(Default)]
 struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
+    /// The bytes the free buffers may hold in all.
+    max_bytes: usize,
 }
 
 fn pooled_bytes(free: &[Vec<u8>]) -> usize {
@@ -92,6 +103,14 @@ fn pooled_bytes(free: &[Vec<u8>]) -> usize {
 }
 
 impl BufferPool {
+    /// A pool that keeps at most [`POOL_BYTES`], and no more than `budget`.
+    fn new(budget: usize) -> BufferPool {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+            max_bytes: POOL_BYTES.min(budget),
+        }
+    }
+
     /// A buffer of exactly `len` bytes (contents unspecified).
     fn take(&self, len: usize) -> Vec<u8> {
         let reused = {
@@ -122,187 +141,16 @@ impl BufferPool {
         }
         {
             let free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            if free.len() >= POOL_BUFFERS || pooled_bytes(&free) + b.capacity() > POOL_BYTES {
+            if free.len() >= POOL_BUFFERS || pooled_bytes(&free) + b.capacity() > self.max_bytes {
                 return;
             }
         }
         // Initialize the whole capacity once, so that `take` never zero-fills again.
         b.resize(b.capacity(), 0);
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < POOL_BUFFERS && pooled_bytes(&free) + b.capacity() <= POOL_BYTES {
+        if free.len() < POOL_BUFFERS && pooled_bytes(&free) + b.capacity() <= self.max_bytes {
             free.push(b);
         }
-    }
-}
-
-/// Replies waiting to be written.
-#[derive(Default)]
-struct Queue {
-    bytes: Vec<u8>,
-    /// The buffer last written out, kept for reuse.
-    spare: Vec<u8>,
-    /// A worker is writing queued replies.
-    sending: bool,
-    /// The leader is blocked reading the socket: nobody will write replies for it.
-    reading: bool,
-    failed: bool,
-    /// Workers waiting in [`Replies::send_large`] for the sender to finish.
-    waiting: usize,
-}
-
-/// The reply side of a connection: replies are queued, and whoever finds nobody sending
-/// becomes the sender and writes out everything queued until the queue is empty. The
-/// leader never waits for another's reply to be written; a worker with a large reply
-/// does (see [`Replies::send_large`]).
-pub(crate) struct Replies<'a, W> {
-    writer: &'a Mutex<W>,
-    queue: Mutex<Queue>,
-    /// Signalled when the sender stops while workers wait in `send_large`.
-    idle: Condvar,
-}
-
-impl<'a, W: Write> Replies<'a, W> {
-    pub(crate) fn new(writer: &'a Mutex<W>) -> Replies<'a, W> {
-        Replies {
-            writer,
-            queue: Mutex::new(Queue::default()),
-            idle: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues a reply. It is written now if the leader is blocked reading (or the queue
-    /// is long); otherwise the leader writes it before it next reads the socket.
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut q = self.lock();
-        if q.failed {
-            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
-        }
-        let now = !q.sending && (q.reading || q.bytes.len() + bytes.len() >= QUEUE_LIMIT);
-        if !now {
-            q.bytes.extend_from_slice(bytes);
-            return Ok(());
-        }
-        if bytes.len() >= DIRECT_REPLY && q.bytes.is_empty() {
-            return self.drain(q, Some(bytes));
-        }
-        q.bytes.extend_from_slice(bytes);
-        self.drain(q, None)
-    }
-
-    /// Sends a large reply (a READ's data) from its own buffer, never copying it into the
-    /// queue, where a 64 MiB reply would be held twice (and the queue's buffer would keep
-    /// that size): waits until nobody is sending, then writes it and whatever is queued.
-    ///
-    /// Only for workers that are not leading: the leader must never wait for the socket's
-    /// writer, or a client that writes all its requests before reading replies would stall
-    /// both sides.
-    fn send_large(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut q = self.lock();
-        while q.sending && !q.failed {
-            q.waiting += 1;
-            q = self.idle.wait(q).unwrap_or_else(|p| p.into_inner());
-            q.waiting -= 1;
-        }
-        if q.failed {
-            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
-        }
-        self.drain(q, Some(bytes))
-    }
-
-    /// The sender has stopped: a worker waiting to send a large reply may go (all of
-    /// them when the connection failed).
-    fn stopped_sending(&self, q: &mut Queue) {
-        q.sending = false;
-        if q.waiting > 0 {
-            if q.failed {
-                self.idle.notify_all();
-            } else {
-                self.idle.notify_one();
-            }
-        }
-    }
-
-    /// Writes out the queue (and `first`, before it) unless someone else is at it.
-    fn drain<'q>(
-        &'q self,
-        mut q: MutexGuard<'q, Queue>,
-        mut first: Option<&[u8]>,
-    ) -> io::Result<()> {
-        if q.sending || (first.is_none() && q.bytes.is_empty()) {
-            return Ok(());
-        }
-        if q.failed {
-            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
-        }
-        q.sending = true;
-        loop {
-            let mut out = match first {
-                Some(_) => Vec::new(),
-                None => {
-                    let spare = std::mem::take(&mut q.spare);
-                    std::mem::replace(&mut q.bytes, spare)
-                }
-            };
-            drop(q);
-            let res = {
-                let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-                let data = first.take().unwrap_or(out.as_slice());
-                w.write_all(data).and_then(|()| w.flush())
-            };
-            out.clear();
-            q = self.lock();
-            if q.spare.capacity() < out.capacity() {
-                q.spare = out;
-            }
-            if let Err(e) = res {
-                q.failed = true;
-                self.stopped_sending(&mut q);
-                q.bytes = Vec::new();
-                return Err(e);
-            }
-            if q.bytes.is_empty() {
-                self.stopped_sending(&mut q);
-                return Ok(());
-            }
-        }
-    }
-
-    /// Writes out what is queued; called before the leader may block reading.
-    fn flush_before_read(&self) -> io::Result<()> {
-        let mut q = self.lock();
-        q.reading = true;
-        self.drain(q, None)
-    }
-
-    fn done_reading(&self) {
-        self.lock().reading = false;
-    }
-
-    /// Writes out everything still queued (the connection is ending).
-    fn finish(&self) -> io::Result<()> {
-        let mut q = self.lock();
-        q.reading = true;
-        self.drain(q, None)
-    }
-}
-
-/// The socket's reading half, as the request buffer sees it: every time the buffer has to
-/// go to the socket (and may block there), queued replies are written out first.
-struct SocketReader<'a, 'b, R, W> {
-    inner: &'a mut R,
-    replies: &'a Replies<'b, W>,
-}
-
-impl<R: Read, W: Write> Read for SocketReader<'_, '_, R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.replies.flush_before_read()?;
-        let n = self.inner.read(buf);
-        self.replies.done_reading();
-        n
     }
 }
 
@@ -313,6 +161,7 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
     export: &dyn Export,
     neg: &Negotiation,
     stats: &ServerStats,
+    capacity: &Capacity,
 ) -> Result<(), ConnError> {
     let limits = Limits {
         size: export.size(),
@@ -320,84 +169,202 @@ pub(crate) fn transmit<R: Read + Send, W: Write + Send>(
         structured: neg.structured,
         base_allocation: neg.base_allocation,
     };
-    let replies = Replies::new(writer);
-    let reader = Mutex::new(BufReader::with_capacity(
-        READ_BUFFER,
-        SocketReader {
-            inner: reader,
+    let budget = capacity.bounds().max_request_memory;
+    let replies = Replies::new(writer, budget);
+    let pool = BufferPool::new(budget);
+    let crew = Crew {
+        reader: Mutex::new(BufReader::with_capacity(
+            READ_BUFFER,
+            SocketReader {
+                inner: reader,
+                replies: &replies,
+            },
+        )),
+        state: Mutex::new(CrewState {
+            threads: 1,
+            ..CrewState::default()
+        }),
+        turn: Condvar::new(),
+        failure: Mutex::new(None),
+        capacity,
+        limits,
+        conn: Conn {
             replies: &replies,
+            export,
+            structured: neg.structured,
+            stats,
+            pool: &pool,
         },
-    ));
-    let done = AtomicBool::new(false);
-    let failure: Mutex<Option<ConnError>> = Mutex::new(None);
-    let fail = |e: ConnError| {
-        done.store(true, Ordering::Release);
-        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     };
-    let pool = BufferPool::default();
-    let conn = Conn {
-        replies: &replies,
-        export,
-        structured: neg.structured,
-        stats,
-        pool: &pool,
-    };
-    std::thread::scope(|s| {
-        for _ in 0..WORKERS {
-            s.spawn(|| loop {
-                // Lead: read and run requests until one may wait for the disk.
-                let job = {
-                    let Ok(mut r) = reader.lock() else {
-                        // A leader panicked while it held the request buffer: where the
-                        // stream stands is not known (a payload run from the buffer is not
-                        // consumed yet), so nothing more is read from it.
-                        fail(io::Error::other("a request handler panicked").into());
-                        return;
-                    };
-                    loop {
-                        if done.load(Ordering::Acquire) {
-                            return;
-                        }
-                        match next_request(&mut *r, &conn, &limits) {
-                            Ok(Some(job)) => {
-                                if job.in_buffer {
-                                    let len = job.req.length as usize;
-                                    conn.run_reporting_with(&job, &r.buffer()[..len]);
-                                    r.consume(len);
-                                    continue;
-                                }
-                                if job.runs_inline() {
-                                    conn.run_reporting(job);
-                                    continue;
-                                }
-                                if conn.read_inline(&job) {
-                                    continue;
-                                }
-                                break job;
-                            }
-                            // The client disconnected: the others finish what they hold.
-                            Ok(None) => {
-                                done.store(true, Ordering::Release);
-                                return;
-                            }
-                            Err(e) => {
-                                fail(e);
-                                return;
-                            }
-                        }
-                    }
-                };
-                // Follow: a waiting request runs while another worker leads.
-                conn.run_reporting(job);
-            });
-        }
-    });
+    std::thread::scope(|s| crew.work(s, true));
     if let Err(e) = replies.finish() {
         tracing::debug!(error = %e, "could not send the last replies; the client has gone");
     }
-    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    match crew.failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The workers of one connection.
+struct Crew<'a, 'b, R, W> {
+    /// The request buffer: whoever holds it leads.
+    reader: Mutex<BufReader<SocketReader<'a, 'b, R, W>>>,
+    state: Mutex<CrewState>,
+    /// Signalled when the lead is free, and when the connection ends.
+    turn: Condvar,
+    failure: Mutex<Option<ConnError>>,
+    capacity: &'a Capacity,
+    limits: Limits,
+    conn: Conn<'a, 'b, W>,
+}
+
+#[derive(Default)]
+struct CrewState {
+    /// A worker leads (reads requests).
+    leading: bool,
+    /// Workers of this connection, its own thread included.
+    threads: usize,
+    /// Workers waiting to lead.
+    waiting: usize,
+    /// The connection ends: no more requests are read.
+    done: bool,
+}
+
+impl<'a, 'b, R: Read + Send, W: Write + Send> Crew<'a, 'b, R, W> {
+    fn state(&self) -> MutexGuard<'_, CrewState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One worker: leads until a request may wait for the disk, lets another lead, runs
+    /// it, and comes back to lead. `home`: the connection's own thread, which stays until
+    /// the connection ends; the others end after [`IDLE`] without leading.
+    fn work<'s>(&'s self, s: &'s Scope<'s, '_>, home: bool) {
+        while self.take_lead(home) {
+            let job = self.lead();
+            self.hand_over(s);
+            match job {
+                Some(job) => self.conn.run_reporting(job),
+                None => return,
+            }
+        }
+    }
+
+    /// Waits to lead: `false` when the connection ends, or (not `home`) after [`IDLE`].
+    fn take_lead(&self, home: bool) -> bool {
+        let mut st = self.state();
+        loop {
+            if st.done {
+                return false;
+            }
+            if !st.leading {
+                st.leading = true;
+                return true;
+            }
+            st.waiting += 1;
+            if home {
+                st = self.turn.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.waiting -= 1;
+            } else {
+                let (g, waited) = self
+                    .turn
+                    .wait_timeout(st, IDLE)
+                    .unwrap_or_else(|p| p.into_inner());
+                st = g;
+                st.waiting -= 1;
+                if waited.timed_out() && st.leading {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Lets go of the lead. When no worker waits to take it, starts one if the
+    /// connection and the server allow; otherwise requests wait for a worker to be back.
+    fn hand_over<'s>(&'s self, s: &'s Scope<'s, '_>) {
+        let spawn = {
+            let mut st = self.state();
+            st.leading = false;
+            if st.waiting > 0 || st.done {
+                self.turn.notify_one();
+                false
+            } else if st.threads < WORKERS_PER_CONNECTION && self.capacity.take_thread() {
+                st.threads += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if !spawn {
+            return;
+        }
+        let started = std::thread::Builder::new()
+            .name("nbd-worker".into())
+            .spawn_scoped(s, move || {
+                self.work(s, false);
+                self.state().threads -= 1;
+                self.capacity.give_thread();
+            });
+        if let Err(e) = started {
+            // The request runs when a worker is back; the connection goes on.
+            tracing::debug!(error = %e, "cannot start a worker thread; requests wait for one");
+            self.state().threads -= 1;
+            self.capacity.give_thread();
+        }
+    }
+
+    /// Reads and runs requests until one may wait for the disk (returned) or the
+    /// connection ends (`None`).
+    fn lead(&self) -> Option<Job> {
+        let Ok(mut r) = self.reader.lock() else {
+            // A leader panicked while it held the request buffer: where the stream stands
+            // is not known (a payload run from the buffer is not consumed yet), so nothing
+            // more is read from it.
+            self.end(Some(io::Error::other("a request handler panicked").into()));
+            return None;
+        };
+        let conn = &self.conn;
+        loop {
+            if self.state().done {
+                return None;
+            }
+            match next_request(&mut *r, conn, &self.limits) {
+                Ok(Some(job)) => {
+                    if job.in_buffer {
+                        let len = job.req.length as usize;
+                        conn.run_reporting_with(&job, &r.buffer()[..len]);
+                        r.consume(len);
+                        continue;
+                    }
+                    if job.runs_inline() {
+                        conn.run_reporting(job);
+                        continue;
+                    }
+                    if conn.read_inline(&job) {
+                        continue;
+                    }
+                    return Some(job);
+                }
+                // The client disconnected: the others finish what they hold.
+                Ok(None) => {
+                    self.end(None);
+                    return None;
+                }
+                Err(e) => {
+                    self.end(Some(e));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The connection ends (why, if it failed): every worker finishes what it holds.
+    fn end(&self, failure: Option<ConnError>) {
+        if let Some(e) = failure {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+        self.state().done = true;
+        self.turn.notify_all();
     }
 }
 
@@ -417,6 +384,9 @@ struct Conn<'a, 'b, W> {
 /// buffer is left there ([`Job::in_buffer`]): the leader writes it from the buffer, which
 /// saves copying every small write once (4 KiB random write QD32: most payloads arrive in
 /// the same socket read as their headers).
+///
+/// Before a WRITE's payload is read, or a READ is taken on, its bytes are reserved in the
+/// connection's budget: while they do not fit, no more requests are read.
 fn next_request<R: Read, W: Write>(
     reader: &mut BufReader<R>,
     conn: &Conn<'_, '_, W>,
@@ -433,6 +403,7 @@ fn next_request<R: Read, W: Write>(
         let req = parse_request(&h)?;
         let mut payload = Vec::new();
         let mut in_buffer = false;
+        let mut held = 0;
         if req.kind == CMD_WRITE {
             if req.length > MAX_PAYLOAD {
                 // We cannot skip what we will not read: the stream is lost.
@@ -441,6 +412,8 @@ fn next_request<R: Read, W: Write>(
             let len = req.length as usize;
             in_buffer = len <= INLINE_WRITE && reader.buffer().len() >= len;
             if !in_buffer {
+                conn.replies.reserve(len)?;
+                held = len;
                 payload = conn.pool.take(len);
                 // A payload at least as large as the request buffer is read past it,
                 // straight from the socket, once the buffered part is copied out.
@@ -456,18 +429,29 @@ fn next_request<R: Read, W: Write>(
         match validate(&req, limits) {
             Ok(Command::Disc) => return Ok(None),
             Ok(cmd) => {
+                // A WRITE reserved its payload before reading it; every request waits
+                // while the budget is overrun (by queued replies).
+                let need = if cmd == Command::Read {
+                    conn.read_header_len() + req.length as usize
+                } else {
+                    0
+                };
+                conn.replies.reserve(need)?;
+                held += need;
                 return Ok(Some(Job {
                     req,
                     cmd,
                     payload,
                     in_buffer,
-                }))
+                    held,
+                }));
             }
             Err(refusal) => {
                 if in_buffer {
                     reader.consume(req.length as usize);
                 }
                 conn.pool.give(payload);
+                conn.replies.release(held);
                 conn.stats.errors.fetch_add(1, Ordering::Relaxed);
                 conn.reply_error(req.cookie, refusal.errno, &refusal.to_string())?;
             }
@@ -478,9 +462,9 @@ fn next_request<R: Read, W: Write>(
 impl<W: Write> Conn<'_, '_, W> {
     fn reply_error(&self, cookie: u64, errno: Errno, msg: &str) -> io::Result<()> {
         if self.structured {
-            self.replies.send(&structured_error(cookie, errno, msg))
+            self.replies.send(&structured_error(cookie, errno, msg), 0)
         } else {
-            self.replies.send(&simple_reply(cookie, errno as u32))
+            self.replies.send(&simple_reply(cookie, errno as u32), 0)
         }
     }
 
@@ -516,7 +500,7 @@ impl<W: Write> Conn<'_, '_, W> {
         let mut buf = vec![0u8; hdr + len];
         match self.export.read_nowait(r.offset, &mut buf[hdr..]) {
             Ok(true) => {
-                if let Err(e) = self.reply_read(r, buf, true) {
+                if let Err(e) = self.reply_read(r, buf, job.held, true) {
                     tracing::debug!(error = %e, "could not send a reply; the client has gone");
                 }
                 true
@@ -526,9 +510,16 @@ impl<W: Write> Conn<'_, '_, W> {
         }
     }
 
-    /// Sends a READ's reply from `buf` (header space, then the data). `leading`: the
-    /// leader is sending, which must not wait for the socket.
-    fn reply_read(&self, r: &Request, mut buf: Vec<u8>, leading: bool) -> io::Result<()> {
+    /// Sends a READ's reply from `buf` (header space, then the data), which holds `held`
+    /// bytes of the budget. `leading`: the leader is sending, which must not wait for the
+    /// socket.
+    fn reply_read(
+        &self,
+        r: &Request,
+        mut buf: Vec<u8>,
+        held: usize,
+        leading: bool,
+    ) -> io::Result<()> {
         let len = r.length as usize;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -540,26 +531,52 @@ impl<W: Write> Conn<'_, '_, W> {
             simple_reply_header(&mut buf, r.cookie, 0);
         }
         if !leading && buf.len() > QUEUE_LIMIT {
-            return self.replies.send_large(&buf);
+            return self.replies.send_large(&buf, held);
         }
-        self.replies.send(&buf)
+        self.replies.send(&buf, held)
     }
 
+    /// Runs `job` and replies. The budget the job holds goes with its READ reply, or
+    /// back once it has run.
     fn run(&self, job: &Job, payload: &[u8]) -> io::Result<()> {
-        let (r, export, stats) = (&job.req, self.export, self.stats);
+        let r = &job.req;
+        let stats = self.stats;
         let result = match job.cmd {
             Command::Read if self.structured && r.length == 0 => {
-                return self.replies.send(&none_reply(r.cookie));
+                Ok(Some(none_reply(r.cookie).to_vec()))
             }
             Command::Read => {
                 let hdr = self.read_header_len();
                 let mut buf = vec![0u8; hdr + r.length as usize];
                 // READs never run on the leader (`Job::runs_inline`).
-                match export.read(r.offset, &mut buf[hdr..]) {
-                    Ok(()) => return self.reply_read(r, buf, false),
+                match self.export.read(r.offset, &mut buf[hdr..]) {
+                    Ok(()) => return self.reply_read(r, buf, job.held, false),
                     Err(e) => Err(e),
                 }
             }
+            _ => self.execute(job, payload),
+        };
+        self.replies.release(job.held);
+        match result {
+            Ok(Some(reply)) => self.replies.send(&reply, 0),
+            Ok(None) => self.replies.send(&simple_reply(r.cookie, 0), 0),
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(quiet) = stats.failure_log.note() {
+                    tracing::warn!(cookie = r.cookie, offset = r.offset, length = r.length, error = %e, failed_since_last_line = quiet, "request failed");
+                }
+                let errno = e.errno();
+                self.reply_error(r.cookie, errno, &format!("{errno}: {e}"))
+            }
+        }
+    }
+
+    /// Carries out a request other than a READ: `Some(reply)` when it has more to say
+    /// than success.
+    fn execute(&self, job: &Job, payload: &[u8]) -> Result<Option<Vec<u8>>, ExportError> {
+        let (r, export, stats) = (&job.req, self.export, self.stats);
+        let done = match job.cmd {
+            Command::Read => Err(ExportError::Invalid("a READ is not executed here".into())),
             Command::Write { fua } => export.write(r.offset, payload, fua).inspect(|()| {
                 stats.writes.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -585,134 +602,15 @@ impl<W: Write> Conn<'_, '_, W> {
                 }),
             Command::Cache => export.cache(r.offset, r.length),
             Command::BlockStatus { req_one } => {
-                match export.block_status(r.offset, r.length, req_one) {
-                    Ok(mut extents) => {
-                        fit_extents(&mut extents, r.length, req_one);
-                        if extents.is_empty() {
-                            Err(ExportError::Io("no extents".into()))
-                        } else {
-                            return self.replies.send(&block_status_reply(r.cookie, &extents));
-                        }
-                    }
-                    Err(e) => Err(e),
+                let mut extents = export.block_status(r.offset, r.length, req_one)?;
+                fit_extents(&mut extents, r.length, req_one);
+                if extents.is_empty() {
+                    return Err(ExportError::Io("no extents".into()));
                 }
+                return Ok(Some(block_status_reply(r.cookie, &extents)));
             }
             Command::Disc => Ok(()),
         };
-        match result {
-            Ok(()) => self.replies.send(&simple_reply(r.cookie, 0)),
-            Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(quiet) = stats.failure_log.note() {
-                    tracing::warn!(cookie = r.cookie, offset = r.offset, length = r.length, error = %e, failed_since_last_line = quiet, "request failed");
-                }
-                let errno = e.errno();
-                self.reply_error(r.cookie, errno, &format!("{errno}: {e}"))
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    /// A socket's writing half that keeps what is written and can be held shut (a client
-    /// that does not read).
-    #[derive(Clone, Default)]
-    struct Gate {
-        out: Arc<Mutex<Vec<u8>>>,
-        held: Arc<AtomicBool>,
-        writes: Arc<AtomicUsize>,
-    }
-
-    impl Write for Gate {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-            while self.held.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            self.out.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn wait_for(what: &str, f: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !f() {
-            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// A large reply that finds another worker sending waits for it and is then written
-    /// from its own buffer: it is never copied into the queue, and the queue does not
-    /// keep a buffer of its size afterwards.
-    #[test]
-    fn a_large_reply_is_not_copied_into_the_queue() {
-        let gate = Gate::default();
-        let writer = Mutex::new(gate.clone());
-        let replies = Replies::new(&writer);
-        let small = [7u8; 16];
-        let large: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
-        gate.held.store(true, Ordering::SeqCst);
-        std::thread::scope(|s| {
-            // The leader is blocked reading: a small reply is written by its worker, who
-            // stays in the socket's write while the client does not read.
-            replies.lock().reading = true;
-            s.spawn(|| replies.send(&small).unwrap());
-            wait_for("the small reply is being written", || {
-                gate.writes.load(Ordering::SeqCst) > 0
-            });
-            let t = s.spawn(|| replies.send_large(&large).unwrap());
-            // Until the large reply waits, or was put in the queue (as it once was).
-            wait_for("the large reply waits for the sender", || {
-                let q = replies.lock();
-                q.waiting == 1 || !q.bytes.is_empty()
-            });
-            let queued = replies.lock().bytes.len();
-            gate.held.store(false, Ordering::SeqCst);
-            t.join().unwrap();
-            assert_eq!(queued, 0, "the large reply was copied into the queue");
-        });
-        let out = gate.out.lock().unwrap();
-        assert_eq!(out.len(), small.len() + large.len());
-        assert_eq!(&out[..small.len()], &small);
-        assert!(out[small.len()..] == large[..]);
-        let q = replies.lock();
-        assert!(!q.sending && q.waiting == 0);
-        assert!(q.bytes.capacity() < QUEUE_LIMIT && q.spare.capacity() < QUEUE_LIMIT);
-    }
-
-    /// A worker waiting to send a large reply is let go when the connection fails.
-    #[test]
-    fn a_waiting_large_reply_fails_with_the_connection() {
-        struct Broken;
-        impl Write for Broken {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                std::thread::sleep(Duration::from_millis(50));
-                Err(io::ErrorKind::ConnectionReset.into())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let writer = Mutex::new(Broken);
-        let replies = Replies::new(&writer);
-        replies.lock().reading = true;
-        std::thread::scope(|s| {
-            let a = s.spawn(|| replies.send(&[1u8; 16]));
-            wait_for("sending", || replies.lock().sending);
-            let b = s.spawn(|| replies.send_large(&[2u8; QUEUE_LIMIT + 1]));
-            assert!(a.join().unwrap().is_err());
-            assert!(b.join().unwrap().is_err());
-        });
+        done.map(|()| None)
     }
 }

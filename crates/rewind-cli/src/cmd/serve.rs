@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rewind_engine::exports::VaultExports;
 use rewind_engine::intercept::LiveVolume;
-use rewind_nbd::{serve_connection, ServerStats};
+use rewind_nbd::{refuse_connection, serve_connection_within, Bounds, Capacity, ServerStats};
 use rewind_vault::{format_time, now_ns, Compression, CreateOptions, SealPolicy, Vault};
 use serde_json::{json, Value};
 
@@ -85,10 +85,24 @@ pub struct Args {
     /// Size of the demo volume when it has to be created
     #[arg(long, default_value = "1G", value_parser = output::parse_size, value_name = "SIZE")]
     pub demo_size: u64,
+    /// NBD connections served at once; a client beyond them is refused with a message
+    /// that says so
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_connections: usize,
+    /// Memory one connection's requests may hold (payloads and replies not yet read by
+    /// the client); beyond it the server stops reading that client's requests until it
+    /// reads replies. A single larger request is still served, alone
+    #[arg(long, default_value = "64M", value_parser = output::parse_size, value_name = "SIZE")]
+    pub max_request_memory: u64,
+    /// Worker threads over all connections, besides one per connection (each connection
+    /// uses at most 32, started when requests wait on the disk)
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_threads: usize,
 }
 
 struct Server {
     volume: Arc<LiveVolume>,
+    capacity: Arc<Capacity>,
     exports: Arc<rollback::GatedExports>,
     stats: Arc<ServerStats>,
     started: Instant,
@@ -115,6 +129,17 @@ impl Closer {
         let _ = match self {
             Closer::Tcp(s) => s.shutdown(how),
             Closer::Unix(s) => s.shutdown(how),
+        };
+    }
+
+    fn set_timeouts(&self, t: Duration) {
+        let _ = match self {
+            Closer::Tcp(s) => s
+                .set_read_timeout(Some(t))
+                .and_then(|()| s.set_write_timeout(Some(t))),
+            Closer::Unix(s) => s
+                .set_read_timeout(Some(t))
+                .and_then(|()| s.set_write_timeout(Some(t))),
         };
     }
 
@@ -157,6 +182,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             volume.clone(),
         ))),
         volume,
+        capacity: Arc::new(Capacity::new(Bounds {
+            max_request_memory: usize::try_from(a.max_request_memory).unwrap_or(usize::MAX),
+            max_connections: a.max_connections,
+            max_threads: a.max_threads,
+        })),
         stats: Arc::new(ServerStats::default()),
         started: Instant::now(),
         listen: listeners.uris(socket.as_deref())?,
@@ -401,6 +431,10 @@ where
 {
     let _ = reader.set_blocking();
     let _ = writer.set_blocking();
+    let Some(admitted) = server.capacity.admit() else {
+        refuse(server, reader, writer, closer);
+        return;
+    };
     let srv = server.clone();
     let closer = Arc::new(closer);
     let done = closer.clone();
@@ -408,7 +442,14 @@ where
     let handle = std::thread::Builder::new()
         .name(format!("nbd-conn-{n}"))
         .spawn(move || {
-            if let Err(e) = serve_connection(reader, writer, srv.exports.as_ref(), &srv.stats) {
+            let _admitted = admitted;
+            if let Err(e) = serve_connection_within(
+                reader,
+                writer,
+                srv.exports.as_ref(),
+                &srv.stats,
+                &srv.capacity,
+            ) {
                 tracing::info!(error = %e, "connection closed");
             }
             // Close now: the clone kept for shutdown would otherwise hold the socket open.
@@ -421,6 +462,35 @@ where
             .unwrap_or_else(|p| p.into_inner())
             .push((h, closer)),
         Err(e) => tracing::error!(error = %e, "cannot start a connection thread"),
+    }
+}
+
+/// How long a refused client may take to hear why.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection beyond --max-connections: told why on a short-lived thread (a few at
+/// once; beyond them it is closed without a word).
+fn refuse<S>(server: &Arc<Server>, reader: S, writer: S, closer: Closer)
+where
+    S: std::io::Read + Write + Send + 'static,
+{
+    let Some(refusing) = server.capacity.refusing() else {
+        closer.shutdown(std::net::Shutdown::Both);
+        return;
+    };
+    closer.set_timeouts(REFUSAL_TIMEOUT);
+    let why = server.capacity.refusal_text();
+    let started = std::thread::Builder::new()
+        .name("nbd-refuse".into())
+        .spawn(move || {
+            let _refusing = refusing;
+            if let Err(e) = refuse_connection(reader, writer, &why) {
+                tracing::debug!(error = %e, "refused connection closed");
+            }
+            closer.shutdown(std::net::Shutdown::Both);
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start a thread to refuse a connection; closed");
     }
 }
 
