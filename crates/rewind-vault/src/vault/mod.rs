@@ -871,8 +871,10 @@ impl Vault {
             time_from_ns: first.timestamp_ns,
             time_to_ns: last.timestamp_ns,
         };
-        let entries: Vec<(u64, Location)> = inner.open.present.sorted().to_vec();
-        let map = DeltaMap::new(interval, self.shared.block_size, entries);
+        let map = inner
+            .open
+            .present
+            .delta_map(interval, self.shared.block_size);
         let map_path = self
             .shared
             .maps_dir

@@ -86,7 +86,7 @@ impl Vault {
                 s.length
             ));
         }
-        let map = DeltaMap::new(i, bs, seg.present.sorted().to_vec());
+        let map = seg.present.delta_map(i, bs);
         if map.len() as u64 != e.blocks_changed {
             return Err(format!(
                 "the records change {} blocks where the manifest says {}",
@@ -313,7 +313,7 @@ fn reseal_from_log(
             time_from_ns: first.timestamp_ns,
             time_to_ns: last.timestamp_ns,
         };
-        let map = DeltaMap::new(interval, bs, open.present.sorted().to_vec());
+        let map = open.present.delta_map(interval, bs);
         m.segments.push(SegmentEntry {
             id: open.id,
             last_seq: last.seq,

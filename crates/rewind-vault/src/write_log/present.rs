@@ -11,7 +11,7 @@
 #[cfg(test)]
 use std::collections::BTreeMap;
 
-use rewind_format::delta_map::Location;
+use rewind_format::delta_map::{DeltaMap, Interval, Location};
 
 /// Appended entries past the ordered prefix before the map is put in order on its own.
 const MIN_SLACK: usize = 1 << 17;
@@ -57,6 +57,11 @@ impl PresentMap {
     pub(crate) fn sorted(&mut self) -> &[(u64, Location)] {
         self.order();
         &self.entries
+    }
+
+    /// The delta map of the interval this map covers (what sealing it writes).
+    pub(crate) fn delta_map(&mut self, interval: Interval, block_size: u32) -> DeltaMap {
+        DeltaMap::new(interval, block_size, self.sorted().to_vec())
     }
 
     /// The number of blocks in the map.
