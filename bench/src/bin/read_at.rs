@@ -264,7 +264,7 @@ struct PointRow {
     interval: (u64, u64),
     maps: usize,
     replayed_records: u64,
-    replayed_blocks: usize,
+    replayed_blocks: u64,
     resolve: Duration,
     open: Duration,
     read4k: Pct,

@@ -4,56 +4,70 @@
 //! block the interval changed, where that block's newest data in the interval lives.
 //! Immutable once written.
 //!
-//! Version 3 (written by this build) is in two checked parts, so that a reader can load
-//! the small *head* (header and block set) of every map in a chain and read a map's
-//! *entries* only when a lookup finds the block in its set:
+//! Version 4 (written by this build) holds **extents**, runs of blocks with one location
+//! rule (see `extents.rs`), so a trim of a whole volume is one entry. It is in two checked
+//! parts, so that a reader can load the small *head* (header and block set) of every map
+//! in a chain and read a map's *entries* only when a lookup finds the block in its set:
 //!
 //! ```text
 //! offset size field
 //!  0     8    magic          "RWNDDMAP"
-//!  8     2    version        3 (1 and 2 still decode)
+//!  8     2    version        4 (1, 2 and 3 still decode)
 //! 10     2    flags          bit 0 merged, bit 1 fix-up, bit 2 suspect
 //! 12     4    block_size
 //! 16     8    seq_from
 //! 24     8    seq_to
 //! 32     8    time_from_ns   timestamp of the first record
 //! 40     8    time_to_ns     timestamp of the last record
-//! 48     8    entry_count
-//! 56     4    block_set_len  bytes of the serialized block set (m)
+//! 48     8    blocks         blocks the interval changed
+//! 56     4    set_runs       runs of the block set (n)
 //! 60     1    retention_class
 //! 61     3    reserved       0
-//! 64     4    head_crc       crc32c over bytes 0..64 and the block set
-//! 68     m    block set: the changed blocks as a portable roaring treemap
-//! 68+m  24*n  entries, one per block of the set, in block order (the i-th entry is the
-//!               block of rank i): u64 segment (first seq of the segment; 0 = zeroed),
-//!               u64 offset, u32 crc, u32 kind:
-//!                 0 zeroed (segment, offset, crc 0)
-//!                 1 record: offset of the write record holding the block (crc 0);
-//!                   used for compressed records, whose blocks cannot be read alone
-//!                 2 block: offset of the block's own bytes in the segment (inside an
-//!                   uncompressed write record), crc = crc32c of those bytes, so one
-//!                   block is read and verified with one read of its size
-//! end-4  4    entries_crc    crc32c over the entries
+//! 64     8    extent_count   (e)
+//! 72     8    crc_count      (c)
+//! 80     4    head_crc       crc32c over bytes 0..80 and the block set
+//! 84    16*n  block set: sorted, disjoint, non-adjacent runs: u64 first block, u64 count
+//! ..    40*e  extents, sorted by block, disjoint: u64 first block, u64 count,
+//!               u64 segment (first seq of the segment; 0 = zeroed), u64 offset,
+//!               u32 kind, u32 reserved 0:
+//!                 0 zeroed (segment, offset 0)
+//!                 1 record: offset of the write record holding the blocks; used for
+//!                   compressed records, whose blocks cannot be read alone
+//!                 2 blocks: offset of the first block's own bytes in the segment (inside
+//!                   an uncompressed write record), the next blocks one after the other;
+//!                   they take the next `count` crcs below, one per block, so one block
+//!                   is read and verified with one read of its size
+//! ..     4*c  crcs: crc32c of each block of the `blocks` extents, in extent order
+//! end-4  4    entries_crc    crc32c over the extents and crcs
 //! ```
 //!
+//! Version 3: a 64-byte header (entry_count at 48, block_set_len at 56, head_crc at 64),
+//! the block set as a portable roaring treemap, then one 24-byte entry per block of the
+//! set in block order (u64 segment, u64 offset, u32 crc, u32 kind) and their crc.
 //! Version 2: the same header (without head_crc), then 32-byte entries `u64 block` + the
 //! fields above, then the block set and one crc32c over everything. Version 1: 24-byte
-//! entries `u64 block, u64 segment, u64 record offset`.
+//! entries `u64 block, u64 segment, u64 record offset`. They are read into extents.
 
 use std::sync::OnceLock;
 
 use crate::codec::{check_magic, check_trailing_crc, check_version, Reader, Writer};
+use crate::extents::{BadExtent, ExtentLoc, ExtentMap, ExtentSet, MapExtent};
 use crate::{DecodeError, SegmentId, Seq};
 use roaring::RoaringTreemap;
 
 pub const MAGIC: &[u8; 8] = b"RWNDDMAP";
 /// The version this build writes.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The oldest version this build still decodes.
 pub const OLDEST_VERSION: u16 = 1;
-/// Bytes of a version 3 header, its head crc included: the block set starts here.
-pub const HEAD_FIXED_LEN: usize = 68;
-const HEADER_LEN: usize = 64;
+/// Bytes [`DeltaMap::head_len`] needs to tell the length of a head: the fixed part of a
+/// version 4 head (the block set starts here).
+pub const HEAD_FIXED_LEN: usize = 84;
+const HEADER_LEN: usize = 80;
+const SET_RUN_LEN: usize = 16;
+const EXTENT_LEN: usize = 40;
+const V3_HEADER_LEN: usize = 64;
+const V3_HEAD_FIXED_LEN: usize = 68;
 const ENTRY_LEN_V3: usize = 24;
 const ENTRY_LEN: usize = 32;
 const ENTRY_LEN_V1: usize = 24;
@@ -91,38 +105,25 @@ pub struct Interval {
     pub time_to_ns: i64,
 }
 
-/// A decoded delta map: always its header and block set; its entries once loaded (see
-/// [`DeltaMap::decode_head`] and [`DeltaMap::attach_entries`]).
+/// A decoded delta map: always its header and block set; its entries (extents) once
+/// loaded (see [`DeltaMap::decode_head`] and [`DeltaMap::attach_entries`]).
 #[derive(Debug)]
 pub struct DeltaMap {
     pub interval: Interval,
     pub flags: u16,
     pub block_size: u32,
     pub retention_class: u8,
-    /// The changed blocks, for fast membership tests; a block's rank in it is the index
-    /// of its entry.
-    pub blocks: RoaringTreemap,
+    /// The changed blocks, for fast membership tests and set algebra.
+    pub blocks: ExtentSet,
+    /// The version the file had (the entries decode by it).
+    version: u16,
     /// Where the entries start in the file and how long they are (crc included); zero for
-    /// a map built in memory or of an older version.
+    /// a map built in memory or decoded whole.
     entries_at: u64,
     entries_len: u64,
-    entries: OnceLock<Entries>,
-}
-
-/// The entries, in block order: built in memory, or kept as the file holds them
-/// (validated once, then read in place).
-#[derive(Debug, Clone)]
-enum Entries {
-    Owned(Vec<(u64, Location)>),
-    /// Version 2: 32-byte entries with their block, at `at` of `bytes`.
-    V2 {
-        bytes: Vec<u8>,
-        at: usize,
-    },
-    /// Version 3: 24-byte entries without their block, from the start of `bytes`.
-    V3 {
-        bytes: Vec<u8>,
-    },
+    /// Extents in the entries (version 4; the rest of them are crcs).
+    extent_count: u64,
+    entries: OnceLock<ExtentMap>,
 }
 
 /// What a lookup in one map found.
@@ -149,8 +150,10 @@ impl Clone for DeltaMap {
             block_size: self.block_size,
             retention_class: self.retention_class,
             blocks: self.blocks.clone(),
+            version: self.version,
             entries_at: self.entries_at,
             entries_len: self.entries_len,
+            extent_count: self.extent_count,
             entries,
         }
     }
@@ -164,11 +167,11 @@ impl PartialEq for DeltaMap {
             && self.block_size == other.block_size
             && self.retention_class == other.retention_class
             && self.blocks == other.blocks
-            && self.iter().eq(other.iter())
+            && self.entries.get() == other.entries.get()
     }
 }
 
-/// Decodes the location fields of one entry; `None`: not a valid location.
+/// Decodes the location fields of one per-block entry (versions 1-3); `None`: not valid.
 fn location(seg: u64, offset: u64, crc: u32, kind: u32) -> Option<Location> {
     let segment = SegmentId(Seq(seg));
     match kind {
@@ -201,25 +204,30 @@ fn location_of(e: &[u8]) -> Option<Location> {
 }
 
 impl DeltaMap {
-    /// Builds a map from entries sorted by block (the caller's BTreeMap order).
+    /// Builds a map from per-block entries sorted by block (runs become extents).
     pub fn new(interval: Interval, block_size: u32, entries: Vec<(u64, Location)>) -> DeltaMap {
-        let blocks = RoaringTreemap::from_sorted_iter(entries.iter().map(|e| e.0))
-            .unwrap_or_else(|_| entries.iter().map(|e| e.0).collect());
+        DeltaMap::from_extents(interval, ExtentMap::from_blocks(block_size, entries))
+    }
+
+    /// Builds a map of the interval from its extents.
+    pub fn from_extents(interval: Interval, entries: ExtentMap) -> DeltaMap {
         DeltaMap {
             interval,
             flags: 0,
-            block_size,
+            block_size: entries.block_size(),
             retention_class: 0,
-            blocks,
+            blocks: entries.set(),
+            version: VERSION,
             entries_at: 0,
             entries_len: 0,
-            entries: OnceLock::from(Entries::Owned(entries)),
+            extent_count: 0,
+            entries: OnceLock::from(entries),
         }
     }
 
-    /// Number of entries (blocks the interval changed).
+    /// Number of blocks the interval changed.
     pub fn len(&self) -> usize {
-        self.blocks.len() as usize
+        usize::try_from(self.blocks.len()).unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -231,53 +239,26 @@ impl DeltaMap {
         self.entries.get().is_some()
     }
 
+    /// The entries, if loaded.
+    pub fn entries(&self) -> Option<&ExtentMap> {
+        self.entries.get()
+    }
+
+    /// Extents of the loaded entries (what they cost in memory, in extents); `None` when
+    /// not loaded.
+    pub fn extent_count(&self) -> Option<usize> {
+        self.entries.get().map(|e| e.extents().len())
+    }
+
     /// Where the entries are in the file: byte offset and length (their crc included).
     pub fn entries_range(&self) -> (u64, u64) {
         (self.entries_at, self.entries_len)
     }
 
-    /// The location of the `i`th entry in block order, if loaded.
-    fn entry_location(&self, i: usize) -> Option<Location> {
-        match self.entries.get()? {
-            Entries::Owned(v) => v.get(i).map(|e| e.1),
-            Entries::V2 { bytes, at } => {
-                let e = bytes.get(at + i * ENTRY_LEN..at + (i + 1) * ENTRY_LEN)?;
-                location_of(&e[8..])
-            }
-            Entries::V3 { bytes } => {
-                location_of(bytes.get(i * ENTRY_LEN_V3..(i + 1) * ENTRY_LEN_V3)?)
-            }
-        }
-    }
-
-    /// The entries in block order (none while they are not loaded).
+    /// Every block and its location in block order (none while the entries are not
+    /// loaded). O(blocks): for tests and checks; readers use [`DeltaMap::entries`].
     pub fn iter(&self) -> impl Iterator<Item = (u64, Location)> + '_ {
-        let loaded = self.has_entries();
-        self.blocks
-            .iter()
-            .take(if loaded { usize::MAX } else { 0 })
-            .enumerate()
-            .filter_map(|(i, b)| self.entry_location(i).map(|l| (b, l)))
-    }
-
-    /// The entries of the blocks at or after `first`, in block order, found with one rank
-    /// in the block set and then read one after the other (a run of the set's blocks has
-    /// consecutive entries): walking `n` blocks from `first` costs `n` entry reads, not `n`
-    /// lookups. `None` while the entries are not loaded.
-    pub fn entries_from(&self, first: u64) -> Option<impl Iterator<Item = (u64, Location)> + '_> {
-        if !self.has_entries() {
-            return None;
-        }
-        // The index of the first entry at or after `first`: the blocks before it.
-        let start = first.checked_sub(1).map_or(0, |b| self.blocks.rank(b));
-        let start = usize::try_from(start).ok()?;
-        let mut blocks = self.blocks.iter();
-        blocks.advance_to(first);
-        Some(
-            blocks
-                .zip(start..)
-                .map_while(|(b, i)| self.entry_location(i).map(|l| (b, l))),
-        )
+        self.entries.get().into_iter().flat_map(|e| e.iter_blocks())
     }
 
     /// The highest block the map names.
@@ -290,37 +271,24 @@ impl DeltaMap {
         if !self.blocks.contains(block) {
             return Lookup::Absent;
         }
-        if let Some(Entries::Owned(v)) = self.entries.get() {
-            return match v.binary_search_by_key(&block, |e| e.0) {
-                Ok(i) => Lookup::Found(v[i].1),
-                Err(_) => Lookup::Absent,
-            };
-        }
-        if !self.has_entries() {
-            return Lookup::NotLoaded;
-        }
-        // The block's rank in the set is its entry's index (checked when decoded).
-        let Some(i) = self
-            .blocks
-            .rank(block)
-            .checked_sub(1)
-            .and_then(|r| usize::try_from(r).ok())
-        else {
-            return Lookup::Absent;
-        };
-        match self.entry_location(i) {
-            Some(l) => Lookup::Found(l),
-            None => Lookup::Absent,
+        match self.entries.get() {
+            None => Lookup::NotLoaded,
+            Some(e) => e.find(block).map_or(Lookup::Absent, Lookup::Found),
         }
     }
 
-    /// Encodes the map (version 3). The entries must be loaded.
+    /// Encodes the map (version 4). The entries must be loaded (an empty map otherwise).
     pub fn encode(&self) -> Vec<u8> {
-        let mut set = Vec::new();
-        // Serializing into a Vec cannot fail.
-        let _ = self.blocks.serialize_into(&mut set);
-        let mut out =
-            Vec::with_capacity(HEAD_FIXED_LEN + set.len() + self.len() * ENTRY_LEN_V3 + 4);
+        let empty = ExtentMap::new(self.block_size);
+        let entries = self.entries.get().unwrap_or(&empty);
+        let set = self.blocks.runs();
+        let mut out = Vec::with_capacity(
+            HEAD_FIXED_LEN
+                + set.len() * SET_RUN_LEN
+                + entries.extents().len() * EXTENT_LEN
+                + entries.crcs().len() * 4
+                + 4,
+        );
         let mut w = Writer(&mut out);
         w.bytes(MAGIC);
         w.u16(VERSION);
@@ -330,29 +298,40 @@ impl DeltaMap {
         w.u64(self.interval.seq_to.0);
         w.i64(self.interval.time_from_ns);
         w.i64(self.interval.time_to_ns);
-        w.u64(self.len() as u64);
-        w.u32(set.len() as u32);
+        w.u64(self.blocks.len());
+        w.u32(u32::try_from(set.len()).unwrap_or(u32::MAX));
         w.u8(self.retention_class);
         w.bytes(&[0; 3]);
-        let head_crc = crc32c::crc32c_append(crc32c::crc32c(&out[..HEADER_LEN]), &set);
-        out.extend_from_slice(&head_crc.to_le_bytes());
-        out.extend_from_slice(&set);
+        w.u64(entries.extents().len() as u64);
+        w.u64(entries.crcs().len() as u64);
+        let set_at = out.len() + 4;
+        let mut w = Writer(&mut out);
+        w.u32(0);
+        for &(first, end) in set {
+            w.u64(first);
+            w.u64(end - first);
+        }
+        let head_crc = crc32c::crc32c_append(crc32c::crc32c(&out[..HEADER_LEN]), &out[set_at..]);
+        out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&head_crc.to_le_bytes());
         let entries_at = out.len();
         let mut w = Writer(&mut out);
-        for (_, loc) in self.iter() {
-            let (segment, offset, crc, kind) = match loc {
-                Location::Zero => (0, 0, 0, KIND_ZERO),
-                Location::Data { segment, offset } => (segment.0 .0, offset, 0, KIND_RECORD),
-                Location::Block {
-                    segment,
-                    offset,
-                    crc,
-                } => (segment.0 .0, offset, crc, KIND_BLOCK),
+        for e in entries.extents() {
+            let (segment, offset, kind) = match e.loc {
+                ExtentLoc::Zero => (0, 0, KIND_ZERO),
+                ExtentLoc::Record { segment, offset } => (segment.0 .0, offset, KIND_RECORD),
+                ExtentLoc::Blocks {
+                    segment, offset, ..
+                } => (segment.0 .0, offset, KIND_BLOCK),
             };
+            w.u64(e.first);
+            w.u64(e.count);
             w.u64(segment);
             w.u64(offset);
-            w.u32(crc);
             w.u32(kind);
+            w.u32(0);
+        }
+        for c in entries.crcs() {
+            w.u32(*c);
         }
         let entries_crc = crc32c::crc32c(&out[entries_at..]);
         out.extend_from_slice(&entries_crc.to_le_bytes());
@@ -360,23 +339,32 @@ impl DeltaMap {
     }
 
     /// How many bytes from the start of the file the head of the map takes, from its first
-    /// [`HEAD_FIXED_LEN`] bytes: `Some(n)` for version 3 (read `n` bytes and call
-    /// [`DeltaMap::decode_head`]); `None` for the older versions, which decode only whole
-    /// ([`DeltaMap::decode_owned`]). Not checked yet: the head's crc covers it.
+    /// [`HEAD_FIXED_LEN`] bytes (fewer for a version 3 map): `Some(n)` for versions 3 and 4
+    /// (read `n` bytes and call [`DeltaMap::decode_head`]); `None` for the older versions,
+    /// which decode only whole ([`DeltaMap::decode_owned`]). Not checked yet: the head's
+    /// crc covers it.
     pub fn head_len(first: &[u8]) -> Result<Option<usize>, DecodeError> {
         check_magic(first, MAGIC, WHAT)?;
         let mut r = Reader::new(first, WHAT);
         r.take(8)?;
         let version = r.u16()?;
-        if (OLDEST_VERSION..VERSION).contains(&version) {
-            return Ok(None);
+        match version {
+            3 => {
+                r.take(46)?;
+                let set_len = r.u32()? as usize;
+                Ok(Some(V3_HEAD_FIXED_LEN + set_len))
+            }
+            VERSION => {
+                r.take(46)?;
+                let runs = r.u32()? as usize;
+                Ok(Some(HEAD_FIXED_LEN + runs * SET_RUN_LEN))
+            }
+            v if (OLDEST_VERSION..3).contains(&v) => Ok(None),
+            v => {
+                check_version(v, VERSION, WHAT)?;
+                Ok(None)
+            }
         }
-        if version != VERSION {
-            check_version(version, VERSION, WHAT)?;
-        }
-        r.take(46)?;
-        let set_len = r.u32()? as usize;
-        Ok(Some(HEAD_FIXED_LEN + set_len))
     }
 
     /// Decodes the whole file.
@@ -384,7 +372,7 @@ impl DeltaMap {
         DeltaMap::decode_owned(buf.to_vec())
     }
 
-    /// Decodes the whole file from its bytes, which it keeps (the entries are read in place).
+    /// Decodes the whole file from its bytes.
     pub fn decode_owned(mut buf: Vec<u8>) -> Result<DeltaMap, DecodeError> {
         match DeltaMap::head_len(&buf)? {
             Some(head_len) => {
@@ -404,14 +392,17 @@ impl DeltaMap {
         }
     }
 
-    /// Decodes the head of a version 3 map (its first [`DeltaMap::head_len`] bytes): header
-    /// and block set, checked. The entries follow at [`DeltaMap::entries_range`]; load them
-    /// with [`DeltaMap::attach_entries`] when a lookup needs them.
+    /// Decodes the head of a version 3 or 4 map (its first [`DeltaMap::head_len`] bytes):
+    /// header and block set, checked. The entries follow at [`DeltaMap::entries_range`];
+    /// load them with [`DeltaMap::attach_entries`] when a lookup needs them.
     pub fn decode_head(buf: &[u8]) -> Result<DeltaMap, DecodeError> {
         check_magic(buf, MAGIC, WHAT)?;
         let mut r = Reader::new(buf, WHAT);
         r.take(8)?;
         let version = r.u16()?;
+        if version == 3 {
+            return DeltaMap::decode_head_v3(buf);
+        }
         if version != VERSION {
             check_version(version, VERSION, WHAT)?;
         }
@@ -424,10 +415,15 @@ impl DeltaMap {
             time_to_ns: r.i64()?,
         };
         let count = r.u64()?;
-        let set_len = r.u32()? as usize;
+        let set_runs = r.u32()? as usize;
         let retention_class = r.u8()?;
         r.take(3)?;
+        let extent_count = r.u64()?;
+        let crc_count = r.u64()?;
         let stored = r.u32()?;
+        let set_len = set_runs
+            .checked_mul(SET_RUN_LEN)
+            .ok_or(DecodeError::invalid(56, WHAT, "set runs"))?;
         let set = r.take(set_len)?;
         let computed = crc32c::crc32c_append(crc32c::crc32c(&buf[..HEADER_LEN]), set);
         if stored != computed {
@@ -438,33 +434,42 @@ impl DeltaMap {
                 computed,
             });
         }
-        if !crate::valid_block_size(block_size) {
-            return Err(DecodeError::invalid(12, WHAT, "block size"));
+        check_header(block_size, &interval)?;
+        let mut blocks = ExtentSet::new();
+        for (i, run) in set.chunks_exact(SET_RUN_LEN).enumerate() {
+            let (first, n) = (u64_at(run, 0), u64_at(run, 8));
+            let at = HEAD_FIXED_LEN + i * SET_RUN_LEN;
+            let ok = first
+                .checked_add(n)
+                .filter(|_| n > 0 && blocks.max().is_none_or(|m| first > m + 1))
+                .is_some_and(|end| blocks.push(first, end));
+            if !ok {
+                return Err(DecodeError::invalid(at, WHAT, "block set run out of order"));
+            }
         }
-        if interval.seq_from > interval.seq_to || interval.seq_from == Seq::BASE {
-            return Err(DecodeError::invalid(16, WHAT, "interval bounds"));
-        }
-        let blocks = RoaringTreemap::deserialize_from(set)
-            .map_err(|_| DecodeError::invalid(HEAD_FIXED_LEN, WHAT, "block set does not decode"))?;
         if blocks.len() != count {
             return Err(DecodeError::invalid(
                 48,
                 WHAT,
-                "entry count disagrees with the block set",
+                "block count disagrees with the block set",
             ));
         }
-        let entries_len = count
-            .checked_mul(ENTRY_LEN_V3 as u64)
+        let entries_len = extent_count
+            .checked_mul(EXTENT_LEN as u64)
+            .and_then(|n| n.checked_add(crc_count.checked_mul(4)?))
             .and_then(|n| n.checked_add(4))
-            .ok_or(DecodeError::invalid(48, WHAT, "entry count"))?;
+            .filter(|_| extent_count <= count && crc_count <= count)
+            .ok_or(DecodeError::invalid(64, WHAT, "extent or crc count"))?;
         Ok(DeltaMap {
             interval,
             flags,
             block_size,
             retention_class,
             blocks,
+            version,
             entries_at: r.pos() as u64,
             entries_len,
+            extent_count,
             entries: OnceLock::new(),
         })
     }
@@ -485,22 +490,146 @@ impl DeltaMap {
                 DecodeError::invalid_at(at + self.entries_len, WHAT, "trailing bytes")
             });
         }
-        let body_len = check_trailing_crc(&bytes, WHAT_ENTRIES)
-            .map_err(|e| e.shifted(at))?
-            .len();
-        for (i, e) in bytes[..body_len].chunks_exact(ENTRY_LEN_V3).enumerate() {
-            if location_of(e).is_none() {
+        let body = check_trailing_crc(&bytes, WHAT_ENTRIES).map_err(|e| e.shifted(at))?;
+        let entries = if self.version == 3 {
+            self.v3_entries(body)?
+        } else {
+            self.v4_entries(body)?
+        };
+        if entries.set() != self.blocks {
+            return Err(DecodeError::invalid_at(
+                at,
+                WHAT,
+                "entries disagree with the block set",
+            ));
+        }
+        let _ = self.entries.set(entries);
+        Ok(())
+    }
+
+    fn v4_entries(&self, body: &[u8]) -> Result<ExtentMap, DecodeError> {
+        let at = self.entries_at;
+        // The length was checked against the counts (entries_len) by the caller.
+        let split = usize::try_from(self.extent_count)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(EXTENT_LEN)
+            .min(body.len());
+        let (raw, raw_crcs) = body.split_at(split);
+        let n_extents = raw.len() / EXTENT_LEN;
+        let mut extents = Vec::with_capacity(n_extents);
+        let mut crc_at = 0u64;
+        for (i, e) in raw.chunks_exact(EXTENT_LEN).enumerate() {
+            let bad = |detail| DecodeError::invalid_at(at + (i * EXTENT_LEN) as u64, WHAT, detail);
+            let (first, count) = (u64_at(e, 0), u64_at(e, 8));
+            let (seg, offset, kind) = (u64_at(e, 16), u64_at(e, 24), u32_at(e, 32));
+            let segment = SegmentId(Seq(seg));
+            let loc = match kind {
+                KIND_ZERO if seg == 0 && offset == 0 => ExtentLoc::Zero,
+                KIND_RECORD if seg != 0 => ExtentLoc::Record { segment, offset },
+                KIND_BLOCK if seg != 0 => {
+                    let loc = ExtentLoc::Blocks {
+                        segment,
+                        offset,
+                        crc_at,
+                    };
+                    crc_at = crc_at.saturating_add(count);
+                    loc
+                }
+                _ => return Err(bad("extent location")),
+            };
+            if u32_at(e, 36) != 0 {
+                return Err(bad("reserved bytes"));
+            }
+            extents.push(MapExtent { first, count, loc });
+        }
+        let crcs: Vec<u32> = raw_crcs.chunks_exact(4).map(|c| u32_at(c, 0)).collect();
+        ExtentMap::from_parts(self.block_size, extents, crcs).map_err(|bad| match bad {
+            BadExtent::Order(i) => {
+                DecodeError::invalid_at(at + (i * EXTENT_LEN) as u64, WHAT, "extents out of order")
+            }
+            BadExtent::Crcs(i) => DecodeError::invalid_at(
+                at + (i * EXTENT_LEN) as u64,
+                WHAT,
+                "extents and crcs disagree",
+            ),
+        })
+    }
+
+    /// Version 3: the head, its block set a roaring treemap.
+    fn decode_head_v3(buf: &[u8]) -> Result<DeltaMap, DecodeError> {
+        let mut r = Reader::new(buf, WHAT);
+        r.take(10)?;
+        let flags = r.u16()?;
+        let block_size = r.u32()?;
+        let interval = Interval {
+            seq_from: Seq(r.u64()?),
+            seq_to: Seq(r.u64()?),
+            time_from_ns: r.i64()?,
+            time_to_ns: r.i64()?,
+        };
+        let count = r.u64()?;
+        let set_len = r.u32()? as usize;
+        let retention_class = r.u8()?;
+        r.take(3)?;
+        let stored = r.u32()?;
+        let set = r.take(set_len)?;
+        let computed = crc32c::crc32c_append(crc32c::crc32c(&buf[..V3_HEADER_LEN]), set);
+        if stored != computed {
+            return Err(DecodeError::Checksum {
+                offset: V3_HEADER_LEN as u64,
+                what: WHAT,
+                stored,
+                computed,
+            });
+        }
+        check_header(block_size, &interval)?;
+        let set = RoaringTreemap::deserialize_from(set).map_err(|_| {
+            DecodeError::invalid(V3_HEAD_FIXED_LEN, WHAT, "block set does not decode")
+        })?;
+        if set.len() != count {
+            return Err(DecodeError::invalid(
+                48,
+                WHAT,
+                "entry count disagrees with the block set",
+            ));
+        }
+        let entries_len = count
+            .checked_mul(ENTRY_LEN_V3 as u64)
+            .and_then(|n| n.checked_add(4))
+            .ok_or(DecodeError::invalid(48, WHAT, "entry count"))?;
+        Ok(DeltaMap {
+            interval,
+            flags,
+            block_size,
+            retention_class,
+            blocks: ExtentSet::from_roaring(&set),
+            version: 3,
+            entries_at: r.pos() as u64,
+            entries_len,
+            extent_count: 0,
+            entries: OnceLock::new(),
+        })
+    }
+
+    /// Version 3 entries: one per block of the set, in block order.
+    fn v3_entries(&self, body: &[u8]) -> Result<ExtentMap, DecodeError> {
+        let at = self.entries_at;
+        let mut locs = Vec::with_capacity(body.len() / ENTRY_LEN_V3);
+        for (i, (e, b)) in body
+            .chunks_exact(ENTRY_LEN_V3)
+            .zip(self.blocks.iter())
+            .enumerate()
+        {
+            let Some(loc) = location_of(e) else {
                 return Err(DecodeError::invalid_at(
                     at + (i * ENTRY_LEN_V3) as u64,
                     WHAT,
                     "entry location",
                 ));
-            }
+            };
+            locs.push((b, loc));
         }
-        let mut bytes = bytes;
-        bytes.truncate(body_len);
-        let _ = self.entries.set(Entries::V3 { bytes });
-        Ok(())
+        Ok(ExtentMap::from_blocks(self.block_size, locs))
     }
 
     /// Versions 1 and 2: one crc over the file, entries with their blocks, then the set.
@@ -552,9 +681,9 @@ impl DeltaMap {
         if r.pos() != body.len() {
             return Err(DecodeError::invalid(r.pos(), WHAT, "trailing bytes"));
         }
-        let blocks = RoaringTreemap::deserialize_from(set)
+        let set = RoaringTreemap::deserialize_from(set)
             .map_err(|_| DecodeError::invalid(set_at, WHAT, "block set does not decode"))?;
-        if blocks.len() != count {
+        if set.len() != count {
             return Err(DecodeError::invalid(
                 set_at,
                 WHAT,
@@ -562,7 +691,7 @@ impl DeltaMap {
             ));
         }
         // One pass: every entry valid, sorted, and the very block the set holds at its rank.
-        let mut in_set = blocks.iter();
+        let mut in_set = set.iter();
         let mut prev: Option<u64> = None;
         let mut owned = Vec::new();
         for (i, e) in raw_entries.chunks_exact(entry_len).enumerate() {
@@ -601,35 +730,49 @@ impl DeltaMap {
                     "block set disagrees with entries",
                 ));
             }
-            if version == 1 {
-                owned.push((block, loc));
-            }
+            owned.push((block, loc));
         }
-        let entries = if version == 1 {
-            Entries::Owned(owned)
-        } else {
-            Entries::V2 {
-                bytes: buf,
-                at: entries_at,
-            }
-        };
+        let entries = ExtentMap::from_blocks(block_size, owned);
         Ok(DeltaMap {
             interval,
             flags,
             block_size,
             retention_class,
-            blocks,
+            blocks: entries.set(),
+            version,
             entries_at: 0,
             entries_len: 0,
+            extent_count: 0,
             entries: OnceLock::from(entries),
         })
     }
+}
+
+/// Checks the header fields every version has.
+fn check_header(block_size: u32, interval: &Interval) -> Result<(), DecodeError> {
+    if !crate::valid_block_size(block_size) {
+        return Err(DecodeError::invalid(12, WHAT, "block size"));
+    }
+    if interval.seq_from > interval.seq_to || interval.seq_from == Seq::BASE {
+        return Err(DecodeError::invalid(16, WHAT, "interval bounds"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn interval() -> Interval {
+        Interval {
+            seq_from: Seq(1),
+            seq_to: Seq(9),
+            time_from_ns: 10,
+            time_to_ns: 20,
+        }
+    }
+
+    /// The map the golden files of versions 1-3 hold.
     fn sample() -> DeltaMap {
         let entries = vec![
             (
@@ -656,13 +799,35 @@ mod tests {
                 },
             ),
         ];
-        let iv = Interval {
-            seq_from: Seq(1),
-            seq_to: Seq(9),
-            time_from_ns: 10,
-            time_to_ns: 20,
-        };
-        DeltaMap::new(iv, 4096, entries)
+        DeltaMap::new(interval(), 4096, entries)
+    }
+
+    /// Extents of every kind, long ones among them: a trim of a whole 1 TiB volume, then
+    /// a record and a run of blocks written over parts of it.
+    fn extents_sample() -> DeltaMap {
+        use crate::extents::{ExtentOverlay, NewLoc};
+        let mut o = ExtentOverlay::new(4096);
+        o.put(0, 1 << 28, NewLoc::Zero);
+        o.put(
+            100,
+            16,
+            NewLoc::Record {
+                segment: SegmentId(Seq(2)),
+                offset: 4096,
+            },
+        );
+        let crcs: Vec<u32> = (0..300).map(|i| 0x1000 + i).collect();
+        o.put(
+            1000,
+            300,
+            NewLoc::Blocks {
+                segment: SegmentId(Seq(2)),
+                offset: 1 << 20,
+                crcs: &crcs,
+            },
+        );
+        o.put(1100, 1, NewLoc::Zero);
+        DeltaMap::from_extents(interval(), o.freeze())
     }
 
     #[test]
@@ -680,72 +845,81 @@ mod tests {
     }
 
     #[test]
-    fn entries_from_walks_the_entries_in_block_order() {
-        let m = sample();
-        let all: Vec<(u64, Location)> = m.iter().collect();
-        let head_len = DeltaMap::head_len(&m.encode()[..HEAD_FIXED_LEN])
-            .expect("head length")
-            .expect("version 3");
-        let head = DeltaMap::decode_head(&m.encode()[..head_len]).expect("head");
-        assert!(head.entries_from(0).is_none(), "entries not loaded");
-        // Owned (built in memory), version 3 in place, version 2 in place.
-        let v3 = DeltaMap::decode(&m.encode()).expect("v3");
-        let v2 = DeltaMap::decode(GOLDEN_V2).expect("v2");
-        for map in [&m, &v3, &v2] {
-            for first in [0, 3, 4, 5, 7, 8, 1 << 40, (1 << 40) + 1] {
-                let want: Vec<(u64, Location)> =
-                    all.iter().copied().filter(|(b, _)| *b >= first).collect();
-                let got: Vec<(u64, Location)> = map.entries_from(first).expect("loaded").collect();
-                assert_eq!(got, want, "from {first}");
-            }
-        }
+    fn a_trim_of_a_whole_tib_volume_costs_bytes_not_blocks() {
+        let m = extents_sample();
+        let buf = m.encode();
+        assert!(buf.len() < 2048, "{} bytes", buf.len());
+        let back = DeltaMap::decode(&buf).expect("decodes");
+        assert_eq!(back, m);
+        assert_eq!(back.len(), 1 << 28);
+        assert_eq!(back.blocks.run_count(), 1);
+        assert_eq!(back.find((1 << 28) - 1), Lookup::Found(Location::Zero));
+        assert_eq!(back.find(1 << 28), Lookup::Absent);
+        assert!(matches!(
+            back.find(107),
+            Lookup::Found(Location::Data { offset: 4096, .. })
+        ));
+        assert_eq!(
+            back.find(1101),
+            Lookup::Found(Location::Block {
+                segment: SegmentId(Seq(2)),
+                offset: (1 << 20) + 101 * 4096,
+                crc: 0x1000 + 101,
+            })
+        );
+        assert_eq!(back.find(1100), Lookup::Found(Location::Zero));
+        assert_eq!(back.extent_count(), Some(7));
     }
 
     #[test]
     fn the_head_decodes_alone_and_the_entries_load_later() {
-        let m = sample();
-        let buf = m.encode();
-        let head_len = DeltaMap::head_len(&buf[..HEAD_FIXED_LEN])
-            .expect("head length")
-            .expect("version 3");
-        let head = DeltaMap::decode_head(&buf[..head_len]).expect("head decodes");
-        assert!(!head.has_entries());
-        assert_eq!(head.len(), 4);
-        assert_eq!(head.find(5), Lookup::Absent);
-        assert_eq!(head.find(4), Lookup::NotLoaded);
-        assert_eq!(head.iter().count(), 0);
-        let (at, len) = head.entries_range();
-        assert_eq!(at as usize, head_len);
-        assert_eq!((at + len) as usize, buf.len());
-        head.attach_entries(buf[head_len..].to_vec())
-            .expect("entries");
-        assert_eq!(head.find(4), Lookup::Found(Location::Zero));
-        assert_eq!(head, m);
-        // A damaged entry section is an error naming a byte in it.
-        for i in head_len..buf.len() {
+        for m in [sample(), extents_sample()] {
+            let buf = m.encode();
+            let head_len = DeltaMap::head_len(&buf[..HEAD_FIXED_LEN])
+                .expect("head length")
+                .expect("version 4");
+            let head = DeltaMap::decode_head(&buf[..head_len]).expect("head decodes");
+            assert!(!head.has_entries());
+            assert_eq!(head.len(), m.len());
+            let outside = m.last_block().expect("blocks") + 1;
+            assert_eq!(head.find(outside), Lookup::Absent);
+            assert_eq!(head.find(4), Lookup::NotLoaded);
+            assert_eq!(head.iter().count(), 0);
+            let (at, len) = head.entries_range();
+            assert_eq!(at as usize, head_len);
+            assert_eq!((at + len) as usize, buf.len());
+            head.attach_entries(buf[head_len..].to_vec())
+                .expect("entries");
+            assert_eq!(head.find(4), Lookup::Found(Location::Zero));
+            assert_eq!(head, m);
+            // A damaged entry section is an error naming a byte in it.
+            for i in head_len..buf.len() {
+                let again = DeltaMap::decode_head(&buf[..head_len]).expect("head");
+                let mut bad = buf[head_len..].to_vec();
+                bad[i - head_len] ^= 0x10;
+                let e = again.attach_entries(bad).expect_err("damaged entries");
+                assert!(e.offset() >= head_len as u64, "{e}");
+                assert!(!again.has_entries());
+            }
             let again = DeltaMap::decode_head(&buf[..head_len]).expect("head");
-            let mut bad = buf[head_len..].to_vec();
-            bad[i - head_len] ^= 0x10;
-            let e = again.attach_entries(bad).expect_err("damaged entries");
-            assert!(e.offset() >= head_len as u64, "{e}");
-            assert!(!again.has_entries());
+            assert!(again
+                .attach_entries(buf[head_len..buf.len() - 1].to_vec())
+                .is_err());
         }
-        let again = DeltaMap::decode_head(&buf[..head_len]).expect("head");
-        assert!(again
-            .attach_entries(buf[head_len..buf.len() - 1].to_vec())
-            .is_err());
     }
 
     #[test]
     fn every_flipped_byte_and_every_cut_is_an_error() {
-        let buf = sample().encode();
-        for i in 0..buf.len() {
-            let mut bad = buf.clone();
-            bad[i] ^= 0x20;
-            assert!(DeltaMap::decode(&bad).is_err(), "flip at {i}");
-        }
-        for n in 0..buf.len() {
-            assert!(DeltaMap::decode(&buf[..n]).is_err(), "cut at {n}");
+        for m in [sample(), extents_sample()] {
+            let buf = m.encode();
+            for i in 0..buf.len() {
+                let mut bad = buf.clone();
+                bad[i] ^= 0x20;
+                assert!(DeltaMap::decode(&bad).is_err(), "flip at {i}");
+            }
+            for n in 0..buf.len() {
+                assert!(DeltaMap::decode(&buf[..n]).is_err(), "cut at {n}");
+            }
         }
     }
 
@@ -754,6 +928,8 @@ mod tests {
     const GOLDEN_V1: &[u8] = include_bytes!("../tests/golden/delta-map-v1.bin");
     /// Bytes the version 2 encoder wrote for `sample()` (the code of commit 6edee4a).
     const GOLDEN_V2: &[u8] = include_bytes!("../tests/golden/delta-map-v2.bin");
+    /// Bytes the version 3 encoder wrote for `sample()` (the code of commit f2a2cc0).
+    const GOLDEN_V3: &[u8] = include_bytes!("../tests/golden/delta-map-v3.bin");
 
     #[test]
     fn version_1_still_decodes() {
@@ -771,27 +947,40 @@ mod tests {
     }
 
     #[test]
-    fn version_2_still_decodes_and_is_rewritten_as_version_3() {
+    fn versions_2_and_3_still_decode_and_are_rewritten_as_version_4() {
         assert_eq!(u16::from_le_bytes([GOLDEN_V2[8], GOLDEN_V2[9]]), 2);
+        assert_eq!(u16::from_le_bytes([GOLDEN_V3[8], GOLDEN_V3[9]]), 3);
         assert_eq!(DeltaMap::head_len(GOLDEN_V2), Ok(None));
-        let m = DeltaMap::decode(GOLDEN_V2).expect("version 2 decodes");
-        assert_eq!(m, sample());
-        assert_eq!(m.find(7), sample().find(7));
-        let again = m.encode();
-        assert_eq!(u16::from_le_bytes([again[8], again[9]]), VERSION);
-        assert_eq!(DeltaMap::decode(&again), Ok(sample()));
-        for i in 0..GOLDEN_V2.len() {
-            let mut bad = GOLDEN_V2.to_vec();
-            bad[i] ^= 0x04;
-            assert!(DeltaMap::decode(&bad).is_err(), "v2 flip at {i}");
+        assert!(matches!(DeltaMap::head_len(GOLDEN_V3), Ok(Some(_))));
+        for golden in [GOLDEN_V2, GOLDEN_V3] {
+            let m = DeltaMap::decode(golden).expect("decodes");
+            assert_eq!(m, sample());
+            assert_eq!(m.find(7), sample().find(7));
+            let again = m.encode();
+            assert_eq!(u16::from_le_bytes([again[8], again[9]]), VERSION);
+            assert_eq!(DeltaMap::decode(&again), Ok(sample()));
+            for i in 0..golden.len() {
+                let mut bad = golden.to_vec();
+                bad[i] ^= 0x04;
+                assert!(DeltaMap::decode(&bad).is_err(), "flip at {i}");
+            }
         }
+        // A version 3 head decodes alone too, its entries later.
+        let head_len = DeltaMap::head_len(GOLDEN_V3)
+            .expect("head length")
+            .expect("version 3");
+        let head = DeltaMap::decode_head(&GOLDEN_V3[..head_len]).expect("v3 head");
+        assert_eq!(head.find(7), Lookup::NotLoaded);
+        head.attach_entries(GOLDEN_V3[head_len..].to_vec())
+            .expect("v3 entries");
+        assert_eq!(head, sample());
     }
 
-    /// Rewrites the crcs of an encoded version 3 map after a deliberate change.
+    /// Rewrites the crcs of an encoded version 4 map after a deliberate change.
     fn reseal(buf: &mut [u8]) {
         let head_len = DeltaMap::head_len(buf)
             .expect("head length")
-            .expect("version 3");
+            .expect("version 4");
         let head_crc = crc32c::crc32c_append(
             crc32c::crc32c(&buf[..HEADER_LEN]),
             &buf[HEAD_FIXED_LEN..head_len],
@@ -803,49 +992,63 @@ mod tests {
     }
 
     #[test]
-    fn unknown_versions_and_locations_are_typed_errors() {
-        let m = sample();
+    fn unknown_versions_and_bad_extents_are_typed_errors() {
+        let m = extents_sample();
         let mut buf = m.encode();
-        buf[8] = 4;
+        let head_len = DeltaMap::head_len(&buf)
+            .expect("head length")
+            .expect("version 4");
+        buf[8] = 5;
         let head_crc = crc32c::crc32c_append(
             crc32c::crc32c(&buf[..HEADER_LEN]),
-            &buf[HEAD_FIXED_LEN
-                ..DeltaMap::head_len(&m.encode())
-                    .expect("head length")
-                    .expect("version 3")],
+            &buf[HEAD_FIXED_LEN..head_len],
         );
         buf[HEADER_LEN..HEAD_FIXED_LEN].copy_from_slice(&head_crc.to_le_bytes());
         assert!(matches!(
             DeltaMap::decode(&buf),
-            Err(DecodeError::UnknownVersion { found: 4, .. })
+            Err(DecodeError::UnknownVersion { found: 5, .. })
         ));
-        // A zeroed entry (block 4, the second) that names a segment.
+        // The first extent (a zeroed one) names a segment.
         let mut buf = m.encode();
-        let head_len = DeltaMap::head_len(&buf)
-            .expect("head length")
-            .expect("version 3");
-        buf[head_len + ENTRY_LEN_V3] = 1;
+        buf[head_len + 16] = 1;
         reseal(&mut buf);
         assert!(matches!(
             DeltaMap::decode(&buf),
-            Err(DecodeError::Invalid { offset, .. }) if offset == (head_len + ENTRY_LEN_V3) as u64
+            Err(DecodeError::Invalid { offset, .. }) if offset == head_len as u64
+        ));
+        // The second extent starts inside the first.
+        let mut buf = m.encode();
+        buf[head_len + EXTENT_LEN] = 50;
+        reseal(&mut buf);
+        assert!(matches!(
+            DeltaMap::decode(&buf),
+            Err(DecodeError::Invalid { offset, .. }) if offset == (head_len + EXTENT_LEN) as u64
         ));
         // A count that disagrees with the block set.
         let mut buf = m.encode();
-        buf[48] = 5;
+        buf[48] ^= 1;
         reseal(&mut buf);
         assert!(matches!(
             DeltaMap::decode(&buf),
             Err(DecodeError::Invalid { offset: 48, .. })
         ));
+        // Extents that disagree with the block set (one block shorter).
+        let mut buf = m.encode();
+        let first_count = head_len + 8;
+        buf[first_count] -= 1;
+        reseal(&mut buf);
+        assert!(matches!(
+            DeltaMap::decode(&buf),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn checksum_errors_name_the_part() {
-        let buf = sample().encode();
+        let buf = extents_sample().encode();
         let head_len = DeltaMap::head_len(&buf)
             .expect("head length")
-            .expect("version 3");
+            .expect("version 4");
         let mut bad = buf.clone();
         bad[20] ^= 1;
         match DeltaMap::decode(&bad) {

@@ -14,6 +14,7 @@ pub mod crc;
 pub mod delta_map;
 pub mod drl;
 mod error;
+pub mod extents;
 mod ids;
 pub mod intent;
 pub mod manifest;

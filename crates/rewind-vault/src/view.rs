@@ -11,10 +11,10 @@
 //! (extents, reads of more than a few blocks) are answered with set operations over the
 //! sources' block sets rather than block by block: see `view/extents.rs`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rewind_format::delta_map::{DeltaMap, Location, Lookup};
+use rewind_format::extents::{ExtentMap, ExtentSet};
 use rewind_format::manifest::MapEntry;
 use rewind_format::Seq;
 
@@ -43,7 +43,7 @@ pub struct PointView {
     point: ResolvedPoint,
     /// First seq of the interval whose replay `partial` is (none when nothing was replayed).
     holding: Option<Seq>,
-    partial: Arc<BTreeMap<u64, Location>>,
+    partial: Arc<ExtentMap>,
     /// The manifest's delta map chain, oldest first (shared with the vault, not copied):
     /// the view reads `chain[..chain_len]`, newest first.
     chain: Arc<[MapEntry]>,
@@ -74,7 +74,7 @@ impl PointView {
     pub(crate) fn new(
         point: ResolvedPoint,
         holding: Option<Seq>,
-        partial: BTreeMap<u64, Location>,
+        partial: ExtentMap,
         chain: Arc<[MapEntry]>,
         chain_len: usize,
         shared: Arc<Shared>,
@@ -116,8 +116,8 @@ impl PointView {
     }
 
     /// Blocks the partial replay of the holding interval produced.
-    pub fn replayed_blocks(&self) -> usize {
-        self.partial.len()
+    pub fn replayed_blocks(&self) -> u64 {
+        self.partial.blocks()
     }
 
     fn maps(&self) -> Result<LoadedChain> {
@@ -178,24 +178,19 @@ impl PointView {
     pub fn prefetch(&self, runs: &[(u64, u64)]) -> Result<()> {
         let maps = self.maps()?;
         // Each map, newest first, is wanted for the still-unanswered blocks it holds.
-        let mut unclaimed = roaring::RoaringTreemap::new();
         for &(first, count) in runs {
             self.check_range(first, count)?;
-            unclaimed.insert_range(first..first + count);
-            for b in self.partial.range(first..first + count).map(|e| *e.0) {
-                unclaimed.remove(b);
-            }
         }
+        let asked = ExtentSet::from_ranges(runs.iter().map(|&(f, n)| (f, f + n)).collect());
+        let mut unclaimed = asked.difference(&self.partial.set());
         let mut wanted = vec![false; maps.len()];
         for (m, w) in maps.iter().zip(wanted.iter_mut()) {
             if unclaimed.is_empty() {
                 break;
             }
-            let mut claimed = unclaimed.clone();
-            claimed &= &m.blocks;
-            if !claimed.is_empty() {
+            if !unclaimed.intersection(&m.blocks).is_empty() {
                 *w = true;
-                unclaimed -= &claimed;
+                unclaimed = unclaimed.difference(&m.blocks);
             }
         }
         let todo: Vec<&Arc<DeltaMap>> = maps
@@ -233,8 +228,8 @@ impl PointView {
     }
 
     fn locate(&self, maps: &[Arc<DeltaMap>], block: u64) -> Result<Option<Location>> {
-        if let Some(l) = self.partial.get(&block) {
-            return Ok(Some(*l));
+        if let Some(l) = self.partial.find(block) {
+            return Ok(Some(l));
         }
         for m in maps {
             match m.find(block) {
@@ -270,7 +265,7 @@ impl PointView {
     /// The interval `block` was last changed in, as of the point (or the base image).
     pub fn origin(&self, block: u64) -> Result<Origin> {
         self.check_range(block, 1)?;
-        if let (Some(from), true) = (self.holding, self.partial.contains_key(&block)) {
+        if let (Some(from), true) = (self.holding, self.partial.find(block).is_some()) {
             return Ok(Origin::Interval(from));
         }
         let maps = self.maps()?;
@@ -301,8 +296,10 @@ impl PointView {
                 .collect();
         }
         let mut locs = vec![None; count as usize];
-        self.resolve(&maps, first_block, count, |b, l| {
-            locs[(b - first_block) as usize] = Some(l);
+        self.resolve(&maps, first_block, count, |map, e| {
+            for b in e.first..e.end() {
+                locs[(b - first_block) as usize] = Some(map.location_in(&e, b));
+            }
         })?;
         Ok(locs)
     }

@@ -255,23 +255,21 @@ fn a_large_map_with_damaged_entries_breaks_only_its_blocks() {
         common::no_auto_seal(),
     );
     let bs = BS as usize;
-    // Interval 1..=13: 3000 blocks in writes of 250 blocks (one record each).
-    for i in 0..12u64 {
-        let d = common::data(100 + i, bs, 250);
-        assert_eq!(
-            vault.write(i * 250, &d).unwrap(),
-            Seq(model.write(i * 250, &d))
-        );
+    // Interval 1..=1601: every other block, one write each (1600 extents: a map of ~70 KiB;
+    // runs of blocks would make it an extent each and the map small).
+    for i in 0..1600u64 {
+        let d = common::data(100 + i, bs, 1);
+        assert_eq!(vault.write(i * 2, &d).unwrap(), Seq(model.write(i * 2, &d)));
     }
     model.marker("big");
     vault.snapshot("big", false).unwrap();
-    // Interval 14..=15: some of them written again, others zeroed.
+    // Interval 1602..=1603: some of them written again, others zeroed.
     let d = common::data(200, bs, 10);
     assert_eq!(vault.write(100, &d).unwrap(), Seq(model.write(100, &d)));
     assert_eq!(vault.zero(2000, 50).unwrap(), Seq(model.zero(2000, 50)));
     vault.close().unwrap();
     let dir = tmp.path().join("vault");
-    let map = Path::new("maps").join(rewind_format::names::delta_map(Seq(1), Seq(13)));
+    let map = Path::new("maps").join(rewind_format::names::delta_map(Seq(1), Seq(1601)));
     let len = std::fs::metadata(dir.join(&map)).unwrap().len();
     assert!(len > 64 << 10, "the map is {len} bytes");
     // An entry, the last entry, the entries' crc; then a byte of the block set (head).
@@ -285,18 +283,18 @@ fn a_large_map_with_damaged_entries_breaks_only_its_blocks() {
     let Impact::Points(ranges) = &r.problems[0].impact else {
         panic!("{:?}", r.problems)
     };
-    // From the map's end (seq 13): block 100 until seq 13 (written again at 14), 2000 until
-    // 14 (zeroed at 15), 3 until the newest; snapshot "big" among them.
+    // From the map's end (seq 1601): block 100 until seq 1601 (written again at 1602), 2000
+    // until 1602 (zeroed at 1603), 4 until the newest; snapshot "big" among them.
     let until = |b: u64| {
         ranges
             .iter()
             .find(|r| r.blocks.as_ref().unwrap().contains(b))
             .unwrap()
     };
-    assert_eq!((until(100).from, until(100).to), (Seq(13), Seq(13)));
-    assert_eq!(until(2000).to, Seq(14));
-    assert_eq!(until(3).to, Seq(15));
-    assert_eq!(until(3).snapshots, vec!["big".to_string()]);
+    assert_eq!((until(100).from, until(100).to), (Seq(1601), Seq(1601)));
+    assert_eq!(until(2000).to, Seq(1602));
+    assert_eq!(until(4).to, Seq(1603));
+    assert_eq!(until(4).snapshots, vec!["big".to_string()]);
 }
 
 /// Files the manifest names but that are missing are named; leftovers of interrupted

@@ -693,7 +693,7 @@ proptest! {
 #[test]
 fn large_delta_map_entries_are_checked_when_first_needed() {
     let tmp = tempfile::tempdir().unwrap();
-    let blocks = 8192usize;
+    let blocks = 32768usize;
     let (vault, mut model) = common::create(
         tmp.path(),
         BS,
@@ -702,16 +702,16 @@ fn large_delta_map_entries_are_checked_when_first_needed() {
         Compression::None,
         common::no_auto_seal(),
     );
-    // Blocks 0..7000 in 35 writes: 7000 entries, ~164 KiB of them, so the entries are
-    // not read with the head.
-    for b in (0..7000).step_by(200) {
+    // Blocks 0..20000 in 100 writes: 100 extents and 20000 crcs, ~82 KiB, so the entries
+    // are not read with the head.
+    for b in (0..20000).step_by(200) {
         let d = random_blocks(b + 100, 200);
         assert_eq!(vault.write(b, &d).unwrap(), Seq(model.write(b, &d)));
     }
     let sealed = vault.seal().unwrap().unwrap();
     let end = sealed.seq_to.0;
     let d = random_blocks(9, 1);
-    assert_eq!(vault.write(7000, &d).unwrap(), Seq(model.write(7000, &d)));
+    assert_eq!(vault.write(20000, &d).unwrap(), Seq(model.write(20000, &d)));
     vault.close().unwrap();
     let dir = tmp.path().join("vault");
     let path = map(&dir, 1, end);
@@ -726,16 +726,22 @@ fn large_delta_map_entries_are_checked_when_first_needed() {
     );
     let (now, before) = (model.image(end + 1), model.image(end - 1));
     let bs = BS as usize;
-    for at in [head_len, head_len + 24 * 3000 + 5, len - 20, len - 1] {
+    for at in [
+        head_len,
+        head_len + 40 * 50 + 5,
+        (head_len + len) / 2,
+        len - 20,
+        len - 1,
+    ] {
         std::fs::write(&path, &pristine).unwrap();
         common::flip(&path, at, 0x08);
         let what = format!("entries byte {at}");
         let vault = Vault::open_read_only(&dir).unwrap();
         // Not in the map: read as ever (through its set only).
-        let outside = read(&vault, "now", 7100, 1).unwrap();
-        assert_eq!(outside, now[7100 * bs..7101 * bs], "{what}");
-        let tail = read(&vault, "now", 7000, 1).unwrap();
-        assert_eq!(tail, now[7000 * bs..7001 * bs], "{what}");
+        let outside = read(&vault, "now", 20100, 1).unwrap();
+        assert_eq!(outside, now[20100 * bs..20101 * bs], "{what}");
+        let tail = read(&vault, "now", 20000, 1).unwrap();
+        assert_eq!(tail, now[20000 * bs..20001 * bs], "{what}");
         // In the map: the damage is found.
         assert_corrupt(read(&vault, "now", 0, 2), &path, head_len..len, &what);
         assert_corrupt(
@@ -752,7 +758,7 @@ fn large_delta_map_entries_are_checked_when_first_needed() {
         common::flip(&path, at, 0x08);
         let what = format!("head byte {at}");
         let vault = Vault::open_read_only(&dir).unwrap();
-        assert_corrupt(read(&vault, "now", 7100, 1), &path, 0..head_len, &what);
+        assert_corrupt(read(&vault, "now", 20100, 1), &path, 0..head_len, &what);
     }
     std::fs::write(&path, &pristine).unwrap();
     let vault = Vault::open_read_only(&dir).unwrap();

@@ -271,7 +271,7 @@ fn spot_check(vault: &Vault, model: &Model, pick: u64, what: &str) {
     {
         None => (0, 0),
         Some(i) if ivs[i].sealed && ivs[i].seq_to.0 == s => (i + 1, 0),
-        Some(i) => (i, model.blocks_changed(ivs[i].seq_from.0, s) as usize),
+        Some(i) => (i, model.blocks_changed(ivs[i].seq_from.0, s)),
     };
     assert_eq!(
         (view.maps_consulted(), view.replayed_blocks()),

@@ -31,7 +31,7 @@ pub fn walk_back<E>(
     while !left.is_empty() {
         let Some(entry) = chain.next() else { break };
         let (interval, map) = entry?;
-        let hit = &left & &map.blocks;
+        let hit = map.blocks.filter_roaring(&left);
         if hit.is_empty() {
             continue;
         }

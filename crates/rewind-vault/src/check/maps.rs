@@ -2,15 +2,13 @@
 //! whole), against its manifest entry, and against the write log it indexes.
 
 use rewind_format::delta_map::{DeltaMap, Location};
+use rewind_format::extents::{ExtentLoc, ExtentMap, MapExtent};
 use rewind_format::manifest::MapEntry;
 use roaring::RoaringTreemap;
 
 use super::report::Fault;
 use super::source::{Opened, Source};
 use crate::error::Corruption;
-
-/// Bytes of a version 3 entry.
-const ENTRY_LEN: u64 = 24;
 
 /// What is wrong with a delta map file.
 #[derive(Debug)]
@@ -87,7 +85,7 @@ pub(crate) fn load(
                     fault: decode(0, err),
                     // A small map is read whole with its head (see `shared::HEAD_GUESS`).
                     whole: len <= crate::shared::HEAD_GUESS,
-                    blocks: Some(map.blocks.clone()),
+                    blocks: Some(map.blocks.to_roaring()),
                 })?;
             map
         }
@@ -102,48 +100,61 @@ pub(crate) fn load(
     Ok(map)
 }
 
-/// Where `map`'s entries disagree with `expected` (the locations a replay of the interval's
-/// records gives, by block): the file offset of the first disagreeing entry and every
-/// block that disagrees. `None`: they agree.
-pub(crate) fn compare(
-    map: &DeltaMap,
-    expected: &[(u64, Location)],
-) -> Option<(u64, RoaringTreemap)> {
+/// Where `map`'s entries disagree with `expected` (the extents a replay of the interval's
+/// records gives): the file offset of the map's entries and every block that disagrees.
+/// `None`: they agree. O(extents), whatever the blocks they cover.
+pub(crate) fn compare(map: &DeltaMap, expected: &ExtentMap) -> Option<(u64, RoaringTreemap)> {
     let at = map.entries_range().0;
-    let mut first = None;
-    let mut bad = RoaringTreemap::new();
-    let mut want = expected.iter().peekable();
-    for (i, (b, loc)) in map.iter().enumerate() {
-        let here = if at == 0 {
-            0
-        } else {
-            at + i as u64 * ENTRY_LEN
-        };
-        // Blocks the log wrote that the map lacks.
-        while let Some((w, _)) = want.next_if(|(w, _)| *w < b) {
-            bad.insert(*w);
-            first.get_or_insert(here);
-        }
-        match want.next_if(|(w, _)| *w == b) {
-            Some((_, l)) if *l == loc => {}
-            _ => {
-                bad.insert(b);
-                first.get_or_insert(here);
+    let Some(got) = map.entries() else {
+        return Some((at, expected.set().to_roaring()));
+    };
+    let (got_set, want_set) = (got.set(), expected.set());
+    // Blocks only one side has, then the rules of the blocks both have, piece by piece.
+    let mut bad = got_set
+        .difference(&want_set)
+        .union(&want_set.difference(&got_set));
+    let mut wrong: Vec<(u64, u64)> = Vec::new();
+    for e in got.extents() {
+        for w in expected.range(e.first, e.end()) {
+            for g in got.range(w.first, w.end()) {
+                same_rule(got, &g, expected, &w, &mut wrong);
             }
         }
     }
-    for (w, _) in want {
-        bad.insert(*w);
+    for (f, e) in wrong {
+        bad.insert_range(f, e);
     }
     if bad.is_empty() {
         None
     } else {
-        Some((first.unwrap_or(at), bad))
+        Some((at, bad.to_roaring()))
     }
 }
 
-/// The blocks `map` takes from bytes `from..to` of segment `segment`: entries of whole
-/// records there (compressed: read and verified whole) and entries of single blocks there
+/// Pushes the blocks where piece `g` of `got` and piece `w` of `want` (the same blocks)
+/// say different things.
+fn same_rule(
+    got: &ExtentMap,
+    g: &MapExtent,
+    want: &ExtentMap,
+    w: &MapExtent,
+    wrong: &mut Vec<(u64, u64)>,
+) {
+    match (g.loc, w.loc) {
+        (ExtentLoc::Blocks { .. }, ExtentLoc::Blocks { .. }) => {
+            for b in g.first..g.end() {
+                if got.location_in(g, b) != want.location_in(w, b) {
+                    wrong.push((b, b + 1));
+                }
+            }
+        }
+        (a, b) if a == b => {}
+        _ => wrong.push((g.first, g.end())),
+    }
+}
+
+/// The blocks `map` takes from bytes `from..to` of segment `segment`: extents of whole
+/// records there (compressed: read and verified whole) and single blocks there
 /// (`damaged_block` says whether the block's own bytes fail their crc).
 pub(crate) fn blocks_from(
     map: &DeltaMap,
@@ -153,19 +164,24 @@ pub(crate) fn blocks_from(
     mut damaged_block: impl FnMut(u64, u32) -> bool,
 ) -> RoaringTreemap {
     let mut out = RoaringTreemap::new();
-    for (b, loc) in map.iter() {
-        match loc {
-            Location::Data { segment: s, offset }
+    let Some(entries) = map.entries() else {
+        return out;
+    };
+    for e in entries.extents() {
+        match e.loc {
+            ExtentLoc::Record { segment: s, offset }
                 if s == segment && (from..to).contains(&offset) =>
             {
-                out.insert(b);
+                out.insert_range(e.first..e.end());
             }
-            Location::Block {
-                segment: s,
-                offset,
-                crc,
-            } if s == segment && (from..to).contains(&offset) && damaged_block(offset, crc) => {
-                out.insert(b);
+            ExtentLoc::Blocks { segment: s, .. } if s == segment => {
+                for b in e.first..e.end() {
+                    if let Location::Block { offset, crc, .. } = entries.location_in(e, b) {
+                        if (from..to).contains(&offset) && damaged_block(offset, crc) {
+                            out.insert(b);
+                        }
+                    }
+                }
             }
             _ => {}
         }

@@ -20,13 +20,13 @@ mod report;
 mod segments;
 mod source;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rewind_format::delta_map::{DeltaMap, Location};
+use rewind_format::delta_map::DeltaMap;
+use rewind_format::extents::{ExtentMap, ExtentOverlay, NewLoc};
 use rewind_format::manifest::{Manifest, MapEntry, SegmentEntry};
 use rewind_format::record::{RecordKind, HEADER_LEN};
 use rewind_format::segment::HEADER_LEN as SEG_HEADER_LEN;
@@ -158,7 +158,7 @@ struct SealedScan {
     file: Opened,
     scanned: Scanned,
     /// Block -> newest location in the interval, as a replay of its records gives it.
-    expected: BTreeMap<u64, Location>,
+    expected: ExtentMap,
 }
 
 impl<'a> Checker<'a> {
@@ -352,8 +352,7 @@ impl<'a> Checker<'a> {
         let (Some(e), Some(map), true) = (e, map, clean) else {
             return;
         };
-        let expected: Vec<(u64, Location)> = scan.expected.into_iter().collect();
-        if let Some((at, bad)) = maps::compare(map, &expected) {
+        if let Some((at, bad)) = maps::compare(map, &scan.expected) {
             let path = self
                 .dir
                 .join(names::MAPS_DIR)
@@ -428,7 +427,7 @@ impl<'a> Checker<'a> {
                 last_seq: s.last_seq,
             },
         };
-        let mut expected = BTreeMap::new();
+        let mut expected = ExtentOverlay::new(m.block_size);
         let tracker = &mut self.tracker;
         let bs = m.block_size;
         let scanned = segments::scan(&mut self.src, &file, &want, &mut |r, payload| {
@@ -447,7 +446,7 @@ impl<'a> Checker<'a> {
         Some(SealedScan {
             file,
             scanned,
-            expected,
+            expected: expected.freeze(),
         })
     }
 
@@ -614,44 +613,38 @@ impl<'a> Checker<'a> {
 }
 
 /// Puts record `r` of segment `seg` into `map` the way the open segment indexes it (see
-/// `OpenSegment::index`): each block of a raw write on its own (with its crc), a compressed
-/// write as its record, zeroes and trims as zero.
+/// `OpenSegment::index`): a raw write as its blocks (with their crcs), a compressed write
+/// as its record, zeroes and trims as zero; one extent each.
 fn replay(
-    map: &mut BTreeMap<u64, Location>,
+    map: &mut ExtentOverlay,
     seg: SegmentId,
     r: &segments::Rec,
     payload: Option<&[u8]>,
     bs: u32,
 ) {
-    let blocks = r.first_block..r.first_block + u64::from(r.block_count);
+    let (first, count) = (r.first_block, u64::from(r.block_count));
     match (r.kind, payload) {
-        (RecordKind::Zero | RecordKind::Trim, _) => {
-            for b in blocks {
-                map.insert(b, Location::Zero);
-            }
-        }
-        (_, Some(data)) if r.raw => {
-            let data_at = r.offset + HEADER_LEN as u64;
-            for (i, (b, block)) in blocks.zip(data.chunks_exact(bs as usize)).enumerate() {
-                let loc = Location::Block {
+        (RecordKind::Zero | RecordKind::Trim, _) => map.put(first, count, NewLoc::Zero),
+        (_, Some(data)) if r.raw && data.len() as u64 == count * u64::from(bs) => {
+            let crcs: Vec<u32> = data.chunks_exact(bs as usize).map(crc32c::crc32c).collect();
+            map.put(
+                first,
+                count,
+                NewLoc::Blocks {
                     segment: seg,
-                    offset: data_at + (i as u64) * u64::from(bs),
-                    crc: crc32c::crc32c(block),
-                };
-                map.insert(b, loc);
-            }
+                    offset: r.offset + HEADER_LEN as u64,
+                    crcs: &crcs,
+                },
+            );
         }
-        _ => {
-            for b in blocks {
-                map.insert(
-                    b,
-                    Location::Data {
-                        segment: seg,
-                        offset: r.offset,
-                    },
-                );
-            }
-        }
+        _ => map.put(
+            first,
+            count,
+            NewLoc::Record {
+                segment: seg,
+                offset: r.offset,
+            },
+        ),
     }
 }
 

@@ -34,7 +34,7 @@ impl Vault {
     /// Every interval, oldest first: the sealed ones, then the open one if it has records.
     pub fn intervals(&self) -> Vec<IntervalInfo> {
         let mut inner = self.lock();
-        let blocks_open = inner.open.present.len() as u64;
+        let blocks_open = inner.open.present.len();
         let m = &inner.manifest;
         let mut out = Vec::with_capacity(m.maps.len() + 1);
         let mut segs = m.segments.iter().peekable();

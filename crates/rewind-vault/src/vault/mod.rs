@@ -11,12 +11,12 @@ mod scope;
 mod suspect;
 mod unit;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rewind_format::compress::{Compression, StoredAs};
-use rewind_format::delta_map::{DeltaMap, Interval, Location};
+use rewind_format::delta_map::{DeltaMap, Interval};
 use rewind_format::manifest::{Manifest, MapEntry, SealPolicy, SegmentEntry, SnapshotEntry};
 use rewind_format::record::{NewRecord, RecordKind};
 use rewind_format::segment::HEADER_LEN as SEG_HEADER_LEN;
@@ -871,10 +871,7 @@ impl Vault {
             time_from_ns: first.timestamp_ns,
             time_to_ns: last.timestamp_ns,
         };
-        let map = inner
-            .open
-            .present
-            .delta_map(interval, self.shared.block_size);
+        let map = inner.open.present.delta_map(interval);
         let map_path = self
             .shared
             .maps_dir

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::write_log::records::TakenRecords;
+use rewind_format::extents::{ExtentLoc, ExtentMap, ExtentOverlay, ExtentSet};
 
 impl Vault {
     // ---- points ----------------------------------------------------------------------
@@ -199,8 +200,11 @@ impl Vault {
             writer.wait(ticket)?;
         }
         let (holding, partial) = match plan.partial {
-            Partial::None => (None, BTreeMap::new()),
-            Partial::Records { id, records } => (Some(id.0), replay(records.iter(), id)),
+            Partial::None => (None, ExtentMap::new(self.shared.block_size)),
+            Partial::Records { id, records } => (
+                Some(id.0),
+                replay(records.iter(), id, self.shared.block_size),
+            ),
             Partial::Sealed { from, segments } => (Some(from), self.replay_sealed(&segments, p)?),
         };
         Ok(PointView::new(
@@ -299,8 +303,8 @@ impl Vault {
     }
 
     /// The blocks the records of `segments` up to `p` changed (a sealed interval's replay).
-    fn replay_sealed(&self, segments: &[SegmentEntry], p: Seq) -> Result<BTreeMap<u64, Location>> {
-        let mut map = BTreeMap::new();
+    fn replay_sealed(&self, segments: &[SegmentEntry], p: Seq) -> Result<ExtentMap> {
+        let mut map = ExtentOverlay::new(self.shared.block_size);
         for s in segments {
             let path = self.shared.segments.path(s.id);
             scan_sealed(
@@ -318,7 +322,7 @@ impl Vault {
                 },
             )?;
         }
-        Ok(map)
+        Ok(map.freeze())
     }
 
     /// Reads `count` blocks from `first_block` as they were at `point`.
@@ -330,7 +334,7 @@ impl Vault {
     /// what an in-place restore to `seq` must copy back. Costs the delta maps after the
     /// interval holding `seq` and one replay of that interval's tail, never a volume scan.
     pub fn changed_since(&self, seq: Seq) -> Result<Vec<(u64, u64)>> {
-        let mut set = roaring::RoaringTreemap::new();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
         let (maps_after, tail_segments) = {
             let inner = self.lock();
             if seq > inner.open.last_seq() {
@@ -341,7 +345,7 @@ impl Vault {
             }
             for r in inner.open.records.iter().filter(|r| r.seq > seq) {
                 if r.kind != RecordKind::Marker {
-                    set.insert_range(r.first_block..r.first_block + u64::from(r.block_count));
+                    ranges.push((r.first_block, r.first_block + u64::from(r.block_count)));
                 }
             }
             let m = &inner.manifest;
@@ -367,7 +371,7 @@ impl Vault {
             (maps_after, tail)
         };
         for e in &maps_after {
-            set |= &self.shared.map(e)?.blocks;
+            ranges.extend_from_slice(self.shared.map(e)?.blocks.runs());
         }
         for s in tail_segments {
             let path = self.shared.segments.path(s.id);
@@ -379,20 +383,14 @@ impl Vault {
                 self.shared.block_size,
                 |r| {
                     if r.seq > seq && r.kind != RecordKind::Marker {
-                        set.insert_range(r.first_block..r.first_block + u64::from(r.block_count));
+                        ranges.push((r.first_block, r.first_block + u64::from(r.block_count)));
                     }
                     true
                 },
             )?;
         }
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for b in set.iter() {
-            match runs.last_mut() {
-                Some((first, n)) if *first + *n == b => *n += 1,
-                _ => runs.push((b, 1)),
-            }
-        }
-        Ok(runs)
+        let set = ExtentSet::from_ranges(ranges);
+        Ok(set.runs().iter().map(|&(f, e)| (f, e - f)).collect())
     }
 }
 
@@ -439,27 +437,28 @@ enum Stop {
     Time(i64),
 }
 
-fn apply(map: &mut BTreeMap<u64, Location>, r: &RecordMeta, segment: SegmentId) {
+/// Lays record `r` of `segment` over `map` (a view's replay: whole records, read and
+/// verified whole; one extent per record).
+fn apply(map: &mut ExtentOverlay, r: &RecordMeta, segment: SegmentId) {
     let loc = match r.kind {
-        RecordKind::Write | RecordKind::FixUp => Location::Data {
+        RecordKind::Write | RecordKind::FixUp => ExtentLoc::Record {
             segment,
             offset: r.offset,
         },
-        RecordKind::Zero | RecordKind::Trim => Location::Zero,
+        RecordKind::Zero | RecordKind::Trim => ExtentLoc::Zero,
         RecordKind::Marker => return,
     };
-    for b in r.first_block..r.first_block + u64::from(r.block_count) {
-        map.insert(b, loc);
-    }
+    map.put_loc(r.first_block, u64::from(r.block_count), loc);
 }
 
 fn replay<'a>(
     records: impl Iterator<Item = &'a RecordMeta>,
     segment: SegmentId,
-) -> BTreeMap<u64, Location> {
-    let mut map = BTreeMap::new();
+    block_size: u32,
+) -> ExtentMap {
+    let mut map = ExtentOverlay::new(block_size);
     for r in records {
         apply(&mut map, r, segment);
     }
-    map
+    map.freeze()
 }

@@ -86,7 +86,7 @@ impl Vault {
                 s.length
             ));
         }
-        let map = seg.present.delta_map(i, bs);
+        let map = seg.present.delta_map(i);
         if map.len() as u64 != e.blocks_changed {
             return Err(format!(
                 "the records change {} blocks where the manifest says {}",
@@ -313,7 +313,7 @@ fn reseal_from_log(
             time_from_ns: first.timestamp_ns,
             time_to_ns: last.timestamp_ns,
         };
-        let map = open.present.delta_map(interval, bs);
+        let map = open.present.delta_map(interval);
         m.segments.push(SegmentEntry {
             id: open.id,
             last_seq: last.seq,

@@ -4,27 +4,21 @@
 //!
 //! For a range of blocks, every source, newest first (the partial replay, then the chain's
 //! delta maps), claims the still-unclaimed blocks it holds: one intersection and one
-//! difference of roaring sets per map, so a map all of whose blocks a newer source already
-//! answered costs a few container operations, whatever it holds. Only the blocks a source
-//! claims are looked at one by one (their entries, read in order from one rank). What no
-//! source claims comes from the base image, split into its holes and its data.
-//!
-//! The answer is in runs, so that delta maps made of extents (a later format) can answer
-//! the same calls without per-block entries.
+//! difference of extent sets per map (O(runs), so a trim of a whole volume is one run).
+//! The extents a source claims are taken from its entries, cut to the claimed runs. What
+//! no source claims comes from the base image, split into its holes and its data.
 
 use std::sync::Arc;
 
-use rewind_format::delta_map::{DeltaMap, Location};
-use roaring::RoaringTreemap;
+use rewind_format::delta_map::DeltaMap;
+use rewind_format::extents::{ExtentLoc, ExtentMap, ExtentSet, MapExtent};
 
 use super::{BlockSource, PointView};
 use crate::error::{Corruption, Result, VaultError};
 
 /// The first window of [`PointView::extents_upto`], in blocks; each next one is twice as
-/// long, up to [`MAX_WINDOW`].
+/// long (a window costs O(runs) in it, so it may grow to the whole volume).
 const FIRST_WINDOW: u64 = 64;
-/// The longest window: one roaring container's worth of blocks.
-const MAX_WINDOW: u64 = 1 << 16;
 
 /// What a run of blocks of a view reads as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,10 +49,10 @@ impl ExtentKind {
         }
     }
 
-    fn of(loc: Location) -> ExtentKind {
+    fn of(loc: ExtentLoc) -> ExtentKind {
         match loc {
-            Location::Zero => ExtentKind::Zero,
-            Location::Data { .. } | Location::Block { .. } => ExtentKind::Record,
+            ExtentLoc::Zero => ExtentKind::Zero,
+            ExtentLoc::Record { .. } | ExtentLoc::Blocks { .. } => ExtentKind::Record,
         }
     }
 }
@@ -91,18 +85,6 @@ fn push_run(out: &mut Vec<Extent>, first_block: u64, count: u64, kind: ExtentKin
             kind,
         }),
     }
-}
-
-/// The maximal runs of consecutive blocks of a set: (first, count), in order.
-fn runs(set: &RoaringTreemap) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for b in set.iter() {
-        match out.last_mut() {
-            Some((f, n)) if *f + *n == b => *n += 1,
-            _ => out.push((b, 1)),
-        }
-    }
-    out
 }
 
 impl PointView {
@@ -142,7 +124,7 @@ impl PointView {
                 out.truncate(max_extents);
                 break;
             }
-            window = (window * 2).min(MAX_WINDOW);
+            window = window.saturating_mul(2);
         }
         Ok(out)
     }
@@ -174,8 +156,8 @@ impl PointView {
     ) -> Result<Vec<Extent>> {
         // Pieces come source by source (each in block order), then are put in order.
         let mut pieces: Vec<Extent> = Vec::new();
-        let base_runs = self.resolve(maps, first, count, |b, loc| {
-            push_run(&mut pieces, b, 1, ExtentKind::of(loc));
+        let base_runs = self.resolve(maps, first, count, |_, e| {
+            push_run(&mut pieces, e.first, e.count, ExtentKind::of(e.loc));
         })?;
         for (f, n) in base_runs {
             self.shared.base.extents(f, n, |f, n, hole| {
@@ -195,57 +177,56 @@ impl PointView {
         Ok(out)
     }
 
-    /// Finds where blocks first..first+count come from: calls `located(block, location)`
-    /// once for every block the partial replay or a delta map holds (from the newest source
-    /// that has it; in block order within one source, not across them) and returns the
-    /// runs that fall through to the base image, in order.
+    /// Finds where blocks first..first+count come from: calls `located(map, extent)` for
+    /// every extent of the partial replay or a delta map that answers blocks of the range
+    /// (from the newest source that has them, cut to what that source answers; in block
+    /// order within one source, not across them) and returns the runs that fall through to
+    /// the base image, in order. Costs O(runs) per source, not O(blocks).
     pub(super) fn resolve(
         &self,
         maps: &[Arc<DeltaMap>],
         first: u64,
         count: u64,
-        mut located: impl FnMut(u64, Location),
+        mut located: impl FnMut(&ExtentMap, MapExtent),
     ) -> Result<Vec<(u64, u64)>> {
         let end = first + count;
-        let mut unclaimed = RoaringTreemap::new();
-        unclaimed.insert_range(first..end);
-        let mut replayed = self.partial.range(first..end).peekable();
-        if replayed.peek().is_some() {
-            let mut taken = RoaringTreemap::new();
-            for (&b, &loc) in replayed {
-                located(b, loc);
-                taken.push(b);
-            }
-            unclaimed -= &taken;
+        let mut unclaimed = ExtentSet::range(first, end);
+        let mut taken = ExtentSet::new();
+        for e in self.partial.range(first, end) {
+            taken.push(e.first, e.end());
+            located(&self.partial, e);
+        }
+        if !taken.is_empty() {
+            unclaimed = unclaimed.difference(&taken);
         }
         for m in maps {
             if unclaimed.is_empty() {
                 break;
             }
-            let mut claimed = unclaimed.clone();
-            claimed &= &m.blocks;
+            let claimed = unclaimed.intersection(&m.blocks);
             if claimed.is_empty() {
                 continue;
             }
-            unclaimed -= &claimed;
+            unclaimed = unclaimed.difference(&claimed);
             self.shared.load_entries(m)?;
-            for (start, n) in runs(&claimed) {
-                let mut got = 0;
-                if let Some(entries) = m.entries_from(start) {
-                    for (b, loc) in entries.take(n as usize) {
-                        if b != start + got {
-                            break;
-                        }
-                        located(b, loc);
-                        got += 1;
+            let Some(entries) = m.entries() else {
+                return Err(self.entries_disagree(m));
+            };
+            for &(f, e) in claimed.runs() {
+                let mut at = f;
+                for x in entries.range(f, e) {
+                    if x.first != at {
+                        return Err(self.entries_disagree(m));
                     }
+                    at = x.end();
+                    located(entries, x);
                 }
-                if got != n {
+                if at != e {
                     return Err(self.entries_disagree(m));
                 }
             }
         }
-        Ok(runs(&unclaimed))
+        Ok(unclaimed.runs().iter().map(|&(f, e)| (f, e - f)).collect())
     }
 
     /// A delta map whose entries do not hold a block its set has.

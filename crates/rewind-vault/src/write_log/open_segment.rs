@@ -24,7 +24,7 @@ use std::sync::Arc;
 use rewind_storage::{Open, Storage};
 
 use rewind_format::compress::StoredAs;
-use rewind_format::delta_map::Location;
+use rewind_format::extents::NewLoc;
 use rewind_format::record::{self, NewRecord, RecordKind};
 use rewind_format::segment::{SegmentHeader, HEADER_LEN as SEG_HEADER_LEN};
 use rewind_format::{crc, names, SegmentId, Seq};
@@ -129,7 +129,7 @@ impl OpenSegment {
             buf: AlignedBuf::new(BUFFER_BYTES),
             records: Records::default(),
             markers: Vec::new(),
-            present: PresentMap::default(),
+            present: PresentMap::new(block_size),
             crcs: Vec::new(),
             header: Vec::with_capacity(record::HEADER_LEN),
             binding: None,
@@ -393,34 +393,23 @@ impl OpenSegment {
     /// Puts a record's blocks into the present delta map; `crcs`, when given, holds one
     /// crc per block of an uncompressed payload (see [`OpenSegment::index`]).
     fn index_blocks(&mut self, m: &RecordMeta, crcs: Option<&[u32]>) {
-        let bs = self.block_size as usize;
-        let whole = match m.kind {
-            RecordKind::Write | RecordKind::FixUp => Location::Data {
+        let (first, count) = (m.first_block, u64::from(m.block_count));
+        let loc = match (m.kind, crcs) {
+            (RecordKind::Zero | RecordKind::Trim, _) => NewLoc::Zero,
+            (RecordKind::Write | RecordKind::FixUp, Some(crcs)) if crcs.len() as u64 == count => {
+                NewLoc::Blocks {
+                    segment: self.id,
+                    offset: m.offset + record::HEADER_LEN as u64,
+                    crcs,
+                }
+            }
+            (RecordKind::Write | RecordKind::FixUp, _) => NewLoc::Record {
                 segment: self.id,
                 offset: m.offset,
             },
-            RecordKind::Zero | RecordKind::Trim => Location::Zero,
-            RecordKind::Marker => return,
+            (RecordKind::Marker, _) => return,
         };
-        let blocks = m.first_block..m.first_block + u64::from(m.block_count);
-        match crcs {
-            Some(crcs) if whole != Location::Zero && crcs.len() == m.block_count as usize => {
-                let data_at = m.offset + record::HEADER_LEN as u64;
-                for (i, (b, crc)) in blocks.zip(crcs).enumerate() {
-                    let loc = Location::Block {
-                        segment: self.id,
-                        offset: data_at + (i * bs) as u64,
-                        crc: *crc,
-                    };
-                    self.present.insert(b, loc);
-                }
-            }
-            _ => {
-                for b in blocks {
-                    self.present.insert(b, whole);
-                }
-            }
-        }
+        self.present.insert(first, count, loc);
     }
 
     /// Hands the buffer to the log writer (no fsync; see [`OpenSegment::pending_write`]).
