@@ -8,7 +8,7 @@
 //! write of block `i - 1` at seq `i`, its own segment and delta map; then one manifest.
 //!
 //! `cargo build --release -p rewind-bench && target/release/many_intervals [--intervals N]
-//! [--segment-files N] [--map-entries N] [--dir DIR]`
+//! [--segment-files N] [--map-bytes N] [--dir DIR]`
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -143,7 +143,7 @@ fn main() -> Result<()> {
         match flag.as_str() {
             "--intervals" => n = v.parse()?,
             "--segment-files" => limits.segment_files = v.parse()?,
-            "--map-entries" => limits.map_entries = v.parse()?,
+            "--map-bytes" => limits.map_bytes = v.parse()?,
             "--dir" => dir = Some(PathBuf::from(v)),
             _ => bail!("unknown flag {flag}"),
         }

@@ -250,6 +250,20 @@ impl DeltaMap {
         self.entries.get().map(|e| e.extents().len())
     }
 
+    /// What the map costs in memory once its entries are loaded, in bytes (an estimate
+    /// from the file while they are not): the cache budgets maps by it.
+    pub fn memory_bytes(&self) -> u64 {
+        let head = 160 + 16 * self.blocks.run_count() as u64;
+        let entries = match self.entries.get() {
+            Some(e) => {
+                (e.extents().len() * std::mem::size_of::<crate::extents::MapExtent>()) as u64
+                    + 4 * e.crcs().len() as u64
+            }
+            None => self.entries_len,
+        };
+        head + entries
+    }
+
     /// Where the entries are in the file: byte offset and length (their crc included).
     pub fn entries_range(&self) -> (u64, u64) {
         (self.entries_at, self.entries_len)

@@ -1,6 +1,6 @@
 //! The bounded caches every reader of a vault shares: open segment files and loaded delta
 //! maps. A vault of 100,000 intervals must not hold 100,000 file descriptors or every map
-//! it ever read, so each cache keeps at most a budget (handles, map entries) and drops the
+//! it ever read, so each cache keeps at most a budget (handles, bytes of maps) and drops the
 //! least recently used values past it. Values are `Arc`s: a read (or a view) that holds one
 //! keeps it valid after the cache dropped it; the next one that asks opens or loads it
 //! again (and checks it again).
@@ -13,17 +13,18 @@ use std::hash::Hash;
 pub struct CacheLimits {
     /// Open read handles of segment files.
     pub segment_files: usize,
-    /// Entries (changed blocks) of the delta maps kept loaded, heads included (each map
-    /// counts its blocks plus one).
-    pub map_entries: u64,
+    /// Bytes of memory the delta maps kept loaded may take, heads and entries (see
+    /// `DeltaMap::memory_bytes`).
+    pub map_bytes: u64,
 }
 
 impl Default for CacheLimits {
     fn default() -> Self {
         CacheLimits {
             segment_files: 64,
-            // 24 bytes an entry: ~100 MiB of entries, 64 full intervals of the default policy.
-            map_entries: 1 << 22,
+            // Extents of 32 bytes and 4 bytes a written block: 64 MiB holds the maps of
+            // ~16 M scattered block writes, or millions of intervals of runs.
+            map_bytes: 64 << 20,
         }
     }
 }
@@ -33,7 +34,7 @@ impl Default for CacheLimits {
 pub struct CacheStats {
     pub segment_files: usize,
     pub maps: usize,
-    pub map_entries: u64,
+    pub map_bytes: u64,
 }
 
 /// A least-recently-used map whose values have weights, kept at or under a total weight

@@ -24,7 +24,7 @@ pub(crate) struct Shared {
     pub base: BaseImage,
     pub segments: SegmentFiles,
     pub maps_dir: PathBuf,
-    /// Loaded delta maps, at most [`CacheLimits::map_entries`] entries of them; a view
+    /// Loaded delta maps, at most [`CacheLimits::map_bytes`] bytes of them; a view
     /// keeps the maps it uses alive (its `Arc`s), an evicted one is loaded (and checked)
     /// again when next asked for.
     maps: Mutex<Lru<MapKey, Arc<DeltaMap>>>,
@@ -46,7 +46,7 @@ impl Shared {
             base,
             segments,
             maps_dir,
-            maps: Mutex::new(Lru::new(CacheLimits::default().map_entries)),
+            maps: Mutex::new(Lru::new(CacheLimits::default().map_bytes)),
             loading: Mutex::new(HashMap::new()),
         }
     }
@@ -122,7 +122,7 @@ impl Shared {
     pub(crate) fn insert(&self, map: Arc<DeltaMap>) {
         let key = (map.interval.seq_from, map.interval.seq_to);
         // The weight whether the entries are loaded or not: what they cost once read.
-        let weight = map.len() as u64 + 1;
+        let weight = map.memory_bytes();
         self.cached_maps().insert(key, map, weight);
     }
 
@@ -132,7 +132,7 @@ impl Shared {
 
     pub(crate) fn set_cache_limits(&self, limits: CacheLimits) {
         self.segments.set_limit(limits.segment_files);
-        self.cached_maps().set_budget(limits.map_entries);
+        self.cached_maps().set_budget(limits.map_bytes);
     }
 
     pub(crate) fn cache_stats(&self) -> CacheStats {
@@ -140,7 +140,7 @@ impl Shared {
         CacheStats {
             segment_files: self.segments.open_handles(),
             maps: maps.len(),
-            map_entries: maps.weight(),
+            map_bytes: maps.weight(),
         }
     }
 }

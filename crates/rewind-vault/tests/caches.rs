@@ -93,7 +93,7 @@ fn a_vault_of_many_intervals_reads_every_point_with_bounded_open_files() {
     many_intervals(&vault, INTERVALS);
     let limits = CacheLimits {
         segment_files: 16,
-        map_entries: 64,
+        map_bytes: 4096,
     };
     vault.set_cache_limits(limits);
     let before = open_fds();
@@ -124,7 +124,7 @@ fn a_vault_of_many_intervals_reads_every_point_with_bounded_open_files() {
         }
         drop(view);
         let stats = vault.cache_stats();
-        assert!(stats.map_entries <= limits.map_entries, "{stats:?}");
+        assert!(stats.map_bytes <= limits.map_bytes, "{stats:?}");
         assert!(stats.segment_files <= limits.segment_files, "{stats:?}");
     }
     assert!(open_fds() <= before + limits.segment_files);
@@ -144,7 +144,7 @@ fn an_evicted_segment_handle_stays_valid_for_the_read_using_it() {
     vault.write(0, &data(10_000)).unwrap();
     vault.set_cache_limits(CacheLimits {
         segment_files: 1,
-        map_entries: 1,
+        map_bytes: 1,
     });
     let view = vault.view(&Point::Latest).unwrap();
     std::thread::scope(|s| {

@@ -218,7 +218,10 @@ fn a_whole_volume_trim_costs_bytes_of_map() {
     let map = tmp
         .path()
         .join("vault/maps")
-        .join(rewind_format::names::delta_map(sealed.seq_from, sealed.seq_to));
+        .join(rewind_format::names::delta_map(
+            sealed.seq_from,
+            sealed.seq_to,
+        ));
     let len = std::fs::metadata(&map).unwrap().len();
     eprintln!("whole-volume trim of {blocks} blocks: map {len} bytes, appends + seal {took:?}");
     assert!(len < 1024, "the delta map is {len} bytes");
