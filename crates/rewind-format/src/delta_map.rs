@@ -255,10 +255,7 @@ impl DeltaMap {
     pub fn memory_bytes(&self) -> u64 {
         let head = 160 + 16 * self.blocks.run_count() as u64;
         let entries = match self.entries.get() {
-            Some(e) => {
-                (e.extents().len() * std::mem::size_of::<crate::extents::MapExtent>()) as u64
-                    + 4 * e.crcs().len() as u64
-            }
+            Some(e) => std::mem::size_of_val(e.extents()) as u64 + 4 * e.crcs().len() as u64,
             None => self.entries_len,
         };
         head + entries
