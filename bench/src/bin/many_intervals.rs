@@ -153,7 +153,8 @@ fn main() -> Result<()> {
         None => tempfile::tempdir()?,
     };
     let primary = tmp.path().join("primary.img");
-    std::fs::File::create(&primary)?.set_len(n * BS as u64)?;
+    // Twice the blocks the intervals write: the upper half no interval changed.
+    std::fs::File::create(&primary)?.set_len(2 * n * BS as u64)?;
     let vdir = tmp.path().join("vault");
     let opts = CreateOptions {
         primary,
@@ -177,6 +178,33 @@ fn main() -> Result<()> {
     );
     let t = Instant::now();
     let view = vault.view(&Point::Latest)?;
+    view.read(0, 1)?;
+    println!(
+        "first read at now (loads {} map heads, builds the chain index) in {:.2} s",
+        view.maps_consulted(),
+        t.elapsed().as_secs_f64()
+    );
+    // Lookups of blocks no interval changed, then of changed ones, one block each.
+    let sample = n.min(10_000);
+    let t = Instant::now();
+    for b in (0..sample).map(|i| n + i * n / sample) {
+        if view.read(b, 1)? != vec![0u8; BS] {
+            bail!("unchanged block {b} read wrong data");
+        }
+    }
+    let unchanged_us = t.elapsed().as_secs_f64() * 1e6 / sample as f64;
+    let t = Instant::now();
+    for b in (0..sample).map(|i| i * n / sample) {
+        if view.read(b, 1)? != data(b + 1) {
+            bail!("block {b} at now read wrong data");
+        }
+    }
+    let changed_us = t.elapsed().as_secs_f64() * 1e6 / sample as f64;
+    println!(
+        "read_at now, {n} maps: unchanged block {unchanged_us:.1} µs, changed block {changed_us:.1} µs per lookup ({sample} each); {:?}",
+        vault.cache_stats()
+    );
+    let t = Instant::now();
     let mut most = open_fds();
     for b in 0..n {
         let got = view

@@ -35,6 +35,8 @@ pub struct CacheStats {
     pub segment_files: usize,
     pub maps: usize,
     pub map_bytes: u64,
+    /// Runs in the chain index (~40 bytes each; see `chain_index.rs`).
+    pub index_runs: u64,
 }
 
 /// A least-recently-used map whose values have weights, kept at or under a total weight

@@ -16,6 +16,7 @@
 
 mod base;
 mod cache;
+mod chain_index;
 pub mod check;
 mod error;
 mod fsutil;

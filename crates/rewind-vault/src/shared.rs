@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rewind_format::delta_map::DeltaMap;
 use rewind_format::manifest::MapEntry;
@@ -11,6 +11,7 @@ use rewind_format::{names, Seq};
 
 use crate::base::BaseImage;
 use crate::cache::{CacheLimits, CacheStats, Lru};
+use crate::chain_index::{ChainIndex, Hint};
 use crate::error::{corrupted, decode_err, Corruption, Result};
 use crate::write_log::reader::SegmentFiles;
 
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     maps: Mutex<Lru<MapKey, Arc<DeltaMap>>>,
     /// Maps whose entries a thread is reading (the others wait on the inner lock).
     loading: Mutex<HashMap<MapKey, Arc<Mutex<()>>>>,
+    /// The newest interval of each changed block (see `chain_index.rs`).
+    index: RwLock<ChainIndex>,
 }
 
 impl Shared {
@@ -48,6 +51,7 @@ impl Shared {
             maps_dir,
             maps: Mutex::new(Lru::new(CacheLimits::default().map_bytes)),
             loading: Mutex::new(HashMap::new()),
+            index: RwLock::new(ChainIndex::default()),
         }
     }
 
@@ -119,6 +123,56 @@ impl Shared {
         Ok(())
     }
 
+    /// Brings the chain index up to `chain` (oldest first), whose maps `maps` are (newest
+    /// first, as a view holds them), and returns the epoch whose hints hold for a view of
+    /// it; `None`: the index cannot serve it (full).
+    pub(crate) fn index_chain(&self, chain: &[MapEntry], maps: &[Arc<DeltaMap>]) -> Option<u64> {
+        {
+            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+            if idx.maps() >= chain.len() && idx.agrees_with(chain) {
+                return Some(idx.epoch());
+            }
+        }
+        let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if !idx.agrees_with(chain) {
+            idx.reset();
+        }
+        for pos in idx.maps()..chain.len() {
+            let Some(m) = maps.get(chain.len() - 1 - pos) else {
+                break;
+            };
+            idx.push(&chain[pos], &m.blocks);
+        }
+        (idx.agrees_with(chain) && idx.maps() >= chain.len()).then(|| idx.epoch())
+    }
+
+    /// The chain index's hint for `block` in a view of the chain's first `len` maps, if
+    /// the index is still at `epoch`.
+    pub(crate) fn hint(&self, epoch: u64, block: u64, len: usize) -> Hint {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        if idx.epoch() != epoch {
+            return Hint::Unknown;
+        }
+        idx.hint(block, len)
+    }
+
+    /// The runs of `first..end` the chain index holds (see [`ChainIndex::range`]), if it is
+    /// still at `epoch`.
+    pub(crate) fn hinted_runs(
+        &self,
+        epoch: u64,
+        first: u64,
+        end: u64,
+        out: &mut Vec<(u64, u64, usize)>,
+    ) -> bool {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        if idx.epoch() != epoch {
+            return false;
+        }
+        idx.range(first, end, out);
+        true
+    }
+
     pub(crate) fn insert(&self, map: Arc<DeltaMap>) {
         let key = (map.interval.seq_from, map.interval.seq_to);
         // The weight whether the entries are loaded or not: what they cost once read.
@@ -141,6 +195,11 @@ impl Shared {
             segment_files: self.segments.open_handles(),
             maps: maps.len(),
             map_bytes: maps.weight(),
+            index_runs: self
+                .index
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .run_count() as u64,
         }
     }
 }

@@ -18,6 +18,7 @@ use rewind_format::extents::{ExtentMap, ExtentSet};
 use rewind_format::manifest::MapEntry;
 use rewind_format::Seq;
 
+use crate::chain_index::Hint;
 use crate::error::{Result, VaultError};
 use crate::point::ResolvedPoint;
 use crate::shared::Shared;
@@ -29,6 +30,13 @@ pub use extents::{Extent, ExtentKind};
 
 /// The chain's delta maps, loaded (newest first).
 type LoadedChain = Arc<[Arc<DeltaMap>]>;
+
+/// A view's loaded chain and the chain index epoch that serves it (see `chain_index.rs`).
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    pub maps: LoadedChain,
+    pub index: Option<u64>,
+}
 /// Chains at least this long are loaded by several threads.
 const PARALLEL_LOAD_FROM: usize = 4;
 /// Threads loading one chain at most.
@@ -48,7 +56,7 @@ pub struct PointView {
     /// the view reads `chain[..chain_len]`, newest first.
     chain: Arc<[MapEntry]>,
     chain_len: usize,
-    maps: Arc<Mutex<Option<LoadedChain>>>,
+    maps: Arc<Mutex<Option<Loaded>>>,
     shared: Arc<Shared>,
 }
 
@@ -121,19 +129,29 @@ impl PointView {
     }
 
     fn maps(&self) -> Result<LoadedChain> {
+        Ok(self.loaded()?.maps)
+    }
+
+    /// The chain's maps, loaded once per view, and the chain index brought up to them.
+    fn loaded(&self) -> Result<Loaded> {
         let mut cached = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = cached.as_ref() {
             return Ok(m.clone());
         }
         let started = std::time::Instant::now();
         let maps: LoadedChain = self.load_chain()?.into();
+        let index = self
+            .shared
+            .index_chain(&self.chain[..self.chain_len], &maps);
         tracing::debug!(
             maps = maps.len(),
+            indexed = index.is_some(),
             micros = started.elapsed().as_micros() as u64,
             "point view: delta map chain loaded"
         );
-        *cached = Some(maps.clone());
-        Ok(maps)
+        let loaded = Loaded { maps, index };
+        *cached = Some(loaded.clone());
+        Ok(loaded)
     }
 
     /// Loads the chain's delta maps, several at once when there are many: loading is
@@ -227,33 +245,56 @@ impl PointView {
         }
     }
 
-    fn locate(&self, maps: &[Arc<DeltaMap>], block: u64) -> Result<Option<Location>> {
+    fn locate(&self, loaded: &Loaded, block: u64) -> Result<Option<Location>> {
         if let Some(l) = self.partial.find(block) {
             return Ok(Some(l));
         }
-        for m in maps {
-            match m.find(block) {
-                Lookup::Absent => {}
-                Lookup::Found(l) => return Ok(Some(l)),
-                Lookup::NotLoaded => {
-                    self.shared.load_entries(m)?;
-                    if let Lookup::Found(l) = m.find(block) {
+        let maps = &loaded.maps;
+        let hint = loaded.index.map_or(Hint::Unknown, |epoch| {
+            self.shared.hint(epoch, block, self.chain_len)
+        });
+        match hint {
+            Hint::Unchanged => return Ok(None),
+            Hint::Map(pos) => {
+                if let Some(m) = maps.get(self.chain_len - 1 - pos) {
+                    if let Some(l) = self.find_in(m, block)? {
                         return Ok(Some(l));
                     }
-                    return Err(self.entries_disagree(m));
                 }
+                // Not there after all: ask every map (never trust a hint over the maps).
+            }
+            Hint::Unknown => {}
+        }
+        for m in maps.iter() {
+            if let Some(l) = self.find_in(m, block)? {
+                return Ok(Some(l));
             }
         }
         Ok(None)
     }
 
+    /// `block` in map `m` (its entries loaded first if need be); `None`: not in it.
+    fn find_in(&self, m: &Arc<DeltaMap>, block: u64) -> Result<Option<Location>> {
+        match m.find(block) {
+            Lookup::Absent => Ok(None),
+            Lookup::Found(l) => Ok(Some(l)),
+            Lookup::NotLoaded => {
+                self.shared.load_entries(m)?;
+                match m.find(block) {
+                    Lookup::Found(l) => Ok(Some(l)),
+                    _ => Err(self.entries_disagree(m)),
+                }
+            }
+        }
+    }
+
     /// Where each of `count` blocks from `first_block` comes from.
     pub fn sources(&self, first_block: u64, count: u64) -> Result<Vec<BlockSource>> {
         self.check_range(first_block, count)?;
-        let maps = self.maps()?;
+        let loaded = self.loaded()?;
         (first_block..first_block + count)
             .map(|b| {
-                Ok(match self.locate(&maps, b)? {
+                Ok(match self.locate(&loaded, b)? {
                     None => BlockSource::Base,
                     Some(Location::Zero) => BlockSource::Zero,
                     Some(Location::Data { .. } | Location::Block { .. }) => BlockSource::Record,
@@ -289,14 +330,14 @@ impl PointView {
 
     /// Where each of `count` blocks from `first_block` lives (`None`: the base image).
     fn locations(&self, first_block: u64, count: u64) -> Result<Vec<Option<Location>>> {
-        let maps = self.maps()?;
+        let loaded = self.loaded()?;
         if count <= LOOKUP_PER_BLOCK_UPTO {
             return (first_block..first_block + count)
-                .map(|b| self.locate(&maps, b))
+                .map(|b| self.locate(&loaded, b))
                 .collect();
         }
         let mut locs = vec![None; count as usize];
-        self.resolve(&maps, first_block, count, |map, e| {
+        self.resolve(&loaded, first_block, count, |map, e| {
             for b in e.first..e.end() {
                 locs[(b - first_block) as usize] = Some(map.location_in(&e, b));
             }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rewind_format::delta_map::DeltaMap;
 use rewind_format::extents::{ExtentLoc, ExtentMap, ExtentSet, MapExtent};
 
-use super::{BlockSource, PointView};
+use super::{BlockSource, Loaded, PointView};
 use crate::error::{Corruption, Result, VaultError};
 
 /// The first window of [`PointView::extents_upto`], in blocks; each next one is twice as
@@ -108,14 +108,14 @@ impl PointView {
         max_extents: usize,
     ) -> Result<Vec<Extent>> {
         self.check_range(first_block, count)?;
-        let maps = self.maps()?;
+        let loaded = self.loaded()?;
         let end = first_block + count;
         let max_extents = max_extents.max(1);
         let mut out: Vec<Extent> = Vec::new();
         let (mut at, mut window) = (first_block, FIRST_WINDOW);
         while at < end {
             let n = window.min(end - at);
-            for e in self.window_extents(&maps, at, n)? {
+            for e in self.window_extents(&loaded, at, n)? {
                 push_run(&mut out, e.first_block, e.count, e.kind);
             }
             at += n;
@@ -148,15 +148,10 @@ impl PointView {
     }
 
     /// The extents of one window of blocks, in block order.
-    fn window_extents(
-        &self,
-        maps: &[Arc<DeltaMap>],
-        first: u64,
-        count: u64,
-    ) -> Result<Vec<Extent>> {
+    fn window_extents(&self, loaded: &Loaded, first: u64, count: u64) -> Result<Vec<Extent>> {
         // Pieces come source by source (each in block order), then are put in order.
         let mut pieces: Vec<Extent> = Vec::new();
-        let base_runs = self.resolve(maps, first, count, |_, e| {
+        let base_runs = self.resolve(loaded, first, count, |_, e| {
             push_run(&mut pieces, e.first, e.count, ExtentKind::of(e.loc));
         })?;
         for (f, n) in base_runs {
@@ -184,7 +179,7 @@ impl PointView {
     /// the base image, in order. Costs O(runs) per source, not O(blocks).
     pub(super) fn resolve(
         &self,
-        maps: &[Arc<DeltaMap>],
+        loaded: &Loaded,
         first: u64,
         count: u64,
         mut located: impl FnMut(&ExtentMap, MapExtent),
@@ -199,7 +194,38 @@ impl PointView {
         if !taken.is_empty() {
             unclaimed = unclaimed.difference(&taken);
         }
-        for m in maps {
+        let maps = &loaded.maps;
+        // The chain index answers most of it: runs no map changed go to the base image,
+        // runs whose newest change is in the view's chain to that map alone; the maps are
+        // asked one by one only for the rest (changed again after the view's point).
+        let mut hinted = Vec::new();
+        let indexed = loaded.index.is_some_and(|epoch| {
+            unclaimed
+                .runs()
+                .iter()
+                .all(|&(f, e)| self.shared.hinted_runs(epoch, f, e, &mut hinted))
+        });
+        let mut base = ExtentSet::new();
+        if indexed {
+            let mut held = ExtentSet::new();
+            let mut ask = ExtentSet::new();
+            for &(f, e, pos) in &hinted {
+                held.push(f, e);
+                let Some(m) = (pos < self.chain_len)
+                    .then(|| maps.get(self.chain_len - 1 - pos))
+                    .flatten()
+                else {
+                    ask.push(f, e);
+                    continue;
+                };
+                if !self.claim(m, f, e, &mut located)? {
+                    ask.push(f, e);
+                }
+            }
+            base = unclaimed.difference(&held);
+            unclaimed = ask;
+        }
+        for m in maps.iter() {
             if unclaimed.is_empty() {
                 break;
             }
@@ -208,25 +234,44 @@ impl PointView {
                 continue;
             }
             unclaimed = unclaimed.difference(&claimed);
-            self.shared.load_entries(m)?;
-            let Some(entries) = m.entries() else {
-                return Err(self.entries_disagree(m));
-            };
             for &(f, e) in claimed.runs() {
-                let mut at = f;
-                for x in entries.range(f, e) {
-                    if x.first != at {
-                        return Err(self.entries_disagree(m));
-                    }
-                    at = x.end();
-                    located(entries, x);
-                }
-                if at != e {
+                if !self.claim(m, f, e, &mut located)? {
                     return Err(self.entries_disagree(m));
                 }
             }
         }
-        Ok(unclaimed.runs().iter().map(|&(f, e)| (f, e - f)).collect())
+        let base = base.union(&unclaimed);
+        Ok(base.runs().iter().map(|&(f, e)| (f, e - f)).collect())
+    }
+
+    /// Hands `located` the extents of `m` over blocks `f..e`, all of which its block set
+    /// holds; `false` (and nothing handed) when they are not all in its block set.
+    fn claim(
+        &self,
+        m: &Arc<DeltaMap>,
+        f: u64,
+        e: u64,
+        located: &mut impl FnMut(&ExtentMap, MapExtent),
+    ) -> Result<bool> {
+        if m.blocks.clip(f, e).len() != e - f {
+            return Ok(false);
+        }
+        self.shared.load_entries(m)?;
+        let Some(entries) = m.entries() else {
+            return Err(self.entries_disagree(m));
+        };
+        let mut at = f;
+        for x in entries.range(f, e) {
+            if x.first != at {
+                return Err(self.entries_disagree(m));
+            }
+            at = x.end();
+            located(entries, x);
+        }
+        if at != e {
+            return Err(self.entries_disagree(m));
+        }
+        Ok(true)
     }
 
     /// A delta map whose entries do not hold a block its set has.
