@@ -539,6 +539,32 @@ fn fio_random_and_sequential_writes_verify() {
     assert_eq!(st["errors"], 0, "{st}");
     assert!(st["bytes_written"].as_u64().unwrap() >= 64 * MIB, "{st}");
     assert!(st["flushes"].as_u64().unwrap() > 0, "{st}");
+    // Memory, by part, with its bounds.
+    let m = &st["memory"];
+    let rss = m["resident_bytes"].as_u64().unwrap();
+    assert!(
+        rss > 0 && rss <= m["peak_resident_bytes"].as_u64().unwrap(),
+        "{m}"
+    );
+    let c = &m["caches"];
+    assert!(
+        c["delta_map_bytes"].as_u64().unwrap() <= c["delta_map_bytes_limit"].as_u64().unwrap(),
+        "{m}"
+    );
+    assert!(c["segment_files_limit"].as_u64().unwrap() > 0, "{m}");
+    assert!(
+        m["open_interval"]["present_map_bytes"].as_u64().is_some(),
+        "{m}"
+    );
+    assert!(
+        m["per_connection_limit_bytes"].as_u64().unwrap() >= 64 * MIB,
+        "{m}"
+    );
+    let human = rewind_ok(&["status", "--vault", vol.v()]);
+    assert!(
+        human.contains("memory ") && human.contains("resident"),
+        "{human}"
+    );
 }
 
 /// A snapshot and live open at once, from several processes, while live is written: the

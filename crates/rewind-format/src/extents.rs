@@ -593,6 +593,13 @@ impl ExtentOverlay {
         self.tree.len()
     }
 
+    /// What the overlay holds in memory, in bytes (its tree counted at ~1.5 times its
+    /// entries, as a B-tree's nodes run about two-thirds full).
+    pub fn memory_bytes(&self) -> u64 {
+        let entry = std::mem::size_of::<(u64, (u64, ExtentLoc))>() as u64;
+        self.tree.len() as u64 * entry * 3 / 2 + 4 * self.crcs.capacity() as u64
+    }
+
     /// Keeps crcs for a later [`ExtentOverlay::put_loc`]; returns where they start.
     pub fn push_crcs(&mut self, crcs: &[u32]) -> u64 {
         let at = self.crcs.len() as u64;

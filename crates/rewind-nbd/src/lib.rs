@@ -20,3 +20,4 @@ pub use server::{
     refuse_connection, serve_connection, serve_connection_within, Export, ExportError, Exports,
     ServerStats,
 };
+pub use workers::connection_memory_bound;

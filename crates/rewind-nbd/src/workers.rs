@@ -60,6 +60,13 @@ const POOL_BUFFERS: usize = WORKERS_PER_CONNECTION + 8;
 const POOL_BYTES: usize = 48 << 20;
 const POOL_MAX_BUFFER: usize = 4 << 20;
 
+/// What one connection may hold in memory at most, besides its threads' stacks: its
+/// requests' payloads and queued replies (`max_request_memory`), the payload buffers it
+/// keeps for reuse, and its socket read buffer.
+pub fn connection_memory_bound(bounds: &crate::capacity::Bounds) -> u64 {
+    (bounds.max_request_memory + POOL_BYTES + READ_BUFFER) as u64
+}
+
 struct Job {
     req: Request,
     cmd: Command,

@@ -146,3 +146,17 @@ mod tests {
         assert_eq!((c.len(), c.weight()), (1, 1));
     }
 }
+
+/// What one vault holds in memory now, by part (see [`crate::Vault::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryStats {
+    /// The readers' caches and what they may hold.
+    pub caches: CacheStats,
+    pub limits: CacheLimits,
+    /// The open interval's present map (extents and crcs) and record index: they grow
+    /// with the interval's records until it is sealed.
+    pub present_map_bytes: u64,
+    pub record_index_bytes: u64,
+    /// The open segment's append buffer.
+    pub append_buffer_bytes: u64,
+}

@@ -29,7 +29,7 @@ mod view;
 mod write_log;
 
 pub use base::SumsRepair;
-pub use cache::{CacheLimits, CacheStats};
+pub use cache::{CacheLimits, CacheStats, MemoryStats};
 pub use error::{Corruption, Result, VaultError};
 pub use point::{check_snapshot_name, format_time, now_ns, Point, ResolvedPoint};
 pub use rewind_format::compress::Compression;

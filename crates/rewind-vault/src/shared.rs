@@ -33,6 +33,7 @@ pub(crate) struct Shared {
     loading: Mutex<HashMap<MapKey, Arc<Mutex<()>>>>,
     /// The newest interval of each changed block (see `chain_index.rs`).
     index: RwLock<ChainIndex>,
+    limits: Mutex<CacheLimits>,
 }
 
 impl Shared {
@@ -52,6 +53,7 @@ impl Shared {
             maps: Mutex::new(Lru::new(CacheLimits::default().map_bytes)),
             loading: Mutex::new(HashMap::new()),
             index: RwLock::new(ChainIndex::default()),
+            limits: Mutex::new(CacheLimits::default()),
         }
     }
 
@@ -184,7 +186,12 @@ impl Shared {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn cache_limits(&self) -> CacheLimits {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn set_cache_limits(&self, limits: CacheLimits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
         self.segments.set_limit(limits.segment_files);
         self.cached_maps().set_budget(limits.map_bytes);
     }

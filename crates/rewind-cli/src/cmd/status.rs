@@ -100,6 +100,7 @@ fn print_human(s: &Value) {
             s["last_flush"].as_str().unwrap_or("never")
         );
         println!("errors    {}", n("errors"));
+        print_memory(&s["memory"]);
         if let Some(why) = s["live_closed"].as_str() {
             println!("LIVE CLOSED {why}");
         }
@@ -150,4 +151,32 @@ fn print_human(s: &Value) {
             dn("checkpoint_seq")
         );
     }
+}
+
+fn print_memory(m: &Value) {
+    if !m.is_object() {
+        return;
+    }
+    let b = |v: &Value| output::bytes(v.as_u64().unwrap_or(0));
+    let c = &m["caches"];
+    let o = &m["open_interval"];
+    println!(
+        "memory    {} resident (peak {}); caches: delta maps {} of {} ({} maps), segment files {} of {}, chain index {} runs",
+        b(&m["resident_bytes"]),
+        b(&m["peak_resident_bytes"]),
+        b(&c["delta_map_bytes"]),
+        b(&c["delta_map_bytes_limit"]),
+        c["delta_maps"],
+        c["segment_files"],
+        c["segment_files_limit"],
+        c["chain_index_runs"],
+    );
+    println!(
+        "          open interval: present map {}, record index {}, append buffer {}; each connection at most {} (of {} connections)",
+        b(&o["present_map_bytes"]),
+        b(&o["record_index_bytes"]),
+        b(&o["append_buffer_bytes"]),
+        b(&m["per_connection_limit_bytes"]),
+        m["max_connections"],
+    );
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::write_log::scan::ScannedMarker;
+use crate::MemoryStats;
 
 impl Vault {
     // ---- listing ---------------------------------------------------------------------
@@ -21,6 +22,19 @@ impl Vault {
                     .find(|m| m.name == name)
                     .map(ScannedMarker::to_snapshot)
             })
+    }
+
+    /// What the vault holds in memory now, by part: the readers' caches (bounded by
+    /// [`CacheLimits`]) and the open interval's indexes (bounded by the seal policy).
+    pub fn memory(&self) -> MemoryStats {
+        let inner = self.lock();
+        MemoryStats {
+            caches: self.shared.cache_stats(),
+            limits: self.shared.cache_limits(),
+            present_map_bytes: inner.open.present.memory_bytes(),
+            record_index_bytes: inner.open.records.memory_bytes(),
+            append_buffer_bytes: crate::write_log::open_segment::BUFFER_BYTES as u64,
+        }
     }
 
     /// Every snapshot, oldest first.

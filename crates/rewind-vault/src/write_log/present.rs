@@ -72,6 +72,12 @@ impl PresentMap {
         DeltaMap::from_extents(interval, self.extents())
     }
 
+    /// What the map holds in memory, in bytes.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        let pending = std::mem::size_of::<(u64, u64, ExtentLoc)>() * self.pending.capacity();
+        self.overlay.memory_bytes() + pending as u64
+    }
+
     /// The number of blocks in the map.
     pub(crate) fn len(&mut self) -> u64 {
         self.order();

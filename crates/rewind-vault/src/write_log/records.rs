@@ -59,6 +59,12 @@ impl Records {
         }
     }
 
+    /// What the index holds in memory, in bytes.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        let chunks = self.full.len() + usize::from(self.tail.capacity() > 0);
+        (chunks * CHUNK * std::mem::size_of::<RecordMeta>()) as u64
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.full.len() * CHUNK + self.tail.len()
     }

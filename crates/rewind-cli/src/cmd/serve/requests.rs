@@ -296,8 +296,45 @@ pub(super) fn status(server: &Server) -> Value {
             "mark_wait_seconds": server.volume.drl().mark_wait().as_secs_f64(),
         },
         "now": format_time(now_ns()),
+        "memory": memory(server),
     });
     // The fields `rewind status` shows without a server too, named the same.
     crate::cmd::status::add_vault_fields(&mut v, &info);
     v
+}
+
+/// The server's memory: what the process holds (from /proc), what the vault holds by part
+/// and what bounds them (see the README, "Memory").
+fn memory(server: &Server) -> Value {
+    let m = server.volume.vault().memory();
+    let bounds = server.capacity.bounds();
+    let proc_kib = |key: &str| -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    json!({
+        "resident_bytes": proc_kib("VmRSS:"),
+        "peak_resident_bytes": proc_kib("VmHWM:"),
+        "open_interval": {
+            "present_map_bytes": m.present_map_bytes,
+            "record_index_bytes": m.record_index_bytes,
+            "append_buffer_bytes": m.append_buffer_bytes,
+        },
+        "caches": {
+            "delta_maps": m.caches.maps,
+            "delta_map_bytes": m.caches.map_bytes,
+            "delta_map_bytes_limit": m.limits.map_bytes,
+            "segment_files": m.caches.segment_files,
+            "segment_files_limit": m.limits.segment_files,
+            "chain_index_runs": m.caches.index_runs,
+        },
+        "per_connection_limit_bytes": rewind_nbd::connection_memory_bound(bounds),
+        "max_connections": bounds.max_connections,
+        "max_threads": bounds.max_threads,
+    })
 }
