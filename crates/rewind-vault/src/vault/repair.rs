@@ -364,8 +364,9 @@ impl Vault {
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<Option<SumsRepair>> {
+        self.scan_base_sums()?;
         let Some(damage) = self
-            .damage
+            .damage()
             .iter()
             .find(|d| d.structure == "base checksums")
             .map(|d| d.error.clone())
