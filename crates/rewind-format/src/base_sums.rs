@@ -10,10 +10,10 @@
 //! is a hole of the file: `init` of an empty 1 TiB volume writes 32 bytes, not 1 GiB.
 //!
 //! ```text
-//! header (32 bytes):
+//! header (32 bytes, then zeroes up to byte 4096, not read):
 //!   magic "RWNDSUMS" (8) | version u16 = 2 | reserved u16 = 0 | block_size u32
 //!   | block_count u64 | chunk_blocks u32 | crc u32 over the 28 bytes before
-//! then chunk i (0 <= i < ceil(block_count / chunk_blocks)), at 32 + i * (chunk_blocks * 4 + 8):
+//! then chunk i (0 <= i < ceil(block_count / chunk_blocks)), at 4096 + i * (chunk_blocks * 4 + 8):
 //!   n * u32 crc32c of each block's bytes (n = chunk_blocks; the last chunk has the rest)
 //!   | tag u32 = "SUMC" | crc u32 = crc32c(i as u64 LE | the sums | the tag)
 //! the file ends right after the last chunk.
@@ -46,8 +46,10 @@ const WHAT_CHUNK: &str = "base checksums chunk";
 const HEADER_LEN_V1: u64 = 24;
 /// Bytes of the version 2 header.
 pub const HEADER_LEN: usize = 32;
-/// Blocks per chunk this build writes: 64 KiB of sums.
-pub const DEFAULT_CHUNK_BLOCKS: u32 = 16384;
+/// Where the first chunk of a version 2 file starts (the header's page, padded).
+pub const CHUNKS_AT: u64 = 4096;
+/// Blocks per chunk this build writes: a chunk of 64 KiB, sums and trailer.
+pub const DEFAULT_CHUNK_BLOCKS: u32 = (65536 - CHUNK_TRAILER as u32) / 4;
 /// The most blocks a chunk may hold (a reader allocates a chunk's sums at once).
 pub const MAX_CHUNK_BLOCKS: u32 = 1 << 20;
 /// The tag that ends every written chunk (never zero: a hole is all zeroes).
@@ -186,13 +188,13 @@ impl SumsLayout {
 
     /// Byte offset of chunk `i` in the file.
     pub fn chunk_offset(&self, i: u64) -> u64 {
-        HEADER_LEN as u64 + i * self.stride()
+        CHUNKS_AT + i * self.stride()
     }
 
     /// The chunk at or after byte `offset` of the file (the one it falls in, or the
     /// first one for an offset in the header).
     pub fn chunk_of_offset(&self, offset: u64) -> u64 {
-        offset.saturating_sub(HEADER_LEN as u64) / self.stride()
+        offset.saturating_sub(CHUNKS_AT) / self.stride()
     }
 
     /// Bytes of chunk `i`.
@@ -221,7 +223,7 @@ impl SumsLayout {
         };
         full.checked_mul(self.stride())?
             .checked_add(tail)?
-            .checked_add(HEADER_LEN as u64)
+            .checked_add(CHUNKS_AT)
     }
 
     /// The bytes of chunk `i` holding `sums` (one per block of the chunk).
@@ -395,9 +397,15 @@ mod tests {
         // Three chunks: 4 + 4 + 2 blocks.
         assert_eq!(l.chunks(), 3);
         assert_eq!(l.chunk_blocks_of(2), (8, 2));
-        assert_eq!(l.chunk_offset(1), 32 + 24);
-        assert_eq!(l.file_len(), 32 + 24 + 24 + 16);
-        assert_eq!(l.sum_offset(9), 32 + 48 + 4);
+        assert_eq!(l.chunk_offset(1), 4096 + 24);
+        assert_eq!(l.file_len(), 4096 + 24 + 24 + 16);
+        assert_eq!(l.sum_offset(9), 4096 + 48 + 4);
+        assert_eq!(l.chunk_of_offset(0), 0);
+        assert_eq!(l.chunk_of_offset(4096 + 24), 1);
+        // The default: 64 KiB chunks, page-aligned.
+        let d = SumsLayout::new(4096, 1 << 28);
+        assert_eq!(d.chunk_len(0), 65536);
+        assert_eq!(d.chunk_offset(7) % 4096, 0);
         // A count whose file length does not fit a u64 is invalid, not an overflow.
         let huge = SumsLayout {
             block_count: u64::MAX,
@@ -515,6 +523,7 @@ mod tests {
     fn sample_v2() -> Vec<u8> {
         let l = layout();
         let mut out = l.encode_header();
+        out.resize(CHUNKS_AT as usize, 0);
         out.extend(l.encode_chunk(0, &[1, 2, 3, 4]));
         out.extend(vec![0u8; l.chunk_len(1)]);
         out.extend(l.encode_chunk(2, &[9, 10]));

@@ -191,7 +191,8 @@ impl Sums {
             return Ok(l);
         }
         let loaded = Arc::new(self.load(file.as_ref(), layout, i)?);
-        let weight = loaded.sums.as_ref().map_or(1, |s| s.len() as u64);
+        // A hole costs its entry (about as much as 32 sums).
+        let weight = loaded.sums.as_ref().map_or(32, |s| s.len() as u64);
         self.lock_cache().insert(i, loaded.clone(), weight);
         Ok(loaded)
     }
@@ -204,10 +205,22 @@ impl Sums {
         i: u64,
     ) -> Result<Loaded> {
         let at = layout.chunk_offset(i);
-        let mut buf = vec![0u8; layout.chunk_len(i)];
-        fsutil::read_exact_at(file, &mut buf, at, &self.path)?;
+        let len = layout.chunk_len(i);
         let (first, count) = layout.chunk_blocks_of(i);
         let zero_sum = crc32c::crc32c(&vec![0u8; layout.block_size as usize]);
+        // A hole of the file is a hole chunk: known with a seek, not 64 KiB of zeroes read.
+        let end = at + len as u64;
+        if let Ok(None) = file.next_data(at, end) {
+            return Ok(Loaded {
+                first,
+                count,
+                sums: None,
+                damaged: false,
+                zero_sum,
+            });
+        }
+        let mut buf = vec![0u8; len];
+        fsutil::read_exact_at(file, &mut buf, at, &self.path)?;
         let (sums, damaged) = match layout.decode_chunk(i, &buf) {
             Ok(Chunk::Hole) => (None, false),
             Ok(Chunk::Sums(s)) => (Some(s), false),
@@ -276,12 +289,6 @@ impl Sums {
 
     fn lock_damaged(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
         self.damaged.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Chunks in the cache now (for tests).
-    #[cfg(test)]
-    pub(crate) fn cached(&self) -> usize {
-        self.lock_cache().len()
     }
 }
 
@@ -389,5 +396,83 @@ impl Drop for SumsWriter<'_> {
         if !self.done {
             let _ = self.fs.remove(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rewind_storage::SimStorage;
+
+    const BS: u32 = 512;
+    /// Three chunks: two full, one of 7236 blocks.
+    const BLOCKS: u64 = 40_000;
+
+    fn write(fs: &dyn Storage, path: &Path, sums: &[(u64, u32)]) {
+        let mut w = SumsWriter::create(fs, path, SumsLayout::new(BS, BLOCKS)).unwrap();
+        for &(b, s) in sums {
+            w.set(b, s).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn hole_chunks_read_as_zero_sums_and_a_damaged_chunk_is_named() {
+        let fs = SimStorage::new();
+        fs.create_dir(Path::new("/v")).unwrap();
+        let path = Path::new("/v/base.sums");
+        let zero = crc32c::crc32c(&[0u8; BS as usize]);
+        // Chunk 1 (blocks 16382..32764) has only zero blocks: left all zero bytes.
+        write(&fs, path, &[(3, 7), (35_000, 9)]);
+        let layout = SumsLayout::new(BS, BLOCKS);
+        let raw = fsutil::read_file(&fs, path).unwrap();
+        assert_eq!(raw.len() as u64, layout.file_len());
+        let c1 = layout.chunk_offset(1) as usize;
+        assert!(raw[c1..c1 + layout.chunk_len(1)].iter().all(|&b| b == 0));
+
+        let (sums, damage) = Sums::open(&fs, path, BS, BLOCKS).unwrap();
+        assert!(damage.is_none());
+        let c = sums.chunk(3).unwrap();
+        assert_eq!((c.sum(3), c.sum(4), c.damaged), (Some(7), Some(zero), false));
+        let c = sums.chunk(20_000).unwrap();
+        assert!(c.is_hole());
+        assert_eq!((c.first, c.end()), (16_382, 32_764));
+        assert_eq!(c.sum(20_000), Some(zero));
+        assert_eq!(sums.chunk(35_000).unwrap().sum(35_000), Some(9));
+        assert_eq!(sums.chunk(BLOCKS - 1).unwrap().end(), BLOCKS);
+        assert!(sums.damage_found().is_none());
+
+        // A flipped sum in chunk 2: its sums are still used, the chunk is named.
+        let mut bad = raw.clone();
+        let at = layout.sum_offset(35_000) as usize;
+        bad[at] ^= 1;
+        fsutil::write_atomic(&fs, path, &bad).unwrap();
+        let (sums, damage) = Sums::open(&fs, path, BS, BLOCKS).unwrap();
+        assert!(damage.is_none(), "opening reads the header only");
+        assert!(sums.damage_found().is_none());
+        let c = sums.chunk(35_000).unwrap();
+        assert!(c.damaged);
+        assert_eq!(c.sum(35_000), Some(9 ^ 1));
+        let (offset, error, n) = sums.damage_found().unwrap();
+        assert_eq!((offset, n), (layout.chunk_offset(2), 1));
+        assert!(error.contains("base.sums"), "{error}");
+        assert!(!sums.chunk(3).unwrap().damaged);
+
+        // A damaged hole (one byte set) is damage too, not a hole.
+        let mut bad = raw.clone();
+        bad[c1 + 100] = 1;
+        fsutil::write_atomic(&fs, path, &bad).unwrap();
+        let (sums, _) = Sums::open(&fs, path, BS, BLOCKS).unwrap();
+        sums.scan().unwrap();
+        let (offset, _, n) = sums.damage_found().unwrap();
+        assert_eq!((offset, n), (layout.chunk_offset(1), 1));
+
+        // A cut file, or a header of another volume: found at open, no sum usable.
+        fsutil::write_atomic(&fs, path, &raw[..raw.len() - 1]).unwrap();
+        let (_, damage) = Sums::open(&fs, path, BS, BLOCKS).unwrap();
+        assert!(matches!(damage, Some((VaultError::Corrupted { .. }, false))));
+        fsutil::write_atomic(&fs, path, &raw).unwrap();
+        let (_, damage) = Sums::open(&fs, path, BS, BLOCKS + 1).unwrap();
+        assert!(matches!(damage, Some((VaultError::Corrupted { .. }, false))));
     }
 }
