@@ -10,9 +10,10 @@
 //! is a hole of the file: `init` of an empty 1 TiB volume writes 32 bytes, not 1 GiB.
 //!
 //! ```text
-//! header (32 bytes, then zeroes up to byte 4096, not read):
+//! header (4096 bytes, a page):
 //!   magic "RWNDSUMS" (8) | version u16 = 2 | reserved u16 = 0 | block_size u32
-//!   | block_count u64 | chunk_blocks u32 | crc u32 over the 28 bytes before
+//!   | block_count u64 | chunk_blocks u32 | zeroes up to byte 4092 | crc u32 over the
+//!   4092 bytes before
 //! then chunk i (0 <= i < ceil(block_count / chunk_blocks)), at 4096 + i * (chunk_blocks * 4 + 8):
 //!   n * u32 crc32c of each block's bytes (n = chunk_blocks; the last chunk has the rest)
 //!   | tag u32 = "SUMC" | crc u32 = crc32c(i as u64 LE | the sums | the tag)
@@ -44,10 +45,12 @@ const WHAT: &str = "base checksums";
 const WHAT_CHUNK: &str = "base checksums chunk";
 /// Bytes of a version 1 file before the first sum.
 const HEADER_LEN_V1: u64 = 24;
-/// Bytes of the version 2 header.
-pub const HEADER_LEN: usize = 32;
-/// Where the first chunk of a version 2 file starts (the header's page, padded).
-pub const CHUNKS_AT: u64 = 4096;
+/// Bytes of the version 2 header (a page, so that chunks start on page boundaries).
+pub const HEADER_LEN: usize = 4096;
+/// Where the first chunk of a version 2 file starts: after the header.
+pub const CHUNKS_AT: u64 = HEADER_LEN as u64;
+/// Bytes of the header's fields (zeroes follow, then the crc).
+const HEADER_FIELDS: usize = 28;
 /// Blocks per chunk this build writes: a chunk of 64 KiB, sums and trailer.
 pub const DEFAULT_CHUNK_BLOCKS: u32 = (65536 - CHUNK_TRAILER as u32) / 4;
 /// The most blocks a chunk may hold (a reader allocates a chunk's sums at once).
@@ -87,7 +90,17 @@ impl Header {
             });
         }
         check_version(version, VERSION, WHAT)?;
-        let body = check_trailing_crc(buf.get(..HEADER_LEN).unwrap_or(buf), WHAT)?;
+        let Some(head) = buf.get(..HEADER_LEN) else {
+            return Err(DecodeError::Truncated {
+                offset: buf.len() as u64,
+                needed: (HEADER_LEN - buf.len()) as u64,
+                what: WHAT,
+            });
+        };
+        let body = check_trailing_crc(head, WHAT)?;
+        if body[HEADER_FIELDS..].iter().any(|&b| b != 0) {
+            return Err(DecodeError::invalid(HEADER_FIELDS, WHAT, "header padding"));
+        }
         let mut r = Reader::new(body, WHAT);
         r.take(10)?;
         r.u16()?;
@@ -162,6 +175,7 @@ impl SumsLayout {
         w.u32(self.block_size);
         w.u64(self.block_count);
         w.u32(self.chunk_blocks);
+        out.resize(HEADER_LEN - 4, 0);
         push_trailing_crc(&mut out);
         out
     }
@@ -394,6 +408,15 @@ mod tests {
         for n in 0..buf.len() {
             assert!(Header::decode(&buf[..n]).is_err(), "cut at {n}");
         }
+        // A crc over nonzero padding does not make it right.
+        let mut bad = buf.clone();
+        bad[100] = 1;
+        bad.truncate(HEADER_LEN - 4);
+        push_trailing_crc(&mut bad);
+        assert!(matches!(
+            Header::decode(&bad),
+            Err(DecodeError::Invalid { offset: 28, .. })
+        ));
         // Three chunks: 4 + 4 + 2 blocks.
         assert_eq!(l.chunks(), 3);
         assert_eq!(l.chunk_blocks_of(2), (8, 2));
@@ -523,7 +546,6 @@ mod tests {
     fn sample_v2() -> Vec<u8> {
         let l = layout();
         let mut out = l.encode_header();
-        out.resize(CHUNKS_AT as usize, 0);
         out.extend(l.encode_chunk(0, &[1, 2, 3, 4]));
         out.extend(vec![0u8; l.chunk_len(1)]);
         out.extend(l.encode_chunk(2, &[9, 10]));

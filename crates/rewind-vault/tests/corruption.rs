@@ -492,7 +492,9 @@ fn base_sums_every_byte() {
         assert_eq!(d.len(), 1, "{what}: {d:?}");
         assert_eq!(d[0].path, path, "{what}");
     };
-    for at in 0..len {
+    // The header's fields and crc, every 61st byte of its zero padding, every chunk byte.
+    let sampled = (0..len).filter(|at| !(32..header - 4).contains(at) || at % 61 == 0);
+    for at in sampled {
         std::fs::write(&path, &pristine).unwrap();
         common::flip(&path, at, 0x04);
         let what = format!("sums byte {at}");
