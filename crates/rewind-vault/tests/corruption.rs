@@ -498,7 +498,10 @@ fn base_sums_every_byte() {
         std::fs::write(&path, &pristine).unwrap();
         common::flip(&path, at, 0x04);
         let what = format!("sums byte {at}");
-        for vault in [Vault::open(&dir).unwrap(), Vault::open_read_only(&dir).unwrap()] {
+        for vault in [
+            Vault::open(&dir).unwrap(),
+            Vault::open_read_only(&dir).unwrap(),
+        ] {
             if at < header {
                 names(&vault, &what);
             } else {

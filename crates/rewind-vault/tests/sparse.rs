@@ -2,6 +2,8 @@
 //! cost the same as for a small one, and reads load only the chunks of `base.sums` they
 //! need (the storage below counts the bytes read of it).
 
+#![allow(clippy::unwrap_used)]
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,7 +102,9 @@ impl StorageFile for CountingFile {
 }
 
 fn read(vault: &Vault, point: &str, first: u64, count: u64) -> Vec<u8> {
-    vault.read_at(&point.parse().unwrap(), first, count).unwrap()
+    vault
+        .read_at(&point.parse().unwrap(), first, count)
+        .unwrap()
 }
 
 #[test]
@@ -144,7 +148,10 @@ fn a_1_tib_sparse_volume_creates_and_opens_without_reading_its_sums() {
     let layout = rewind_format::base_sums::SumsLayout::new(BS, BLOCKS);
     assert_eq!(meta.len(), layout.file_len());
     let allocated = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
-    assert!(allocated <= 1 << 20, "{allocated} bytes of base.sums allocated");
+    assert!(
+        allocated <= 1 << 20,
+        "{allocated} bytes of base.sums allocated"
+    );
 
     sums_read.store(0, Ordering::Relaxed);
     let started = Instant::now();
@@ -152,7 +159,11 @@ fn a_1_tib_sparse_volume_creates_and_opens_without_reading_its_sums() {
     let opened = started.elapsed();
     assert!(vault.damage().is_empty());
     let header = rewind_format::base_sums::HEADER_LEN as u64;
-    assert_eq!(sums_read.load(Ordering::Relaxed), header, "open reads the header");
+    assert_eq!(
+        sums_read.load(Ordering::Relaxed),
+        header,
+        "open reads the header"
+    );
     // Generous bounds (a debug build on a shared machine): reading the sums whole took
     // seconds and 1 GiB; the work is now a few files' headers.
     assert!(created < Duration::from_secs(20), "create took {created:?}");
@@ -163,15 +174,24 @@ fn a_1_tib_sparse_volume_creates_and_opens_without_reading_its_sums() {
     for (i, b) in data_at.iter().enumerate() {
         assert_eq!(read(&vault, "seq:0", *b, 1), vec![i as u8 + 1; BS as usize]);
     }
-    assert_eq!(read(&vault, "seq:0", 100_000_000, 2), vec![0; 2 * BS as usize]);
+    assert_eq!(
+        read(&vault, "seq:0", 100_000_000, 2),
+        vec![0; 2 * BS as usize]
+    );
     let after_reads = sums_read.load(Ordering::Relaxed);
-    assert!(after_reads <= header + 3 * chunk, "{after_reads} bytes read");
+    assert!(
+        after_reads <= header + 3 * chunk,
+        "{after_reads} bytes read"
+    );
     // The extents of the whole volume: a seek per chunk, the three chunks with data read.
     let view = vault.view(&"seq:0".parse::<Point>().unwrap()).unwrap();
     let extents = view.extents(0, BLOCKS).unwrap();
     assert_eq!(extents.len(), 5, "{extents:?}");
     let after_extents = sums_read.load(Ordering::Relaxed);
-    assert!(after_extents <= after_reads + 3 * chunk, "{after_extents} bytes read");
+    assert!(
+        after_extents <= after_reads + 3 * chunk,
+        "{after_extents} bytes read"
+    );
     // So does a scan for damage.
     vault.scan_base_sums().unwrap();
     assert!(vault.damage().is_empty());

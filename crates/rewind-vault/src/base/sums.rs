@@ -227,7 +227,9 @@ impl Sums {
             Err(e @ DecodeError::Checksum { .. }) => {
                 let err = decode_err(&self.path, 0, e);
                 tracing::info!(error = %err, chunk = i, "a chunk of base.sums is damaged; its blocks are checked against their own sums");
-                self.lock_damaged().entry(i).or_insert_with(|| err.to_string());
+                self.lock_damaged()
+                    .entry(i)
+                    .or_insert_with(|| err.to_string());
                 (Some(layout.decode_chunk_unchecked(i, &buf)), true)
             }
             Err(e) => return Err(decode_err(&self.path, 0, e)),
@@ -400,6 +402,7 @@ impl Drop for SumsWriter<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rewind_storage::SimStorage;
@@ -433,7 +436,10 @@ mod tests {
         let (sums, damage) = Sums::open(&fs, path, BS, BLOCKS).unwrap();
         assert!(damage.is_none());
         let c = sums.chunk(3).unwrap();
-        assert_eq!((c.sum(3), c.sum(4), c.damaged), (Some(7), Some(zero), false));
+        assert_eq!(
+            (c.sum(3), c.sum(4), c.damaged),
+            (Some(7), Some(zero), false)
+        );
         let c = sums.chunk(20_000).unwrap();
         assert!(c.is_hole());
         assert_eq!((c.first, c.end()), (16_382, 32_764));
@@ -470,9 +476,15 @@ mod tests {
         // A cut file, or a header of another volume: found at open, no sum usable.
         fsutil::write_atomic(&fs, path, &raw[..raw.len() - 1]).unwrap();
         let (_, damage) = Sums::open(&fs, path, BS, BLOCKS).unwrap();
-        assert!(matches!(damage, Some((VaultError::Corrupted { .. }, false))));
+        assert!(matches!(
+            damage,
+            Some((VaultError::Corrupted { .. }, false))
+        ));
         fsutil::write_atomic(&fs, path, &raw).unwrap();
         let (_, damage) = Sums::open(&fs, path, BS, BLOCKS + 1).unwrap();
-        assert!(matches!(damage, Some((VaultError::Corrupted { .. }, false))));
+        assert!(matches!(
+            damage,
+            Some((VaultError::Corrupted { .. }, false))
+        ));
     }
 }

@@ -66,11 +66,7 @@ impl Checker<'_> {
     /// Opens and checks the header of `base/base.sums` (of `blocks` blocks of `bs` bytes,
     /// when known; a version 1 file is read and checked whole). Returns the sums and the
     /// number of blocks they describe.
-    pub(super) fn base_sums(
-        &mut self,
-        bs: u32,
-        blocks: Option<u64>,
-    ) -> Option<(CheckSums, u64)> {
+    pub(super) fn base_sums(&mut self, bs: u32, blocks: Option<u64>) -> Option<(CheckSums, u64)> {
         let path = self.dir.join(names::BASE_DIR).join(names::BASE_SUMS);
         let f = match self.open_named(&path, WHAT, Impact::Points(Vec::new())) {
             Ok(f) => f,

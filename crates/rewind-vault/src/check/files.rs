@@ -2,7 +2,6 @@
 //! `base.rs`): manifests, the control pointer, leftovers; and a check of the files on their
 //! own when no manifest is intact.
 
-
 use rewind_format::control::ControlPointer;
 use rewind_format::delta_map::DeltaMap;
 use rewind_format::manifest::Manifest;
