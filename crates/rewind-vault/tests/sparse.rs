@@ -198,3 +198,85 @@ fn a_1_tib_sparse_volume_creates_and_opens_without_reading_its_sums() {
     let scanned = sums_read.load(Ordering::Relaxed) - after_extents;
     assert!(scanned <= 3 * chunk, "{scanned} bytes read by the scan");
 }
+
+/// `rewind check` of the 1 TiB vault reads every chunk with data (a hole of base.sums is
+/// skipped with a seek) and names a damaged chunk far into the file; reads of its blocks
+/// whose bytes agree with their sums still work, one whose sum was hit names base.sums.
+#[test]
+fn check_of_a_1_tib_vault_reads_each_chunk_and_names_a_damaged_one() {
+    use rewind_vault::check::{check_vault, CheckOptions};
+    use rewind_vault::{Corruption, VaultError};
+    let tmp = tempfile::tempdir().unwrap();
+    let primary = tmp.path().join("primary.img");
+    let f = std::fs::File::create(&primary).unwrap();
+    f.set_len(BLOCKS * u64::from(BS)).unwrap();
+    let far = 200_000_000;
+    for b in [far, far + 1] {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[7; BS as usize], b * u64::from(BS))
+            .unwrap();
+    }
+    drop(f);
+    let dir = tmp.path().join("vault");
+    let opts = CreateOptions {
+        primary,
+        vault: dir.clone(),
+        block_size: BS,
+        compression: Compression::None,
+        seal: SealPolicy::default(),
+    };
+    drop(Vault::create(&opts, &NoProgress).unwrap());
+    let started = Instant::now();
+    let r = check_vault(&dir, &CheckOptions::default(), &NoProgress).unwrap();
+    assert!(r.is_clean(), "{:?}", r.problems);
+    // The header page, the one chunk with data (64 KiB) and its two 4 KiB blocks of the
+    // base image, and the other files (a few KiB).
+    assert!(r.bytes_read < 1 << 20, "{} bytes read", r.bytes_read);
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    let sums = dir.join("base").join("base.sums");
+    let layout = rewind_format::base_sums::SumsLayout::new(BS, BLOCKS);
+    let flip = |at: u64| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&sums)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+    };
+    let sum_at = layout.sum_offset(far);
+    flip(sum_at);
+    let r = check_vault(&dir, &CheckOptions::default(), &NoProgress).unwrap();
+    let chunk = layout.chunk_offset(layout.chunk_of(far));
+    assert_eq!(
+        r.problems.len(),
+        2,
+        "the chunk and the block's sum: {:?}",
+        r.problems
+    );
+    assert!(
+        r.problems.iter().all(|p| p.path == sums),
+        "{:?}",
+        r.problems
+    );
+    assert!(r.problems.iter().any(|p| p.offset == chunk));
+    assert!(r.problems.iter().any(|p| p.offset == sum_at));
+
+    let vault = Vault::open_read_only(&dir).unwrap();
+    assert!(vault.damage().is_empty(), "opening reads the header only");
+    assert_eq!(read(&vault, "seq:0", far + 1, 1), vec![7; BS as usize]);
+    match vault.read_at(&"seq:0".parse().unwrap(), far, 1) {
+        Err(VaultError::Corrupted {
+            path,
+            offset,
+            reason: Corruption::BaseSumDamaged { block },
+        }) => assert_eq!((path, offset, block), (sums.clone(), sum_at, far)),
+        other => panic!("{other:?}"),
+    }
+    let d = vault.damage();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].path.clone(), d[0].offset), (sums, chunk));
+}
