@@ -7,7 +7,7 @@
 //! Version 2 (written by this build) is cut into chunks, each with its own checksum, so that
 //! a reader loads and checks only the chunks it needs (opening a vault reads the header, not
 //! a sum per block of the volume), and so that a chunk whose blocks are all the zero block
-//! is a hole of the file: `init` of an empty 1 TiB volume writes 32 bytes, not 1 GiB.
+//! is a hole of the file: `init` of an empty 1 TiB volume writes its 4 KiB header, not 1 GiB.
 //!
 //! ```text
 //! header (4096 bytes, a page):
