@@ -241,13 +241,24 @@ fn a_short_sealed_segment_breaks_only_the_reads_of_its_lost_bytes() {
 fn a_flipped_byte_in_base_sums_fails_only_the_block_it_hit() {
     let h = history();
     let sums = h.vol.vault.join("base").join("base.sums");
-    // The sum of block 3000 (a block no record writes): 24 header bytes, 4 per block.
-    flip(&sums, 24 + 4 * 3000 + 1);
+    // The sum of block 3000 (a block no record writes): in the first chunk, after the
+    // header's 4096 bytes, 4 per block.
+    flip(&sums, 4096 + 4 * 3000 + 1);
 
-    let d = h.list_names(&sums);
-    assert_eq!(d["blocks_from"], 0, "{d}");
+    // Opening reads the header of base.sums only: the damaged chunk is found by the reads
+    // that need it, and by `rewind check` (which names the chunk and the block's sum).
     h.restore_fails_naming("s1", &sums);
     h.serves_live();
+    let o = rewind(&["check", "--vault", h.vol.v(), "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let named: Vec<&Value> = j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["file"].as_str() == sums.to_str())
+        .collect();
+    assert_eq!(named.len(), 2, "the chunk and the block's sum: {j:#}");
 }
 
 #[test]
@@ -296,7 +307,7 @@ fn a_corrupt_newest_manifest_is_read_as_the_previous_one_and_serve_refuses() {
 fn salvage_writes_every_readable_block_and_lists_the_rest() {
     let h = history();
     let sums = h.vol.vault.join("base").join("base.sums");
-    flip(&sums, 24 + 4 * 3000 + 1);
+    flip(&sums, 4096 + 4 * 3000 + 1);
     let to = h.vol.path("salvaged.img");
     let o = rewind(&[
         "restore",
@@ -441,8 +452,8 @@ fn repair_derives_base_sums_again_only_when_asked() {
     // Block 3000 is unchanged since the base (its sum comes from the primary), block 1 was
     // written since (its sum can only come from the base image file, on trust); block 3500
     // of the base image file is damaged too (the primary still holds its data).
-    flip(&sums, 24 + 4 * 3000 + 1);
-    flip(&sums, 24 + 4 + 2);
+    flip(&sums, 4096 + 4 * 3000 + 1);
+    flip(&sums, 4096 + 4 + 2);
     flip(&img, 3500 * BS + 17);
     h.restore_fails_naming("s1", &sums);
 

@@ -205,7 +205,8 @@ fn an_intact_vault_is_clean_and_read_whole() {
 
 /// Every byte of every file, flipped one at a time (lz4: raw and compressed records, the
 /// fix-up, zero and trim, a marker), but of the base image (32 KiB, holes and data) only
-/// its first 4 blocks whole and every 11th byte after them, to keep the test short. Every
+/// its first 4 blocks whole and every 11th byte after them, and of the zero padding of
+/// the header of base.sums every 61st byte, to keep the test short. Every
 /// 7th byte also has its impact checked against every read of every point.
 #[test]
 fn every_flipped_byte_is_named_lz4() {
@@ -214,7 +215,12 @@ fn every_flipped_byte_is_named_lz4() {
     for file in files(&dir) {
         let len = std::fs::metadata(dir.join(&file)).unwrap().len();
         let base = file.ends_with("base.img");
+        // The header page of base.sums: its fields, then every 61st byte of the padding.
+        let sums_pad = |at: u64| file.ends_with("base.sums") && (32..4092).contains(&at);
         for at in (0..len).filter(|at| !base || *at < 4 * u64::from(BS) || at % 11 == 0) {
+            if sums_pad(at) && at % 61 != 0 {
+                continue;
+            }
             one_flip(&dir, &file, at, &model, at % 7 == 0);
         }
     }

@@ -21,8 +21,8 @@ const FIRST_FEW: usize = 20;
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 What it reads: every manifest generation; the base image block by block against
-base.sums (holes are not read: they read as zeroes, so their checksums must be the zero
-block's); every record of every write log segment (crc, seq order, compressed payloads
+base.sums, a chunk of it at a time (holes are not read: they read as zeroes, so their
+checksums must be the zero block's); every record of every write log segment (crc, seq order, compressed payloads
 decompress), each interval's records replayed and compared with its delta map; every
 delta map as the vault reads it (head, entries); the dirty region log's two copies.
 It does not stop at the first problem.

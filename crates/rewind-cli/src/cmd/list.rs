@@ -131,7 +131,7 @@ fn damage_at(damage: &[Damage], seq: Seq) -> Value {
 /// The vault's timeline as JSON (also served over the control socket).
 pub fn to_json(vault: &Vault) -> Value {
     let info = vault.info();
-    let damage = vault.damage();
+    let damage = &vault.damage()[..];
     let interval_damage = |from: Seq, to: Seq| -> (bool, bool) {
         let unreadable = damage.iter().any(|d| {
             d.unreadable

@@ -208,6 +208,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // What is left: the damage a fresh open finds, less what a dry run would mend.
     let reopened = Vault::open_read_only(&dir)
         .with_context(|| format!("cannot open vault {} after the repair", dir.display()))?;
+    // Opening reads only the header of base.sums: its chunks are looked at here.
+    reopened
+        .scan_base_sums()
+        .with_context(|| format!("cannot read the base checksums of {}", dir.display()))?;
     let left: Vec<_> = reopened
         .damage()
         .iter()

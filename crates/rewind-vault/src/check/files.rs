@@ -1,19 +1,15 @@
-//! The vault's files other than the write log and the delta maps: manifests, the base
-//! image and its checksums, the control pointer, leftovers; and a check of the files on
-//! their own when no manifest is intact.
+//! The vault's files other than the write log, the delta maps and the base image (see
+//! `base.rs`): manifests, the control pointer, leftovers; and a check of the files on their
+//! own when no manifest is intact.
 
-use std::path::Path;
-
-use rewind_format::base_sums::BaseSums;
 use rewind_format::control::ControlPointer;
 use rewind_format::delta_map::DeltaMap;
 use rewind_format::manifest::Manifest;
 use rewind_format::{names, Generation, SegmentId, Seq};
-use roaring::RoaringTreemap;
 
 use super::report::{Fault, Impact};
 use super::segments::{self, Expect, Limit};
-use super::source::{Opened, CHUNK};
+use super::source::Opened;
 use super::{Checker, Scope, NO_OPEN};
 use crate::error::Corruption;
 
@@ -126,200 +122,6 @@ impl Checker<'_> {
         })
     }
 
-    /// The base image against its per-block checksums. Holes are not read: a hole reads as
-    /// zeroes, so its blocks' checksums must be the zero block's.
-    pub(super) fn base(&mut self, m: &Manifest) {
-        let bs = m.block_size;
-        let blocks = m.volume_size / u64::from(bs);
-        let Some(sums) = self.base_sums(bs, Some(blocks)) else {
-            return;
-        };
-        self.base_image(bs, m.volume_size, &sums, true);
-    }
-
-    /// Reads and checks `base/base.sums` (of `blocks` blocks of `bs` bytes, when known).
-    fn base_sums(&mut self, bs: u32, blocks: Option<u64>) -> Option<Vec<u32>> {
-        let path = self.dir.join(names::BASE_DIR).join(names::BASE_SUMS);
-        let what = "base image checksums";
-        let f = match self.open_named(&path, what, Impact::Points(Vec::new())) {
-            Ok(f) => f,
-            Err(p) => {
-                self.watch_all_base(p, blocks);
-                return None;
-            }
-        };
-        let fits =
-            |s: &BaseSums| s.block_size == bs && blocks.is_none_or(|n| n == s.sums.len() as u64);
-        let kept = "the vault opens without it: each base image block is checked against its own sum (those that do not match are listed as problems of their own)";
-        let (fault, sums): (Fault, _) = match self.src.read_all(&f) {
-            Err(fault) => (fault, None),
-            Ok(raw) => match BaseSums::decode(&raw) {
-                Ok(s) if fits(&s) => return Some(s.sums),
-                Ok(_) => (
-                    Corruption::Inconsistent("checksums do not describe this volume").into(),
-                    None,
-                ),
-                // What the vault reads of it: its sums, when only its checksum failed.
-                Err(e) => (
-                    Corruption::Decode(e).into(),
-                    BaseSums::decode_unchecked(&raw).ok().filter(fits),
-                ),
-            },
-        };
-        match sums {
-            Some(sums) => {
-                self.problem(&path, (0, f.len), what.into(), fault, Impact::Nothing(kept));
-                self.sums_damaged = true;
-                Some(sums.sums)
-            }
-            None => {
-                // No sum can be read: every read of a block from the base image fails,
-                // from seq 0 until a record writes the block.
-                let p = self.problem(
-                    &path,
-                    (0, f.len),
-                    what.into(),
-                    fault,
-                    Impact::Points(Vec::new()),
-                );
-                self.watch_all_base(p, blocks);
-                None
-            }
-        }
-    }
-
-    /// Problem `p` breaks every read of a base image block (of `blocks`, when known), from
-    /// seq 0 until a record writes the block.
-    fn watch_all_base(&mut self, p: usize, blocks: Option<u64>) {
-        if let Some(n) = blocks {
-            let mut all = RoaringTreemap::new();
-            all.insert_range(0..n);
-            self.tracker.watch(p, Seq::BASE, all);
-        }
-    }
-
-    /// Reads every data region of `base/base.img` and compares each block with `sums`.
-    /// `watch`: damaged blocks break the points that read them from the base.
-    fn base_image(&mut self, bs: u32, size: u64, sums: &[u32], watch: bool) {
-        let path = self.dir.join(names::BASE_DIR).join(names::BASE_IMAGE);
-        let Ok(f) = self.open_named(&path, "base image", NO_OPEN) else {
-            return;
-        };
-        if f.len > size {
-            self.note(
-                &path,
-                format!("{} bytes past the volume's end are not read", f.len - size),
-            );
-        }
-        let bsz = u64::from(bs);
-        let zero_sum = crc32c::crc32c(&vec![0u8; bs as usize]);
-        let mut bad = RoaringTreemap::new();
-        let mut unreadable: Vec<(u64, u64, Fault)> = Vec::new();
-        let mut at = 0u64;
-        let end_block = size / bsz;
-        while at < end_block && !self.src.cancelled() {
-            let (data_first, data_end) = match self.src.next_data(&f, at * bsz, size) {
-                Some((s, e)) => ((s / bsz).max(at), e.div_ceil(bsz).min(end_block)),
-                None => (end_block, end_block),
-            };
-            for b in at..data_first {
-                if sums.get(b as usize) != Some(&zero_sum) {
-                    bad.insert(b);
-                }
-            }
-            self.src.skipped((data_first - at) * bsz);
-            let data_end = data_end.max(data_first + u64::from(data_first < end_block));
-            if let Err((b, n, fault)) =
-                self.base_data(&f, bs, (data_first, data_end), sums, &mut bad)
-            {
-                unreadable.push((b, n, fault));
-            }
-            at = data_end;
-        }
-        self.base_problems(&path, bs, bad, unreadable, watch);
-    }
-
-    /// Blocks `first..end` of the base image, read and compared with their checksums.
-    fn base_data(
-        &mut self,
-        f: &Opened,
-        bs: u32,
-        (first, end): (u64, u64),
-        sums: &[u32],
-        bad: &mut RoaringTreemap,
-    ) -> Result<(), (u64, u64, Fault)> {
-        let bsz = u64::from(bs);
-        let per = (CHUNK as u64 / bsz).max(1);
-        let mut buf = vec![0u8; (per * bsz) as usize];
-        let mut b = first;
-        while b < end && !self.src.cancelled() {
-            let n = per.min(end - b);
-            let chunk = &mut buf[..(n * bsz) as usize];
-            let got = self
-                .src
-                .read_at(f, chunk, b * bsz)
-                .map_err(|fault| (b, n, fault))?;
-            // Past the end of the file the image reads as zeroes (as the vault reads it).
-            chunk[got..].fill(0);
-            for (i, block) in chunk.chunks_exact(bs as usize).enumerate() {
-                let blk = b + i as u64;
-                if sums.get(blk as usize) != Some(&crc32c::crc32c(block)) {
-                    bad.insert(blk);
-                }
-            }
-            b += n;
-        }
-        Ok(())
-    }
-
-    /// One problem per run of damaged base blocks.
-    fn base_problems(
-        &mut self,
-        path: &Path,
-        bs: u32,
-        bad: RoaringTreemap,
-        unreadable: Vec<(u64, u64, Fault)>,
-        watch: bool,
-    ) {
-        let bsz = u64::from(bs);
-        let impact = || {
-            if watch {
-                Impact::Points(Vec::new())
-            } else {
-                Impact::Unknown
-            }
-        };
-        for (first, n) in super::runs(&bad) {
-            let what = if n == 1 {
-                format!("base image block {first}")
-            } else {
-                format!("base image blocks {first}..{}", first + n)
-            };
-            let p = if self.sums_damaged {
-                let sums = self.dir.join(names::BASE_DIR).join(names::BASE_SUMS);
-                let fault = Corruption::BaseSumDamaged { block: first }.into();
-                let at = BaseSums::offset_of(first);
-                let what = format!("checksum of {what}");
-                self.problem(&sums, (at, n * 4), what, fault, impact())
-            } else {
-                let fault = Corruption::BaseChecksum { block: first }.into();
-                self.problem(path, (first * bsz, n * bsz), what, fault, impact())
-            };
-            if watch {
-                self.tracker
-                    .watch(p, Seq::BASE, (first..first + n).collect());
-            }
-        }
-        for (first, n, fault) in unreadable {
-            let what = format!("base image blocks {first}..{}", first + n);
-            let p = self.problem(path, (first * bsz, n * bsz), what, fault, impact());
-            if watch {
-                self.tracker
-                    .watch(p, Seq::BASE, (first..first + n).collect());
-            }
-        }
-    }
-
     /// Files the catalog does not name: leftovers of interrupted commits (the next writer
     /// removes them), files of seals newer than an online check's catalog, files rewind
     /// does not know; and the control pointer of a running server.
@@ -401,9 +203,9 @@ impl Checker<'_> {
     pub(super) fn without_catalog(&mut self) {
         let sums_bs = self.sums_block_size();
         let mut bs = sums_bs.unwrap_or(rewind_format::DEFAULT_BLOCK_SIZE);
-        if let Some(sums) = sums_bs.and_then(|bs| self.base_sums(bs, None)) {
+        if let Some((sums, blocks)) = sums_bs.and_then(|bs| self.base_sums(bs, None)) {
             self.block_size = bs;
-            self.volume_size = sums.len() as u64 * u64::from(bs);
+            self.volume_size = blocks * u64::from(bs);
             self.base_image(bs, self.volume_size, &sums, false);
         }
         let log = self.dir.join(names::LOG_DIR);

@@ -13,6 +13,7 @@
 //! segment. Walking the log in order is what tells, for damage that blocks are read from,
 //! where each block is written again (see [`impact`]).
 
+mod base;
 mod files;
 mod impact;
 mod maps;
@@ -137,9 +138,6 @@ pub(crate) struct Checker<'a> {
     files: u64,
     generation: Option<u64>,
     used_previous: bool,
-    /// `base.sums` failed its checksum but its sums were read: a block that does not match
-    /// is named at its sum (either may be wrong), as the vault's reads name it.
-    sums_damaged: bool,
     block_size: u32,
     volume_size: u64,
     rate: Option<u64>,
@@ -181,7 +179,6 @@ impl<'a> Checker<'a> {
             files: 0,
             generation: None,
             used_previous: false,
-            sums_damaged: false,
             block_size: 0,
             volume_size: 0,
             rate: opts.rate.filter(|r| *r > 0),

@@ -3,10 +3,13 @@
 //! [`VaultError::Corrupted`] naming the file and offset (nothing damaged is ever passed on).
 //! This list says beforehand what will fail, for `rewind list` and `rewind serve`.
 //!
-//! Found at open (cheaply: a stat per segment and delta map, the base checksums read whole,
-//! the manifest decoded): a missing or short sealed segment, a missing delta map, a damaged
-//! `base.sums`, and (read-only opens only) a damaged current manifest. Damage inside a
-//! file (a flipped byte in a record or a map) is found when it is read, or by `rewind check`.
+//! Found at open (cheaply: a stat per segment and delta map, the header of the base
+//! checksums, the manifest decoded): a missing or short sealed segment, a missing delta
+//! map, a missing or damaged `base.sums` header (or, for a version 1 file, read whole, any
+//! damage in it), and (read-only opens only) a damaged current manifest. Damage inside a
+//! file (a flipped byte in a record, a map, or a chunk of `base.sums`) is found when it is
+//! read, or by `rewind check`; a damaged chunk of `base.sums` found by a read since the open
+//! is listed too (and [`Vault::scan_base_sums`] looks at every chunk).
 
 use std::path::{Path, PathBuf};
 
@@ -136,10 +139,37 @@ pub(super) fn manifest(path: &Path, error: String, previous: &Manifest) -> Damag
     }
 }
 
+/// Chunks of `base.sums` found damaged since the open (the header was intact): the sums of
+/// their blocks are used as they are, a block read only when its bytes and its sum agree.
+fn base_sums_chunks(path: &Path, offset: u64, error: String, chunks: usize) -> Damage {
+    let error = if chunks > 1 {
+        format!("{error} (and {} more chunks)", chunks - 1)
+    } else {
+        error
+    };
+    Damage {
+        offset,
+        ..base_sums(path, error, true)
+    }
+}
+
 impl Vault {
     /// The damaged files this vault was opened despite (empty for an intact vault as far
-    /// as opening can tell; `rewind check` reads every byte).
-    pub fn damage(&self) -> &[Damage] {
-        &self.damage
+    /// as opening can tell; `rewind check` reads every byte), and the chunks of
+    /// `base.sums` reads found damaged since.
+    pub fn damage(&self) -> Vec<Damage> {
+        let mut out = self.damage.clone();
+        let sums = self.shared.base.sums();
+        if let Some((offset, error, n)) = sums.damage_found() {
+            out.push(base_sums_chunks(sums.path(), offset, error, n));
+        }
+        out
+    }
+
+    /// Reads and checks every chunk of `base.sums` that is not a hole of the file (at
+    /// most 4 bytes per block of data in the base image), so that [`Vault::damage`] names
+    /// a damaged one. Opening does not: it reads the header only.
+    pub fn scan_base_sums(&self) -> Result<()> {
+        self.shared.base.sums().scan()
     }
 }

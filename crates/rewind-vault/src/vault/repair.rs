@@ -357,15 +357,17 @@ impl Vault {
     /// file, on trust, where blocks changed since (an old sum that still agrees is kept).
     /// Only when the user asks: it trusts the primary at `primary`, which must be this
     /// vault's and in step with it (a clean last stop, no in-place restore under way).
-    /// `Ok(None)`: base.sums is intact. Needs the writer's lock; reopen the vault after.
+    /// `Ok(None)`: base.sums is intact (every chunk of it is read to tell). Needs the
+    /// writer's lock; reopen the vault after.
     pub fn rederive_base_sums(
         &self,
         primary: &Path,
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<Option<SumsRepair>> {
+        self.scan_base_sums()?;
         let Some(damage) = self
-            .damage
+            .damage()
             .iter()
             .find(|d| d.structure == "base checksums")
             .map(|d| d.error.clone())
