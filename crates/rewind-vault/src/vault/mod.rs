@@ -451,16 +451,24 @@ impl Vault {
             damage: found,
         };
         if repair {
-            let inner = vault.lock();
+            // Not needed to open: a full disk must not keep the vault from opening. Seals
+            // are waited for, so that the vault opens as sealed as it can be: first an
+            // interval whose seal a power cut interrupted, then the open one if due.
+            let mut inner = vault.lock();
+            if inner.sealing.is_some() {
+                let (g, sealed) = vault.seal_step(inner);
+                inner = g;
+                if let Err(e) = sealed {
+                    tracing::warn!(error = %e, "could not seal the interval a power cut left unsealed on opening the vault");
+                }
+            }
             let ends_with_marker = inner
                 .open
                 .records
                 .last()
                 .is_some_and(|r| r.kind == RecordKind::Marker);
-            if inner.sealing.is_some() || ends_with_marker || vault.policy_wants_seal(&inner) {
-                // Not needed to open: a full disk must not keep the vault from opening. The
-                // seal is waited for, so that the vault opens as sealed as it can be.
-                if let (_, Err(e)) = vault.seal_wait(inner) {
+            if inner.sealing.is_none() && (ends_with_marker || vault.policy_wants_seal(&inner)) {
+                if let (_, Err(e)) = vault.seal_step(inner) {
                     tracing::warn!(error = %e, "could not seal the open interval on opening the vault");
                 }
             }

@@ -256,29 +256,37 @@ impl Vault {
         inner: MutexGuard<'a, Inner>,
     ) -> (MutexGuard<'a, Inner>, Result<Option<IntervalInfo>>) {
         let (mut inner, _) = self.wait_for_seal(inner);
-        let mut sealed = None;
-        for _ in 0..2 {
-            if inner.poisoned {
-                let e = inner.poisoned_error();
-                return (inner, Err(e));
-            }
-            let retry = inner.sealing.is_some();
-            match self.start_seal(&mut inner) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => return (inner, Err(e)),
-            }
-            let (g, done) = self.wait_for_seal(inner);
+        let mut pending = None;
+        if inner.sealing.is_some() {
+            let (g, retried) = self.seal_step(inner);
             inner = g;
-            match done.unwrap_or(Ok(None)) {
-                Ok(info) => sealed = info.or(sealed),
+            match retried {
+                Ok(info) => pending = info,
                 Err(e) => return (inner, Err(e)),
-            }
-            if !retry {
-                break;
             }
         }
-        (inner, Ok(sealed))
+        let (inner, open) = self.seal_step(inner);
+        (inner, open.map(|info| info.or(pending)))
+    }
+
+    /// One seal, waited for: the one in the sealing slot if there is one (a seal in flight
+    /// is waited for first), else the open interval's.
+    pub(super) fn seal_step<'a>(
+        &'a self,
+        inner: MutexGuard<'a, Inner>,
+    ) -> (MutexGuard<'a, Inner>, Result<Option<IntervalInfo>>) {
+        let (mut inner, _) = self.wait_for_seal(inner);
+        if inner.poisoned {
+            let e = inner.poisoned_error();
+            return (inner, Err(e));
+        }
+        match self.start_seal(&mut inner) {
+            Ok(true) => {}
+            Ok(false) => return (inner, Ok(None)),
+            Err(e) => return (inner, Err(e)),
+        }
+        let (inner, done) = self.wait_for_seal(inner);
+        (inner, done.unwrap_or(Ok(None)))
     }
 
     /// Starts the job of the interval in the sealing slot (one that failed or was
