@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rewind_format::names;
 use rewind_storage::{
-    Cut, Fault, FaultKind, FaultPlan, Open, OpKind, SimStorage, Stat, Storage, StorageFile,
+    Cut, Fault, FaultKind, FaultPlan, OpKind, Open, SimStorage, Stat, Storage, StorageFile,
 };
 use rewind_vault::{
     Compression, CreateOptions, NoProgress, Point, SealPolicy, Seq, Vault, VaultError,
@@ -79,7 +79,11 @@ impl Storage for Gated {
         let (m, cv) = &*self.gate;
         let mut g = m.lock().unwrap();
         let creates = how.create || how.create_new;
-        if creates && g.armed.as_ref().is_some_and(|t| path.to_string_lossy().contains(t.as_str())) {
+        if creates
+            && g.armed
+                .as_ref()
+                .is_some_and(|t| path.to_string_lossy().contains(t.as_str()))
+        {
             g.reached = true;
             cv.notify_all();
             while !g.released {
@@ -298,10 +302,16 @@ fn power_cut_while_held(held: &str, cut: Cut) {
         (Seq(1), closed_to, true),
         "{what}: {ivs:?}"
     );
-    assert!(!ivs[1].sealed && ivs[1].seq_to == durable, "{what}: {ivs:?}");
+    assert!(
+        !ivs[1].sealed && ivs[1].seq_to == durable,
+        "{what}: {ivs:?}"
+    );
     // The interval's first point reads from its map now.
     let at = vault.read_at(&Point::Seq(closed_to), 0, 1).unwrap();
-    assert_eq!(at[0], 10, "{what}: block 0 at the end of the sealed interval");
+    assert_eq!(
+        at[0], 10,
+        "{what}: block 0 at the end of the sealed interval"
+    );
     // Appending goes on, and a second open finds nothing left to do.
     s.image = image;
     let seq = s.write(&vault, 7, 77);

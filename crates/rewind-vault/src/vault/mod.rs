@@ -40,9 +40,9 @@ use crate::{fsutil, manifest_store, Progress};
 
 pub use damage::Damage;
 pub use repair::{ManifestRepair, MapRepair};
+use seal::Sealing;
 pub use suspect::SuspectMark;
 pub use unit::HostOp;
-use seal::Sealing;
 use unit::RecordSpec;
 
 /// What `rewind init` asks for.
@@ -160,6 +160,8 @@ pub struct Vault {
     synced: Condvar,
     /// A seal's outcome was applied (see `seal.rs`).
     seal_done: Condvar,
+    /// Seal under the lock, as before the background sealer (benchmarks compare).
+    seal_inline: std::sync::atomic::AtomicBool,
     /// Damaged files the vault opened despite (see [`Vault::damage`]).
     damage: Vec<Damage>,
 }
@@ -398,13 +400,8 @@ impl Vault {
             manifest.vault_id,
             log_writer.as_ref(),
         )?;
-        let (sealing, open) = Self::recover_chain(
-            fs.as_ref(),
-            &log_dir,
-            &manifest,
-            open,
-            log_writer.as_ref(),
-        )?;
+        let (sealing, open) =
+            Self::recover_chain(fs.as_ref(), &log_dir, &manifest, open, log_writer.as_ref())?;
         if repair {
             remove_leftovers(fs.as_ref(), dir, &manifest, open.id);
         }
@@ -448,6 +445,7 @@ impl Vault {
             }),
             synced: Condvar::new(),
             seal_done: Condvar::new(),
+            seal_inline: std::sync::atomic::AtomicBool::new(false),
             damage: found,
         };
         if repair {

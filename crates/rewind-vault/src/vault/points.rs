@@ -386,7 +386,10 @@ impl Vault {
                 });
             }
             let sealing = inner.sealing.iter().flat_map(|s| s.seg.records.iter());
-            for r in sealing.chain(inner.open.records.iter()).filter(|r| r.seq > seq) {
+            for r in sealing
+                .chain(inner.open.records.iter())
+                .filter(|r| r.seq > seq)
+            {
                 if r.kind != RecordKind::Marker {
                     set.insert_range(r.first_block..r.first_block + u64::from(r.block_count));
                 }

@@ -20,7 +20,12 @@ impl Vault {
                 manifest: inner.manifest.clone(),
                 open_durable: s.seg.written,
                 newest: s.interval.seq_to,
-                open_markers: s.seg.markers.iter().map(|m| (m.name.clone(), m.seq)).collect(),
+                open_markers: s
+                    .seg
+                    .markers
+                    .iter()
+                    .map(|m| (m.name.clone(), m.seq))
+                    .collect(),
             });
         }
         Ok(Scope {

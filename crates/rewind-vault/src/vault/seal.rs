@@ -126,9 +126,10 @@ impl Job {
             Source::Built(m) => m,
         };
         let fs = self.fs.as_ref();
-        let map_path = self
-            .maps_dir
-            .join(names::delta_map(self.interval.seq_from, self.interval.seq_to));
+        let map_path = self.maps_dir.join(names::delta_map(
+            self.interval.seq_from,
+            self.interval.seq_to,
+        ));
         // Until the manifest names it, a map file is a leftover that reopening removes
         // (see `remove_leftovers`); a failed write takes its space back at once.
         if let Err(e) = fsutil::write_atomic(fs, &map_path, &map.encode()) {
@@ -203,8 +204,7 @@ impl Vault {
     pub fn tick(&self) -> Result<Option<IntervalInfo>> {
         let mut inner = self.lock_writable()?;
         inner.last_ts = inner.last_ts.max(now_ns());
-        if !self.policy_wants_seal(&inner) && !inner.sealing.as_ref().is_some_and(|s| s.running)
-        {
+        if !self.policy_wants_seal(&inner) && !inner.sealing.as_ref().is_some_and(|s| s.running) {
             return Ok(None);
         }
         self.policy_seal(&mut inner)?;
@@ -321,16 +321,37 @@ impl Vault {
                 time_to_ns: s.interval.time_to_ns,
             },
             interval: s.interval,
-            snapshots: s.seg.markers.iter().map(ScannedMarker::to_snapshot).collect(),
+            snapshots: s
+                .seg
+                .markers
+                .iter()
+                .map(ScannedMarker::to_snapshot)
+                .collect(),
             source,
         };
+        let run: Box<dyn FnOnce() -> Outcome + Send> =
+            if self.seal_inline.load(std::sync::atomic::Ordering::Relaxed) {
+                // The whole job under the lock; the thread only hands its outcome over.
+                let outcome = job.run();
+                Box::new(move || outcome)
+            } else {
+                Box::new(move || job.run())
+            };
         let handle = std::thread::Builder::new()
             .name("rewind-seal".into())
-            .spawn(move || job.run())
+            .spawn(run)
             .io("start the sealer thread for", &self.dir)?;
         s.job = Some(handle);
         s.running = true;
         Ok(true)
+    }
+
+    /// Makes every seal run to its commit under the vault lock, as sealing did before the
+    /// background sealer: for benchmarks that measure what the sealer saves.
+    #[doc(hidden)]
+    pub fn set_seal_inline(&self, inline: bool) {
+        self.seal_inline
+            .store(inline, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The switch: closes the open segment (durably) and opens the next one; the closed
@@ -446,7 +467,9 @@ impl Vault {
             // and the next opener seals it; until then nothing more is promised.
             let e = VaultError::Poisoned { no_space: false };
             inner.poison(&e);
-            tracing::error!("the sealer thread panicked; the vault refuses writes until it is reopened");
+            tracing::error!(
+                "the sealer thread panicked; the vault refuses writes until it is reopened"
+            );
             return Err(e);
         };
         s.map = Some(outcome.map.clone());
