@@ -699,6 +699,23 @@ impl Vault {
         if inner.durable_seq >= seq {
             return Ok(());
         }
+        // The marker may be in a segment a seal closed and did not sync (its job failed
+        // before the sync): that one first.
+        if let Some(s) = inner.sealing.as_ref().filter(|s| !s.durable) {
+            let (file, path) = (s.seg.file(), s.seg.path.clone());
+            let log_dir = self.dir.join(names::LOG_DIR);
+            let synced = file
+                .sync_data()
+                .io("fdatasync", &path)
+                .and_then(|()| fsutil::sync_dir(self.fs(), &log_dir));
+            if let Err(e) = synced {
+                inner.poison(&e);
+                return Err(e);
+            }
+            if let Some(s) = inner.sealing.as_mut() {
+                s.durable = true;
+            }
+        }
         inner.open.write_out_and_wait()?;
         let path = inner.open.path.clone();
         if let Err(sync) = inner.open.file().sync_data().io("fdatasync", &path) {
@@ -811,6 +828,13 @@ impl Vault {
             let segment = inner.open.id;
             let file = inner.open.file();
             let path = inner.open.path.clone();
+            // A segment a seal closed and the job has not synced yet: its records come
+            // before the open one's, and the open one's directory entry with them.
+            let closed = inner
+                .sealing
+                .as_ref()
+                .filter(|s| !s.durable)
+                .map(|s| (s.seg.id, s.seg.file(), s.seg.path.clone()));
             drop(inner);
             // A write the log writer keeps trying for lack of space fails this flush with
             // that error and promises nothing more; the records are kept, and a later flush
@@ -823,11 +847,23 @@ impl Vault {
                         w.wait(t).inspect_err(|_| keep_going = w.stall().is_some())
                     })
                 })
+                .and_then(|()| match &closed {
+                    Some((_, f, p)) => f
+                        .sync_data()
+                        .io("fdatasync", p)
+                        .and_then(|()| fsutil::sync_dir(self.fs(), &self.dir.join(names::LOG_DIR))),
+                    None => Ok(()),
+                })
                 .and_then(|()| file.sync_data().io("fdatasync", &path));
             inner = self.lock();
             inner.syncing = false;
             match &res {
                 Ok(()) => {
+                    if let (Some((id, _, _)), Some(s)) = (&closed, inner.sealing.as_mut()) {
+                        if s.seg.id == *id {
+                            s.durable = true;
+                        }
+                    }
                     if covered > inner.durable_seq {
                         inner.durable_seq = covered;
                     }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::*;
+use crate::fsutil::FileRef;
 
 /// How long a seal the policy asked for waits after a failure before it is tried again.
 pub(super) const SEAL_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -51,6 +52,9 @@ pub(super) struct Sealing {
     job: Option<JoinHandle<Outcome>>,
     /// A job is in flight (started and its outcome not applied yet).
     pub running: bool,
+    /// The closed segment and the creation of the one after it are durable (a job or a
+    /// flush synced them); until then a flush syncs them first.
+    pub durable: bool,
 }
 
 impl Sealing {
@@ -63,6 +67,7 @@ impl Sealing {
             map: None,
             job: None,
             running: false,
+            durable: true,
         })
     }
 
@@ -103,11 +108,16 @@ struct Job {
     interval: Interval,
     snapshots: Vec<SnapshotEntry>,
     source: Source,
+    /// What to make durable before the commit: the closed segment, the next one's file
+    /// (its header) and their directory (its entry). `None`: already durable.
+    sync: Option<(FileRef, PathBuf, FileRef, PathBuf)>,
 }
 
 #[derive(Debug)]
 struct Outcome {
     map: Arc<DeltaMap>,
+    /// The closed segment and the next one's creation are durable.
+    synced: bool,
     result: std::result::Result<Manifest, fsutil::AtomicWriteError>,
 }
 
@@ -136,8 +146,26 @@ impl Job {
             let _ = fs.remove(&map_path);
             return Outcome {
                 map,
+                synced: self.sync.is_none(),
                 result: Err(fsutil::AtomicWriteError::Before(e)),
             };
+        }
+        // The switch did not sync (that would stall host writes): the closed segment's
+        // records and the next segment's creation are made durable before the manifest
+        // that names them. A failed sync poisons, as a flush's does.
+        if let Some((closed, closed_path, next, log_dir)) = &self.sync {
+            let synced = closed
+                .sync_data()
+                .io("fdatasync", closed_path)
+                .and_then(|()| next.sync_data().io("fdatasync", log_dir))
+                .and_then(|()| fsutil::sync_dir(fs, log_dir));
+            if let Err(e) = synced {
+                return Outcome {
+                    map,
+                    synced: false,
+                    result: Err(fsutil::AtomicWriteError::After(e)),
+                };
+            }
         }
         let mut m = self.base;
         m.generation = Generation(m.generation.0 + 1);
@@ -158,7 +186,11 @@ impl Job {
             }
             Err(e) => Err(e),
         };
-        Outcome { map, result }
+        Outcome {
+            map,
+            synced: true,
+            result,
+        }
     }
 }
 
@@ -300,6 +332,7 @@ impl Vault {
             return Ok(false);
         }
         let base = inner.manifest.clone();
+        let next_file = inner.open.file();
         let Some(s) = inner.sealing.as_mut() else {
             return Ok(false);
         };
@@ -328,6 +361,14 @@ impl Vault {
                 .map(ScannedMarker::to_snapshot)
                 .collect(),
             source,
+            sync: (!s.durable).then(|| {
+                (
+                    s.seg.file(),
+                    s.seg.path.clone(),
+                    next_file,
+                    self.dir.join(names::LOG_DIR),
+                )
+            }),
         };
         let run: Box<dyn FnOnce() -> Outcome + Send> =
             if self.seal_inline.load(std::sync::atomic::Ordering::Relaxed) {
@@ -367,23 +408,13 @@ impl Vault {
         // whole queue, ~16 MiB: the longest part of a switch under a stream of large
         // writes); a failure here changes nothing and the interval stays open.
         inner.open.finish()?;
-        if let Err(e) = inner
-            .open
-            .file()
-            .sync_data()
-            .io("fdatasync", &inner.open.path)
-        {
-            inner.poison(&e);
-            return Err(e);
-        }
-        inner.durable_seq = last.seq;
-        inner.durable_bytes = inner.open.written;
-        // The next segment exists (durably) before any record goes into it, and only after
-        // the closed one is durable: a segment that continues the one the manifest names
-        // open is a closed segment whose seal did not commit (see the module comment).
+        // Nothing is synced here: the job (or a flush that comes first) makes the closed
+        // segment and the next one's creation durable. A power cut before that may cut
+        // the closed segment; the next one then does not continue it and is a leftover,
+        // its records never promised (see the module comment).
         let log_dir = self.dir.join(names::LOG_DIR);
         let next_id = SegmentId(last.seq.next());
-        let next = match OpenSegment::create(
+        let next = match OpenSegment::create_unsynced(
             self.fs(),
             &log_dir,
             next_id,
@@ -405,6 +436,7 @@ impl Vault {
             map: None,
             job: None,
             running: false,
+            durable: false,
         });
         Ok(true)
     }
@@ -473,6 +505,11 @@ impl Vault {
             return Err(e);
         };
         s.map = Some(outcome.map.clone());
+        if outcome.synced {
+            s.durable = true;
+            let last = s.interval.seq_to;
+            inner.durable_seq = inner.durable_seq.max(last);
+        }
         match outcome.result {
             Ok(m) => {
                 let Some(mut s) = inner.sealing.take() else {
