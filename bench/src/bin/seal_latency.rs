@@ -244,16 +244,18 @@ fn main() -> Result<()> {
         a.size >> 20
     );
     println!();
-    println!("| phase | write p50 | write p99 | write p99.9 | write max | flush p50 | flush p99 | seals | seal p50 | seal max |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| phase | write p50 | write p99 | write p99.9 | write max | writes > 1 ms | flush p50 | flush p99 | seals | seal p50 | seal max |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for p in &phases {
+        let slow = p.writes.len() - p.writes.partition_point(|d| *d <= Duration::from_millis(1));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.mode.name(),
             fmt(pct(&p.writes, 0.5)),
             fmt(pct(&p.writes, 0.99)),
             fmt(pct(&p.writes, 0.999)),
             fmt(p.writes.last().copied().unwrap_or_default()),
+            slow,
             fmt(pct(&p.flushes, 0.5)),
             fmt(pct(&p.flushes, 0.99)),
             p.seals.len(),
