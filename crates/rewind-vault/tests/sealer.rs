@@ -451,3 +451,73 @@ fn no_space_for_the_map_leaves_the_interval_to_seal_later() {
     let got = vault.read_at(&Point::Seq(first_to), 0, BLOCKS).unwrap();
     assert_eq!(got[BS], 31, "block 1 at the end of the first interval");
 }
+
+/// Two writers and a reader on their own threads while the policy seals every few writes
+/// in the background: the newest point never goes back (a view that missed the sealing
+/// interval would read older data), and the end state reads back, before and after a
+/// reopen.
+#[test]
+fn writers_and_readers_race_background_seals() {
+    const PER_WRITER: u8 = 200;
+    let seal = SealPolicy {
+        writes: 7,
+        ..no_auto_seal()
+    };
+    let (s, vault) = setup(seal);
+    let vault = Arc::new(vault);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (vault, stop) = (vault.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = vec![0u8; BLOCKS as usize];
+            let mut views = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = vault.read_at(&Point::Latest, 0, BLOCKS).unwrap();
+                for (b, last) in seen.iter_mut().enumerate() {
+                    let now = got[b * BS];
+                    assert!(now >= *last, "block {b} went back from {last} to {now}");
+                    *last = now;
+                }
+                views += 1;
+            }
+            views
+        })
+    };
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let vault = vault.clone();
+            std::thread::spawn(move || {
+                let mut rng = w + 1;
+                for i in 0..PER_WRITER {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let block = w * 32 + (rng >> 33) % 32;
+                    vault.write(block, &vec![i + 1; BS]).unwrap();
+                    if i % 10 == 9 {
+                        vault.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let views = reader.join().unwrap();
+    assert!(views > 0);
+    let image: Vec<u8> = vault.read_at(&Point::Latest, 0, BLOCKS).unwrap()[..]
+        .chunks(BS)
+        .map(|b| b[0])
+        .collect();
+    let ivs = vault.intervals();
+    assert!(ivs.len() > 20, "{} intervals", ivs.len());
+    assert!(ivs.iter().rev().skip(1).all(|i| i.sealed), "{ivs:?}");
+    let total: u64 = ivs.iter().map(|i| i.seq_to.0 - i.seq_from.0 + 1).sum();
+    assert_eq!(total, 2 * u64::from(PER_WRITER));
+    vault.flush().unwrap();
+    drop(Arc::into_inner(vault));
+    let vault = Vault::open_on(Arc::new(s.sim.clone()), &s.vault_dir, "test").unwrap();
+    check_latest(&vault, &image, "reopened after the race");
+}
