@@ -521,3 +521,42 @@ fn writers_and_readers_race_background_seals() {
     let vault = Vault::open_on(Arc::new(s.sim.clone()), &s.vault_dir, "test").unwrap();
     check_latest(&vault, &image, "reopened after the race");
 }
+
+/// A snapshot taken while a seal is held ends its own interval: host writes that come
+/// while it waits for the held seal fall after its interval, not inside it.
+#[test]
+fn a_snapshot_waits_for_the_seal_in_flight_and_ends_its_interval() {
+    let seal = SealPolicy {
+        writes: 4,
+        ..no_auto_seal()
+    };
+    let (mut s, vault) = setup(seal);
+    s.gated.arm("/maps/");
+    let vault = Arc::new(vault);
+    let v = vault.clone();
+    within("the writes that start a seal", move || {
+        for b in 0..4 {
+            v.write(b, &vec![50 + b as u8; BS]).unwrap();
+        }
+    });
+    s.gated.wait_reached();
+    s.write(&vault, 10, 60);
+    let v = vault.clone();
+    let snap = std::thread::spawn(move || v.snapshot("s1", false));
+    // The snapshot waits for the held seal; writes meanwhile take the lock it let go.
+    std::thread::sleep(Duration::from_millis(50));
+    let v = vault.clone();
+    within("a write while the snapshot waits", move || {
+        v.write(11, &vec![61; BS]).unwrap()
+    });
+    s.gated.release();
+    let snap = snap.join().unwrap().unwrap();
+    let ivs = vault.intervals();
+    assert!(
+        ivs.iter().any(|i| i.sealed && i.seq_to == snap.seq),
+        "the snapshot at {} does not end a sealed interval: {ivs:?}",
+        snap.seq
+    );
+    let view = vault.view(&Point::Snapshot("s1".into())).unwrap();
+    assert_eq!(view.replayed_blocks(), 0, "the snapshot reads from its map");
+}

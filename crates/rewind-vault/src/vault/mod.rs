@@ -644,7 +644,17 @@ impl Vault {
     /// interval it ends, so that the snapshot reads straight from a delta map.
     pub fn snapshot(&self, name: &str, app_consistent: bool) -> Result<SnapshotEntry> {
         crate::point::check_snapshot_name(name)?;
-        let mut inner = self.lock_writable()?;
+        let inner = self.lock_writable()?;
+        // Seals in flight (or failed, tried again) end first, so that the seal of the
+        // marker's interval starts right after the marker: no host write comes between
+        // and the snapshot reads straight from its delta map.
+        let (mut inner, _) = self.wait_for_seal(inner);
+        if inner.sealing.is_some() {
+            inner = self.seal_step(inner).0;
+        }
+        if inner.poisoned {
+            return Err(inner.poisoned_error());
+        }
         if let Some(s) = Self::find_snapshot(&inner, name) {
             // A retry of a snapshot whose call failed after its marker was appended (its
             // seal or its sync failed, or a restart came between): nothing was appended
