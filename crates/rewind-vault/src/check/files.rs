@@ -160,7 +160,7 @@ impl Checker<'_> {
                         s if s == names::LOG_DIR => match (names::parse_segment(&name), next) {
                             (Some(id), Some(next)) if id.0 <= next => None,
                             (Some(_), Some(_)) if self.online => None,
-                            (Some(_), Some(_)) => Some("a segment after the open one: a leftover of an interrupted seal (the next writer removes it)".into()),
+                            (Some(_), Some(_)) => Some("a segment after the open one: the next segment of a seal a crash interrupted (the next writer seals the open one and keeps this one if it continues it, else removes it)".into()),
                             (Some(_), None) => None,
                             (None, _) => Some("not a file of a vault; nothing reads it".into()),
                         },

@@ -10,8 +10,9 @@ impl Vault {
     /// every record up to it is in the delta map chain, none after it is. `Seq::BASE`
     /// when nothing was ever recorded.
     pub fn seal_now(&self) -> Result<Seq> {
-        let mut inner = self.lock_writable()?;
-        self.seal_locked(&mut inner)?;
+        let inner = self.lock_writable()?;
+        let (inner, sealed) = self.seal_wait(inner);
+        sealed?;
         Ok(Seq(inner.manifest.next_seq.0 - 1))
     }
 
@@ -27,6 +28,7 @@ impl Vault {
             RecordKind::FixUp,
         )?;
         inner.open.write_out()?;
+        self.seal_if_due(inner);
         Ok(seqs)
     }
 
@@ -35,7 +37,7 @@ impl Vault {
     /// manifest commit. Seal first: records still in the open interval cannot be flagged
     /// and are refused. Returns the intervals flagged, oldest first.
     pub fn flag_fix_ups(&self, ranges: &[(Seq, Seq)]) -> Result<Vec<IntervalInfo>> {
-        let mut inner = self.lock_writable()?;
+        let mut inner = self.lock_for_edit()?;
         let sealed_to = Seq(inner.manifest.next_seq.0 - 1);
         if let Some(&(_, to)) = ranges.iter().find(|r| r.1 > sealed_to) {
             return Err(VaultError::NotSealed { seq: to });
@@ -73,7 +75,8 @@ impl Vault {
             .collect())
     }
 
-    /// Commits `m` as the next generation of the manifest (outside a seal). A commit that
+    /// Commits `m` as the next generation of the manifest (outside a seal; the caller took
+    /// the lock with [`Vault::lock_for_edit`]). A commit that
     /// failed before its rename changed nothing; one that failed after it poisons the
     /// vault, as a failed seal does: memory and disk may disagree.
     pub(super) fn commit_locked(&self, inner: &mut Inner, mut m: Manifest) -> Result<()> {

@@ -23,7 +23,7 @@ impl Vault {
     /// was (a restore to another point supersedes an interrupted one). Durable when it
     /// returns: only then may the restore touch the primary.
     pub fn begin_restore(&self, r: RestoreInPlace) -> Result<()> {
-        let mut inner = self.lock_writable()?;
+        let mut inner = self.lock_for_edit()?;
         let mut m = inner.manifest.clone();
         m.intents
             .retain(|i| !matches!(i, Intent::RestoreInPlace(_)));
@@ -33,7 +33,7 @@ impl Vault {
 
     /// Records that the in-place restore is done (durably).
     pub fn end_restore(&self) -> Result<()> {
-        let mut inner = self.lock_writable()?;
+        let mut inner = self.lock_for_edit()?;
         if !inner
             .manifest
             .intents
@@ -60,7 +60,7 @@ impl Vault {
     /// Records (durably) that a live volume is open in this boot with the primary synced
     /// up to `checkpoint_seq`, or (`None`) that it stopped cleanly.
     pub fn set_serving(&self, serving: Option<Serving>) -> Result<()> {
-        let mut inner = self.lock_writable()?;
+        let mut inner = self.lock_for_edit()?;
         let now = inner.manifest.intents.iter().find_map(|i| match i {
             Intent::Serving(s) => Some(*s),
             _ => None,

@@ -8,6 +8,7 @@ mod listing;
 mod points;
 mod repair;
 mod scope;
+mod seal;
 mod suspect;
 mod unit;
 
@@ -39,6 +40,7 @@ use crate::{fsutil, manifest_store, Progress};
 
 pub use damage::Damage;
 pub use repair::{ManifestRepair, MapRepair};
+use seal::Sealing;
 pub use suspect::SuspectMark;
 pub use unit::HostOp;
 use unit::RecordSpec;
@@ -86,9 +88,6 @@ pub struct IntervalInfo {
     pub flags: u16,
 }
 
-/// How long a seal the policy asked for waits after a failure before it is tried again.
-const SEAL_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Why the vault refuses writes (see [`Vault::write_refusal`]).
 #[derive(Debug, Clone)]
 pub struct WriteRefusal {
@@ -125,6 +124,10 @@ struct Inner {
     seal_failed: Option<(std::time::Instant, u64)>,
     /// The manifest's delta map chain, shared with views, and the generation it is of.
     chain: Option<(Generation, Arc<[MapEntry]>)>,
+    /// The interval being sealed in the background (or whose seal failed and waits to be
+    /// tried again): its segment is closed and durable, the manifest does not list it yet,
+    /// and `open` is the segment after it (see `seal.rs`).
+    sealing: Option<Sealing>,
 }
 
 impl Inner {
@@ -155,6 +158,10 @@ pub struct Vault {
     shared: Arc<Shared>,
     inner: Mutex<Inner>,
     synced: Condvar,
+    /// A seal's outcome was applied (see `seal.rs`).
+    seal_done: Condvar,
+    /// Seal under the lock, as before the background sealer (benchmarks compare).
+    seal_inline: std::sync::atomic::AtomicBool,
     /// Damaged files the vault opened despite (see [`Vault::damage`]).
     damage: Vec<Damage>,
 }
@@ -393,12 +400,15 @@ impl Vault {
             manifest.vault_id,
             log_writer.as_ref(),
         )?;
+        let (sealing, open) =
+            Self::recover_chain(fs.as_ref(), &log_dir, &manifest, open, log_writer.as_ref())?;
         if repair {
-            remove_leftovers(fs.as_ref(), dir, &manifest);
+            remove_leftovers(fs.as_ref(), dir, &manifest, open.id);
         }
         let last_ts = open
             .records
             .last()
+            .or(sealing.as_ref().and_then(|s| s.seg.records.last()))
             .map(|r| r.timestamp_ns)
             .or(manifest.segments.last().map(|s| s.time_to_ns))
             .unwrap_or(manifest.created_ns)
@@ -431,20 +441,32 @@ impl Vault {
                 scratch: Vec::new(),
                 seal_failed: None,
                 chain: None,
+                sealing,
             }),
             synced: Condvar::new(),
+            seal_done: Condvar::new(),
+            seal_inline: std::sync::atomic::AtomicBool::new(false),
             damage: found,
         };
         if repair {
+            // Not needed to open: a full disk must not keep the vault from opening. Seals
+            // are waited for, so that the vault opens as sealed as it can be: first an
+            // interval whose seal a power cut interrupted, then the open one if due.
             let mut inner = vault.lock();
+            if inner.sealing.is_some() {
+                let (g, sealed) = vault.seal_step(inner);
+                inner = g;
+                if let Err(e) = sealed {
+                    tracing::warn!(error = %e, "could not seal the interval a power cut left unsealed on opening the vault");
+                }
+            }
             let ends_with_marker = inner
                 .open
                 .records
                 .last()
                 .is_some_and(|r| r.kind == RecordKind::Marker);
-            if ends_with_marker || vault.policy_wants_seal(&inner) {
-                // Not needed to open: a full disk must not keep the vault from opening.
-                if let Err(e) = vault.policy_seal(&mut inner) {
+            if inner.sealing.is_none() && (ends_with_marker || vault.policy_wants_seal(&inner)) {
+                if let (_, Err(e)) = vault.seal_step(inner) {
                     tracing::warn!(error = %e, "could not seal the open interval on opening the vault");
                 }
             }
@@ -452,7 +474,42 @@ impl Vault {
         Ok(vault)
     }
 
+    /// The open segment the manifest names, and the segment after it when that continues
+    /// it (its first seq follows the first's last record): then a power cut fell between a
+    /// seal's switch and its commit, the first is closed (back to the sealing slot) and
+    /// the second is the open one. A later segment that does not continue it is a
+    /// leftover (see `remove_leftovers`).
+    fn recover_chain(
+        fs: &dyn Storage,
+        log_dir: &Path,
+        manifest: &Manifest,
+        open: OpenSegment,
+        log_writer: Option<&Arc<LogWriter>>,
+    ) -> Result<(Option<Sealing>, OpenSegment)> {
+        let next_id = SegmentId(open.last_seq().next());
+        if open.records.len() == 0 || !fs.exists(&log_dir.join(names::segment(next_id))) {
+            return Ok((None, open));
+        }
+        let next = OpenSegment::recover(
+            fs,
+            log_dir,
+            next_id,
+            manifest.block_size,
+            manifest.vault_id,
+            log_writer,
+        )?;
+        tracing::info!(segment = %open.path.display(), "a seal was cut before its commit: sealing its interval again");
+        Ok((Sealing::recovered(open), next))
+    }
+
+    /// The vault lock; a background seal that has ended meanwhile is applied first.
     fn lock(&self) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock_raw();
+        self.reap_seal(&mut inner);
+        inner
+    }
+
+    fn lock_raw(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -578,14 +635,26 @@ impl Vault {
     /// its records. Returns the seq of the last record.
     pub fn apply(&self, ops: &[HostOp<'_>]) -> Result<Seq> {
         let mut inner = self.lock_writable()?;
-        Ok(self.append_unit(&mut inner, ops, RecordKind::Write)?.1)
+        let seqs = self.append_unit(&mut inner, ops, RecordKind::Write)?;
+        self.seal_if_due(inner);
+        Ok(seqs.1)
     }
 
     /// Appends a marker named `name`, makes everything before it durable and seals the
     /// interval it ends, so that the snapshot reads straight from a delta map.
     pub fn snapshot(&self, name: &str, app_consistent: bool) -> Result<SnapshotEntry> {
         crate::point::check_snapshot_name(name)?;
-        let mut inner = self.lock_writable()?;
+        let inner = self.lock_writable()?;
+        // Seals in flight (or failed, tried again) end first, so that the seal of the
+        // marker's interval starts right after the marker: no host write comes between
+        // and the snapshot reads straight from its delta map.
+        let (mut inner, _) = self.wait_for_seal(inner);
+        if inner.sealing.is_some() {
+            inner = self.seal_step(inner).0;
+        }
+        if inner.poisoned {
+            return Err(inner.poisoned_error());
+        }
         if let Some(s) = Self::find_snapshot(&inner, name) {
             // A retry of a snapshot whose call failed after its marker was appended (its
             // seal or its sync failed, or a restart came between): nothing was appended
@@ -620,7 +689,8 @@ impl Vault {
         // leaves a snapshot; one whose sync failed does not: the sync may have dropped the
         // marker with the rest of what it did not write (see "fsyncgate"), and a second
         // sync would say all is well.
-        if let Err(e) = self.seal_locked(&mut inner) {
+        let (mut inner, sealed) = self.seal_wait(inner);
+        if let Err(e) = sealed {
             if inner.durable_seq < seq {
                 if inner.poisoned {
                     return Err(e);
@@ -638,6 +708,23 @@ impl Vault {
     fn make_durable_locked(&self, inner: &mut Inner, seq: Seq) -> Result<()> {
         if inner.durable_seq >= seq {
             return Ok(());
+        }
+        // The marker may be in a segment a seal closed and did not sync (its job failed
+        // before the sync): that one first.
+        if let Some(s) = inner.sealing.as_ref().filter(|s| !s.durable) {
+            let (file, path) = (s.seg.file(), s.seg.path.clone());
+            let log_dir = self.dir.join(names::LOG_DIR);
+            let synced = file
+                .sync_data()
+                .io("fdatasync", &path)
+                .and_then(|()| fsutil::sync_dir(self.fs(), &log_dir));
+            if let Err(e) = synced {
+                inner.poison(&e);
+                return Err(e);
+            }
+            if let Some(s) = inner.sealing.as_mut() {
+                s.durable = true;
+            }
         }
         inner.open.write_out_and_wait()?;
         let path = inner.open.path.clone();
@@ -676,57 +763,6 @@ impl Vault {
             .open
             .append(&r, stored, raw_len, stored_as, marker_name)?;
         Ok(seq)
-    }
-
-    fn policy_wants_seal(&self, inner: &Inner) -> bool {
-        let p = inner.manifest.seal;
-        let o = &inner.open;
-        let Some(first) = o.records.first() else {
-            return false;
-        };
-        (p.bytes > 0 && o.len() >= p.bytes)
-            || (p.writes > 0 && o.records.len() as u64 >= p.writes)
-            || (p.interval_ns > 0
-                && inner.last_ts.saturating_sub(first.timestamp_ns) as u64 >= p.interval_ns)
-    }
-
-    /// Seals the open interval if the time policy says it is due. Call it now and then
-    /// when writes are idle.
-    pub fn tick(&self) -> Result<Option<IntervalInfo>> {
-        let mut inner = self.lock_writable()?;
-        inner.last_ts = inner.last_ts.max(now_ns());
-        if self.policy_wants_seal(&inner) {
-            return self.policy_seal(&mut inner);
-        }
-        Ok(None)
-    }
-
-    /// A seal the policy asked for. One that fails (a full disk) leaves the interval open
-    /// and is not tried again for [`SEAL_RETRY`]; the log says so once, and again when a
-    /// seal works. Returns the error of a try, `Ok(None)` when none was due.
-    fn policy_seal(&self, inner: &mut Inner) -> Result<Option<IntervalInfo>> {
-        if inner
-            .seal_failed
-            .is_some_and(|(at, _)| at.elapsed() < SEAL_RETRY)
-        {
-            return Ok(None);
-        }
-        match self.seal_locked(inner) {
-            Ok(sealed) => {
-                if let Some((_, n)) = inner.seal_failed.take() {
-                    tracing::warn!(failed_tries = n, "sealing works again");
-                }
-                Ok(sealed)
-            }
-            Err(e) => {
-                let n = inner.seal_failed.map_or(0, |(_, n)| n) + 1;
-                if n == 1 {
-                    tracing::warn!(error = %e, retry_seconds = SEAL_RETRY.as_secs(), "sealing the interval failed; its records are kept, the interval stays open and the seal is tried again");
-                }
-                inner.seal_failed = Some((std::time::Instant::now(), n));
-                Err(e)
-            }
-        }
     }
 
     /// Whether a host write would be taken now: an error while the write log's file system
@@ -802,6 +838,13 @@ impl Vault {
             let segment = inner.open.id;
             let file = inner.open.file();
             let path = inner.open.path.clone();
+            // A segment a seal closed and the job has not synced yet: its records come
+            // before the open one's, and the open one's directory entry with them.
+            let closed = inner
+                .sealing
+                .as_ref()
+                .filter(|s| !s.durable)
+                .map(|s| (s.seg.id, s.seg.file(), s.seg.path.clone()));
             drop(inner);
             // A write the log writer keeps trying for lack of space fails this flush with
             // that error and promises nothing more; the records are kept, and a later flush
@@ -814,11 +857,23 @@ impl Vault {
                         w.wait(t).inspect_err(|_| keep_going = w.stall().is_some())
                     })
                 })
+                .and_then(|()| match &closed {
+                    Some((_, f, p)) => f
+                        .sync_data()
+                        .io("fdatasync", p)
+                        .and_then(|()| fsutil::sync_dir(self.fs(), &self.dir.join(names::LOG_DIR))),
+                    None => Ok(()),
+                })
                 .and_then(|()| file.sync_data().io("fdatasync", &path));
             inner = self.lock();
             inner.syncing = false;
             match &res {
                 Ok(()) => {
+                    if let (Some((id, _, _)), Some(s)) = (&closed, inner.sealing.as_mut()) {
+                        if s.seg.id == *id {
+                            s.durable = true;
+                        }
+                    }
                     if covered > inner.durable_seq {
                         inner.durable_seq = covered;
                     }
@@ -844,128 +899,6 @@ impl Vault {
         }
     }
 
-    /// Seals the open interval now: makes it durable, writes its delta map, commits a new
-    /// manifest and starts a new segment. Nothing to seal: `None`.
-    pub fn seal(&self) -> Result<Option<IntervalInfo>> {
-        let mut inner = self.lock_writable()?;
-        self.seal_locked(&mut inner)
-    }
-
-    fn seal_locked(&self, inner: &mut Inner) -> Result<Option<IntervalInfo>> {
-        let started = std::time::Instant::now();
-        let (Some(first), Some(last)) = (
-            inner.open.records.first().copied(),
-            inner.open.records.last().copied(),
-        ) else {
-            return Ok(None);
-        };
-        // The last buffered records go to the log writer first; the delta map is built and
-        // written while it writes them out (up to the writer's whole queue, ~16 MiB: the
-        // longest part of a seal under a stream of large writes), since the map does not
-        // depend on the records being on the disk. Until the manifest names it, a map file is
-        // a leftover that reopening removes (see `remove_leftovers`).
-        inner.open.write_out()?;
-        let interval = Interval {
-            seq_from: first.seq,
-            seq_to: last.seq,
-            time_from_ns: first.timestamp_ns,
-            time_to_ns: last.timestamp_ns,
-        };
-        let map = inner.open.present.delta_map(interval);
-        let map_path = self
-            .shared
-            .maps_dir
-            .join(names::delta_map(interval.seq_from, interval.seq_to));
-        let fs = self.fs();
-        fsutil::write_atomic(fs, &map_path, &map.encode())?;
-        let abandon = |e: VaultError, seg: Option<OpenSegment>| {
-            // Nothing names the map or the next segment yet: take them back (a full disk
-            // gets its space back) and leave the interval open, to be sealed later.
-            let _ = fs.remove(&map_path);
-            if let Some(seg) = seg {
-                let _ = fs.remove(&seg.path);
-            }
-            Err(e)
-        };
-        if let Err(e) = inner.open.finish() {
-            return abandon(e, None);
-        }
-        if let Err(e) = inner
-            .open
-            .file()
-            .sync_data()
-            .io("fdatasync", &inner.open.path)
-        {
-            inner.poison(&e);
-            return Err(e);
-        }
-        inner.durable_seq = last.seq;
-        inner.durable_bytes = inner.open.written;
-        // The next segment exists (durably) before the manifest that names it.
-        let next = match OpenSegment::create(
-            fs,
-            &self.dir.join(names::LOG_DIR),
-            SegmentId(last.seq.next()),
-            self.shared.block_size,
-            inner.manifest.vault_id,
-            self.log_writer.as_ref(),
-        ) {
-            Ok(seg) => seg,
-            Err(e) => {
-                let _ = fs.remove(
-                    &self
-                        .dir
-                        .join(names::LOG_DIR)
-                        .join(names::segment(SegmentId(last.seq.next()))),
-                );
-                return abandon(e, None);
-            }
-        };
-        let mut m = inner.manifest.clone();
-        m.generation = Generation(m.generation.0 + 1);
-        let length = inner.open.written;
-        m.segments.push(SegmentEntry {
-            id: inner.open.id,
-            last_seq: last.seq,
-            length,
-            time_from_ns: first.timestamp_ns,
-            time_to_ns: last.timestamp_ns,
-        });
-        let map_entry = MapEntry {
-            interval,
-            flags: 0,
-            retention_class: 0,
-            blocks_changed: map.len() as u64,
-        };
-        m.maps.push(map_entry);
-        m.snapshots
-            .extend(inner.open.markers.iter().map(ScannedMarker::to_snapshot));
-        m.next_seq = last.seq.next();
-        match manifest_store::commit_staged(fs, &self.dir, &m) {
-            Ok(()) => {}
-            Err(fsutil::AtomicWriteError::Before(e)) => return abandon(e, Some(next)),
-            Err(fsutil::AtomicWriteError::After(e)) => {
-                inner.poison(&e);
-                return Err(e);
-            }
-        }
-        inner.manifest = m;
-        self.shared.insert(Arc::new(map));
-        inner.durable_bytes = next.written;
-        inner.open = next;
-        tracing::debug!(from = %interval.seq_from, to = %interval.seq_to, blocks = map_entry.blocks_changed, micros = started.elapsed().as_micros() as u64, "sealed interval");
-        Ok(Some(IntervalInfo {
-            seq_from: interval.seq_from,
-            seq_to: interval.seq_to,
-            time_from_ns: interval.time_from_ns,
-            time_to_ns: interval.time_to_ns,
-            blocks_changed: map_entry.blocks_changed,
-            log_bytes: length - SEG_HEADER_LEN as u64,
-            sealed: true,
-            flags: 0,
-        }))
-    }
-
     /// Flushes and seals. Dropping a vault without closing it keeps what was flushed and
     /// what the OS had been handed, like a crash of this process.
     pub fn close(self) -> Result<()> {
@@ -988,7 +921,8 @@ impl Vault {
 impl Drop for Vault {
     fn drop(&mut self) {
         if self._lock.is_some() {
-            let mut inner = self.lock();
+            // A seal in flight ends first: the next opener must not find its job running.
+            let (mut inner, _) = self.wait_for_seal(self.lock());
             if !inner.crashed {
                 if let Err(e) = inner.open.write_out() {
                     tracing::warn!(error = %e, "could not hand buffered records to the OS on drop");
@@ -1014,8 +948,9 @@ fn corruption_text(e: &VaultError) -> String {
 
 /// Removes what an interrupted commit or seal left behind: temporary files, delta maps
 /// the manifest does not list (their interval is still open and will be sealed again) and
-/// segments after the open one.
-fn remove_leftovers(fs: &dyn Storage, dir: &Path, m: &Manifest) {
+/// segments after the open one (`open`: the manifest's, or the one after it that
+/// continues it, see [`Vault::recover_chain`]).
+fn remove_leftovers(fs: &dyn Storage, dir: &Path, m: &Manifest, open: SegmentId) {
     let listed: HashSet<String> = m
         .maps
         .iter()
@@ -1034,7 +969,7 @@ fn remove_leftovers(fs: &dyn Storage, dir: &Path, m: &Manifest) {
             let stray_map = names::parse_delta_map(&name).is_some() && !listed.contains(&name);
             // A segment after the open one: a seal created it and failed (or was cut by a
             // crash) before committing the manifest that names it.
-            let stray_segment = names::parse_segment(&name).is_some_and(|id| id.0 > m.next_seq);
+            let stray_segment = names::parse_segment(&name).is_some_and(|id| id > open);
             if name.ends_with(names::TMP_SUFFIX) || stray_map || stray_segment {
                 let p = sub.join(&name);
                 tracing::info!(file = %p.display(), "removing leftover of an interrupted commit");

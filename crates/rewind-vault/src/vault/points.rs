@@ -46,9 +46,13 @@ impl Vault {
         };
         // `seq:N` names the state after the host write that ended at or before record N:
         // a seq inside a host write of several records goes back to where it began.
-        if seq >= inner.open.id.0 {
-            let recs = &inner.open.records;
-            let i = (seq.0 - inner.open.id.0 .0) as usize;
+        // The open segment, then the one being sealed (see `seal.rs`).
+        let sealing = inner.sealing.as_ref().map(|s| (s.seg.id, &s.seg.records));
+        for (id, recs) in std::iter::once((inner.open.id, &inner.open.records)).chain(sealing) {
+            if seq < id.0 {
+                continue;
+            }
+            let i = (seq.0 - id.0 .0) as usize;
             if let Some(r) = recs
                 .rposition_before(i + 1, |r| !r.continues)
                 .and_then(|j| recs.get(j))
@@ -58,8 +62,8 @@ impl Vault {
                     time_ns: r.timestamp_ns,
                 }));
             }
-            // The open interval's first host write: the point is the end of the sealed log.
-            return Ok(Resolution::Done(Self::sealed_end(m, m.segments.len())));
+            // The interval's first host write: the point is the end of the one before.
+            return Ok(Resolution::Done(Self::unsealed_end(inner, id)));
         }
         if seq == Seq::BASE {
             return Ok(Resolution::Done(Self::sealed_end(m, 0)));
@@ -77,6 +81,18 @@ impl Vault {
             stop: Stop::Seq(seq),
             before: Self::sealed_end(m, i),
         })
+    }
+
+    /// The point at the end of the log before segment `id` (the open one or the sealing
+    /// one): the sealing interval's last host write, or the end of the sealed log.
+    fn unsealed_end(inner: &Inner, id: SegmentId) -> ResolvedPoint {
+        match inner.sealing.as_ref().filter(|s| s.seg.id < id) {
+            Some(s) => ResolvedPoint {
+                seq: s.interval.seq_to,
+                time_ns: s.interval.time_to_ns,
+            },
+            None => Self::sealed_end(&inner.manifest, inner.manifest.segments.len()),
+        }
     }
 
     /// The point at the end of the first `n` sealed segments (the base image for none).
@@ -108,16 +124,18 @@ impl Vault {
                 now: format_time(now),
             });
         }
-        let recs = &inner.open.records;
-        let upto = recs.partition_point(|r| r.timestamp_ns <= t);
-        if let Some(r) = recs
-            .rposition_before(upto, |r| !r.continues)
-            .and_then(|j| recs.get(j))
-        {
-            return Ok(Resolution::Done(ResolvedPoint {
-                seq: r.seq,
-                time_ns: r.timestamp_ns,
-            }));
+        let sealing = inner.sealing.as_ref().map(|s| &s.seg.records);
+        for recs in std::iter::once(&inner.open.records).chain(sealing) {
+            let upto = recs.partition_point(|r| r.timestamp_ns <= t);
+            if let Some(r) = recs
+                .rposition_before(upto, |r| !r.continues)
+                .and_then(|j| recs.get(j))
+            {
+                return Ok(Resolution::Done(ResolvedPoint {
+                    seq: r.seq,
+                    time_ns: r.timestamp_ns,
+                }));
+            }
         }
         let i = m.segments.partition_point(|s| s.time_from_ns <= t);
         if i == 0 {
@@ -201,10 +219,28 @@ impl Vault {
         }
         let (holding, partial) = match plan.partial {
             Partial::None => (None, ExtentMap::new(self.shared.block_size)),
-            Partial::Records { id, records } => (
-                Some(id.0),
-                replay(records.iter(), id, self.shared.block_size),
-            ),
+            Partial::Records {
+                id,
+                records,
+                sealing,
+            } => {
+                // The sealing interval's records come first, the open one's after them.
+                let bs = self.shared.block_size;
+                let mut map = ExtentOverlay::new(bs);
+                let from = match sealing {
+                    Some((sid, recs)) => {
+                        for r in recs.iter() {
+                            apply(&mut map, r, sid);
+                        }
+                        sid.0
+                    }
+                    None => id.0,
+                };
+                for r in records.iter() {
+                    apply(&mut map, r, id);
+                }
+                (Some(from), map.freeze())
+            }
             Partial::Sealed { from, segments } => (Some(from), self.replay_sealed(&segments, p)?),
         };
         Ok(PointView::new(
@@ -252,9 +288,23 @@ impl Vault {
             // The records, not the present map: putting that in order (and copying it) for
             // each view of `@now` held the lock for a millisecond of a 60k-record interval.
             let upto = inner.open.records.partition_point(|r| r.seq <= p);
+            let sealing = inner
+                .sealing
+                .as_ref()
+                .map(|s| (s.seg.id, s.seg.records.upto(s.seg.records.len())));
             let partial = Partial::Records {
                 id: inner.open.id,
                 records: inner.open.records.upto(upto),
+                sealing,
+            };
+            (partial, maps.len())
+        } else if let Some(s) = inner.sealing.as_ref().filter(|s| p >= s.seg.id.0) {
+            // The interval being sealed: closed and durable, so its file holds it all.
+            let upto = s.seg.records.partition_point(|r| r.seq <= p);
+            let partial = Partial::Records {
+                id: s.seg.id,
+                records: s.seg.records.upto(upto),
+                sealing: None,
             };
             (partial, maps.len())
         } else {
@@ -343,7 +393,11 @@ impl Vault {
                     newest: inner.open.last_seq(),
                 });
             }
-            for r in inner.open.records.iter().filter(|r| r.seq > seq) {
+            let sealing = inner.sealing.iter().flat_map(|s| s.seg.records.iter());
+            for r in sealing
+                .chain(inner.open.records.iter())
+                .filter(|r| r.seq > seq)
+            {
                 if r.kind != RecordKind::Marker {
                     ranges.push((r.first_block, r.first_block + u64::from(r.block_count)));
                 }
@@ -408,10 +462,13 @@ struct ViewPlan {
 enum Partial {
     /// None: the point ends an interval (or is the base image).
     None,
-    /// The open interval's records up to the point (shared chunks, see `Records::upto`).
+    /// The open interval's records up to the point (shared chunks, see `Records::upto`),
+    /// after every record of the interval being sealed, if one is (or the sealing
+    /// interval's records up to the point).
     Records {
         id: SegmentId,
         records: TakenRecords,
+        sealing: Option<(SegmentId, TakenRecords)>,
     },
     /// The records up to the point of a sealed interval starting at `from`.
     Sealed {
@@ -449,16 +506,4 @@ fn apply(map: &mut ExtentOverlay, r: &RecordMeta, segment: SegmentId) {
         RecordKind::Marker => return,
     };
     map.put_loc(r.first_block, u64::from(r.block_count), loc);
-}
-
-fn replay<'a>(
-    records: impl Iterator<Item = &'a RecordMeta>,
-    segment: SegmentId,
-    block_size: u32,
-) -> ExtentMap {
-    let mut map = ExtentOverlay::new(block_size);
-    for r in records {
-        apply(&mut map, r, segment);
-    }
-    map.freeze()
 }

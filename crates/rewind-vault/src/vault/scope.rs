@@ -12,7 +12,22 @@ impl Vault {
         if self._lock.is_none() {
             return Err(VaultError::ReadOnly);
         }
-        let inner = self.lock();
+        let (inner, _) = self.wait_for_seal(self.lock());
+        if let Some(s) = &inner.sealing {
+            // A seal that failed and waits: the manifest names its segment as the open
+            // one, durable to its end; the segment after it is not checked.
+            return Ok(Scope {
+                manifest: inner.manifest.clone(),
+                open_durable: s.seg.written,
+                newest: s.interval.seq_to,
+                open_markers: s
+                    .seg
+                    .markers
+                    .iter()
+                    .map(|m| (m.name.clone(), m.seq))
+                    .collect(),
+            });
+        }
         Ok(Scope {
             manifest: inner.manifest.clone(),
             open_durable: inner.durable_bytes,

@@ -48,7 +48,7 @@ impl Vault {
         if marks.is_empty() {
             return Ok(());
         }
-        let mut inner = self.lock_writable()?;
+        let mut inner = self.lock_for_edit()?;
         if scan_seq >= inner.manifest.next_seq {
             return Err(VaultError::NotSealed { seq: scan_seq });
         }

@@ -85,9 +85,8 @@ impl Vault {
     }
 
     /// Appends `ops` as one unit, data records of kind `data_kind` (a write or a fix-up).
-    /// Seals afterwards if the policy wants it; a seal that fails then is reported in the
-    /// log and retried later, never failing the write, whose records are appended. Returns
-    /// the seqs of the unit's first and last record.
+    /// The caller seals afterwards if the policy wants it ([`Vault::seal_if_due`]).
+    /// Returns the seqs of the unit's first and last record.
     pub(super) fn append_unit(
         &self,
         inner: &mut Inner,
@@ -136,11 +135,6 @@ impl Vault {
                     }
                 }
             }
-        }
-        if self.policy_wants_seal(inner) {
-            // A failed seal does not fail the write: its records are appended (see
-            // `policy_seal`).
-            let _ = self.policy_seal(inner);
         }
         Ok((first, last))
     }

@@ -84,8 +84,25 @@ pub(crate) struct OpenSegment {
 }
 
 impl OpenSegment {
-    /// Creates a new, empty segment whose first record will be `id`.
+    /// Creates a new, empty segment whose first record will be `id`, durably.
     pub(crate) fn create(
+        fs: &dyn Storage,
+        log_dir: &Path,
+        id: SegmentId,
+        block_size: u32,
+        vault_id: [u8; 16],
+        writer: Option<&Arc<LogWriter>>,
+    ) -> Result<OpenSegment> {
+        let seg = Self::create_unsynced(fs, log_dir, id, block_size, vault_id, writer)?;
+        seg.file.sync_all().io("fsync", &seg.path)?;
+        fsutil::sync_dir(fs, log_dir)?;
+        Ok(seg)
+    }
+
+    /// [`OpenSegment::create`] without the syncs: the caller makes the file and its
+    /// directory entry durable before it promises a record in it (a seal's switch: see
+    /// `vault/seal.rs`).
+    pub(crate) fn create_unsynced(
         fs: &dyn Storage,
         log_dir: &Path,
         id: SegmentId,
@@ -104,8 +121,6 @@ impl OpenSegment {
             vault_id,
         };
         file.write_all_at(&header.encode(), 0).io("write", &path)?;
-        file.sync_all().io("fsync", &path)?;
-        fsutil::sync_dir(fs, log_dir)?;
         let mut seg = OpenSegment::new(id, path, file, SEG_HEADER_LEN as u64, block_size);
         seg.binding = header.binding(0);
         seg.use_writer(fs, writer)
