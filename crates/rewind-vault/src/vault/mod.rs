@@ -490,6 +490,14 @@ impl Vault {
         if open.records.len() == 0 || !fs.exists(&log_dir.join(names::segment(next_id))) {
             return Ok((None, open));
         }
+        let next_path = log_dir.join(names::segment(next_id));
+        if !Self::header_written(fs, &next_path)? {
+            // Created by a switch and never synced (a flush syncs it before it promises a
+            // record in it): nothing in it was promised, so it is a leftover
+            // (`remove_leftovers`), and the closed segment stays the open one.
+            tracing::info!(segment = %next_path.display(), "a segment a seal created never reached the disk; the interval before it stays open");
+            return Ok((None, open));
+        }
         let next = OpenSegment::recover(
             fs,
             log_dir,
@@ -500,6 +508,15 @@ impl Vault {
         )?;
         tracing::info!(segment = %open.path.display(), "a seal was cut before its commit: sealing its interval again");
         Ok((Sealing::recovered(open), next))
+    }
+
+    /// Whether a segment file holds more than zeroes where its header goes (a header that
+    /// is there but damaged is damage, named by the recovery that reads it).
+    fn header_written(fs: &dyn Storage, path: &Path) -> Result<bool> {
+        let file = fsutil::open_vault_file(fs, path)?;
+        let mut head = vec![0u8; SEG_HEADER_LEN];
+        let n = file.read_at(&mut head, 0).io("read", path)?;
+        Ok(!fsutil::is_zero(&head[..n]))
     }
 
     /// The vault lock; a background seal that has ended meanwhile is applied first.
@@ -712,11 +729,10 @@ impl Vault {
         // The marker may be in a segment a seal closed and did not sync (its job failed
         // before the sync): that one first.
         if let Some(s) = inner.sealing.as_ref().filter(|s| !s.durable) {
-            let (file, path) = (s.seg.file(), s.seg.path.clone());
+            let (file, path, gate) = (s.seg.file(), s.seg.path.clone(), s.gate.clone());
             let log_dir = self.dir.join(names::LOG_DIR);
-            let synced = file
-                .sync_data()
-                .io("fdatasync", &path)
+            let synced = gate
+                .sync(|| file.sync_data().io("fdatasync", &path))
                 .and_then(|()| fsutil::sync_dir(self.fs(), &log_dir));
             if let Err(e) = synced {
                 inner.poison(&e);
@@ -844,7 +860,7 @@ impl Vault {
                 .sealing
                 .as_ref()
                 .filter(|s| !s.durable)
-                .map(|s| (s.seg.id, s.seg.file(), s.seg.path.clone()));
+                .map(|s| (s.seg.id, s.seg.file(), s.seg.path.clone(), s.gate.clone()));
             drop(inner);
             // A write the log writer keeps trying for lack of space fails this flush with
             // that error and promises nothing more; the records are kept, and a later flush
@@ -858,9 +874,8 @@ impl Vault {
                     })
                 })
                 .and_then(|()| match &closed {
-                    Some((_, f, p)) => f
-                        .sync_data()
-                        .io("fdatasync", p)
+                    Some((_, f, p, gate)) => gate
+                        .sync(|| f.sync_data().io("fdatasync", p))
                         .and_then(|()| fsutil::sync_dir(self.fs(), &self.dir.join(names::LOG_DIR))),
                     None => Ok(()),
                 })
@@ -869,7 +884,7 @@ impl Vault {
             inner.syncing = false;
             match &res {
                 Ok(()) => {
-                    if let (Some((id, _, _)), Some(s)) = (&closed, inner.sealing.as_mut()) {
+                    if let (Some((id, _, _, _)), Some(s)) = (&closed, inner.sealing.as_mut()) {
                         if s.seg.id == *id {
                             s.durable = true;
                         }

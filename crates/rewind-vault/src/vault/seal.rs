@@ -56,6 +56,29 @@ pub(super) struct Sealing {
     /// The closed segment and the creation of the one after it are durable (a job or a
     /// flush synced them); until then a flush syncs them first.
     pub durable: bool,
+    /// Every sync of the closed segment goes through it (the job's, a flush's).
+    pub gate: Arc<SyncGate>,
+}
+
+/// Serializes the syncs of a closed segment and remembers a failed one: after a failed
+/// fsync the page cache may have dropped the data (see "fsyncgate"), so a later sync that
+/// succeeds proves nothing, and the seal job must not commit a manifest that names the
+/// segment's length. Without it, a flush whose sync failed (and poisoned the vault) could
+/// be followed by the job's successful sync and commit.
+#[derive(Debug, Default)]
+pub(super) struct SyncGate(std::sync::Mutex<bool>);
+
+impl SyncGate {
+    /// Runs `sync` unless one failed before; a failure is remembered.
+    pub(super) fn sync(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut failed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if *failed {
+            return Err(VaultError::Poisoned { no_space: false });
+        }
+        let r = sync();
+        *failed = r.is_err();
+        r
+    }
 }
 
 impl Sealing {
@@ -69,6 +92,7 @@ impl Sealing {
             job: None,
             running: false,
             durable: true,
+            gate: Arc::default(),
         })
     }
 
@@ -110,7 +134,7 @@ struct Job {
     source: Source,
     /// What to make durable before the commit: the closed segment, the next one's file
     /// (its header) and their directory (its entry). `None`: already durable.
-    sync: Option<(FileRef, PathBuf, FileRef, PathBuf)>,
+    sync: Option<(FileRef, PathBuf, FileRef, PathBuf, Arc<SyncGate>)>,
 }
 
 #[derive(Debug)]
@@ -153,10 +177,9 @@ impl Job {
         // The switch did not sync (that would stall host writes): the closed segment's
         // records and the next segment's creation are made durable before the manifest
         // that names them. A failed sync poisons, as a flush's does.
-        if let Some((closed, closed_path, next, log_dir)) = &self.sync {
-            let synced = closed
-                .sync_data()
-                .io("fdatasync", closed_path)
+        if let Some((closed, closed_path, next, log_dir, gate)) = &self.sync {
+            let synced = gate
+                .sync(|| closed.sync_data().io("fdatasync", closed_path))
                 .and_then(|()| next.sync_data().io("fdatasync", log_dir))
                 .and_then(|()| fsutil::sync_dir(fs, log_dir));
             if let Err(e) = synced {
@@ -369,6 +392,7 @@ impl Vault {
                     s.seg.path.clone(),
                     next_file,
                     self.dir.join(names::LOG_DIR),
+                    s.gate.clone(),
                 )
             }),
         };
@@ -439,6 +463,7 @@ impl Vault {
             job: None,
             running: false,
             durable: false,
+            gate: Arc::default(),
         });
         Ok(true)
     }
