@@ -393,6 +393,11 @@ mod tests {
                     .send_large(&vec![3u8; 600 << 10], 600 << 10)
                     .unwrap()
             });
+            // The worker is writing (held) before the leader asks: otherwise the leader
+            // may find nobody sending and write the queue itself, into the held socket.
+            wait_for("the worker writes", || {
+                gate.writes.load(Ordering::SeqCst) > 0
+            });
             let leader = s.spawn(|| {
                 replies.reserve(600 << 10).unwrap();
                 reserved.store(true, Ordering::SeqCst);
