@@ -367,13 +367,38 @@ impl DirtyRegionLog {
         if (e.first..=e.last).all(|r| self.state[r as usize].load(Ordering::Acquire) & DIRTY != 0) {
             return Ok(());
         }
-        let missing: Vec<u64> = (0..self.state.len() as u64)
+        let mut missing: Vec<u64> = (0..self.state.len() as u64)
             .filter(|r| {
                 let s = self.state[*r as usize].load(Ordering::Acquire);
                 s & DIRTY == 0 && (s & !DIRTY != 0 || (e.first..=e.last).contains(r))
             })
             .collect();
+        missing.extend(self.ahead(e, missing.len()));
         self.set_dirty(&mut g, missing)
+    }
+
+    /// Clean regions after a request over several regions (a discard, a large write) to mark
+    /// with it: a stream of such requests (mkfs or fstrim discarding a volume, a sequential
+    /// copy) then writes the DRL once every few requests instead of once each (0.9 ms an
+    /// fdatasync: 1024 discards of 1 GiB took 1.8 s). Up to three times the request, within
+    /// the dirty limit. A region marked and never written costs nothing but a region more
+    /// to copy after a crash, and is cleared with the others.
+    fn ahead(&self, e: Entered, marking: usize) -> Vec<u64> {
+        // At least one whole region inside: not a small write across a region's edge.
+        let span = e.last - e.first + 1;
+        if span < 3 {
+            return Vec::new();
+        }
+        let dirty = self
+            .state
+            .iter()
+            .filter(|s| s.load(Ordering::Acquire) & DIRTY != 0)
+            .count();
+        let room = self.dirty_limit().saturating_sub(dirty + marking) as u64;
+        let end = (self.state.len() as u64).min(e.last + 1 + (3 * span).min(room));
+        (e.last + 1..end)
+            .take_while(|r| self.state[*r as usize].load(Ordering::Acquire) & DIRTY == 0)
+            .collect()
     }
 
     /// Writes `regions` dirty to disk (with every region dirty already), then sets their
@@ -636,6 +661,32 @@ mod tests {
             .collect();
         let want: Vec<u64> = (0..256).chain(768..960).collect();
         assert_eq!(got, want);
+    }
+
+    /// A stream of discards of several regions each (mkfs, fstrim) marks regions ahead of
+    /// itself: one DRL write every few requests, never past the dirty limit, and every
+    /// region a request enters is dirty on disk before it returns.
+    #[test]
+    fn a_stream_of_large_requests_marks_ahead_within_the_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (drl, _) = DirtyRegionLog::open(tmp.path(), 1024 * MIB, 4096).unwrap();
+        drl.set_dirty_limit(40);
+        let writes = drl.file_writes();
+        for i in 0..8u64 {
+            // 4 regions of 16 MiB each.
+            let (offset, len) = (i * 64 * MIB, 64 * MIB);
+            assert!(!drl.needs_room(offset, len), "request {i}");
+            let e = drl.enter(offset, len).unwrap();
+            let disk = on_disk(tmp.path());
+            for r in i * 4..i * 4 + 4 {
+                assert!(disk.contains(&r), "region {r} of request {i} is dirty on disk");
+            }
+            assert!(disk.len() <= 40, "{} regions dirty", disk.len());
+            drl.leave(e, i + 1);
+        }
+        // 8 requests: marked by the first (regions 0..16) and the fifth (16..32), not by
+        // each.
+        assert_eq!(drl.file_writes() - writes, 2, "DRL writes");
     }
 
     #[test]
