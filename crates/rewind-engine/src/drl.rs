@@ -679,7 +679,10 @@ mod tests {
             let e = drl.enter(offset, len).unwrap();
             let disk = on_disk(tmp.path());
             for r in i * 4..i * 4 + 4 {
-                assert!(disk.contains(&r), "region {r} of request {i} is dirty on disk");
+                assert!(
+                    disk.contains(&r),
+                    "region {r} of request {i} is dirty on disk"
+                );
             }
             assert!(disk.len() <= 40, "{} regions dirty", disk.len());
             drl.leave(e, i + 1);

@@ -941,6 +941,20 @@ mod tests {
     const GOLDEN_V2: &[u8] = include_bytes!("../tests/golden/delta-map-v2.bin");
     /// Bytes the version 3 encoder wrote for `sample()` (the code of commit f2a2cc0).
     const GOLDEN_V3: &[u8] = include_bytes!("../tests/golden/delta-map-v3.bin");
+    /// Bytes the version 4 encoder wrote for `sample()` (the code of commit 1cd6b66).
+    const GOLDEN_V4: &[u8] = include_bytes!("../tests/golden/delta-map-v4.bin");
+
+    /// Later versions keep decoding what this one wrote.
+    #[test]
+    fn version_4_still_decodes() {
+        assert_eq!(u16::from_le_bytes([GOLDEN_V4[8], GOLDEN_V4[9]]), 4);
+        assert_eq!(DeltaMap::decode(GOLDEN_V4), Ok(sample()));
+        for i in 0..GOLDEN_V4.len() {
+            let mut bad = GOLDEN_V4.to_vec();
+            bad[i] ^= 0x10;
+            assert!(DeltaMap::decode(&bad).is_err(), "flip at {i}");
+        }
+    }
 
     #[test]
     fn version_1_still_decodes() {
