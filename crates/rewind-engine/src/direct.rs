@@ -57,8 +57,29 @@ impl DirectPrimary {
         self.file.is_some() && len >= MIN_LEN
     }
 
+    /// Writes `data` at `offset` through the direct handle when it can, else through
+    /// `buffered`. A direct write the kernel refuses as unaligned (a device whose logical
+    /// blocks are larger than [`ALIGN`]) is written through `buffered` instead.
+    pub(crate) fn write(
+        &self,
+        buffered: &Arc<dyn StorageFile>,
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        match self.takes(offset, data) {
+            Some(f) => match f.write_all_at(data, offset) {
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    tracing::debug!(error = %e, "a direct write of the primary was refused; written through the page cache");
+                    buffered.write_all_at(data, offset)
+                }
+                r => r,
+            },
+            None => buffered.write_all_at(data, offset),
+        }
+    }
+
     /// The direct handle, when `data` at `offset` can be written through it.
-    pub(crate) fn takes(&self, offset: u64, data: &[u8]) -> Option<&Arc<dyn StorageFile>> {
+    fn takes(&self, offset: u64, data: &[u8]) -> Option<&Arc<dyn StorageFile>> {
         let aligned = offset.is_multiple_of(ALIGN as u64)
             && data.len().is_multiple_of(ALIGN)
             && (data.as_ptr() as usize).is_multiple_of(ALIGN);

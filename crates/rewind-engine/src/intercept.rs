@@ -566,8 +566,9 @@ impl LiveVolume {
         let (first, last) = (offset / bs, end.div_ceil(bs));
         let _g = self.lock(first, last);
         let seq = if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
-            let file = self.direct.takes(offset, data).unwrap_or(&self.primary);
-            file.write_all_at(data, offset).map_err(self.io("write"))?;
+            self.direct
+                .write(&self.primary, offset, data)
+                .map_err(self.io("write"))?;
             self.vault.write(first, data)?
         } else {
             let mut buf = vec![0u8; ((last - first) * bs) as usize];

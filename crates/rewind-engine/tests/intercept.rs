@@ -212,7 +212,10 @@ fn direct_and_buffered_writes_of_the_same_blocks_agree() {
     v.write(0, aligned(&mut raw, big, 2), false).unwrap();
     let mut got = vec![0u8; BS];
     v.read(BS as u64, &mut got).unwrap();
-    assert!(got.iter().all(|b| *b == 2), "a stale cached page after a direct write");
+    assert!(
+        got.iter().all(|b| *b == 2),
+        "a stale cached page after a direct write"
+    );
     // A buffered write into a range written direct.
     v.write(3 * BS as u64 + 10, &[3u8; 100], false).unwrap();
     live_equals_vault(&v);
@@ -241,5 +244,8 @@ fn direct_and_buffered_writes_of_the_same_blocks_agree() {
     let on_disk = std::fs::read(tmp.path().join("primary.img")).unwrap();
     let mut read = vec![0u8; on_disk.len()];
     v.read(0, &mut read).unwrap();
-    assert!(on_disk == read, "the file and the live volume's reads differ");
+    assert!(
+        on_disk == read,
+        "the file and the live volume's reads differ"
+    );
 }

@@ -674,7 +674,11 @@ mod tests {
         for round in 0..3 {
             let mut p = pool.take(1 << 20);
             assert_eq!(p.bytes().len(), 1 << 20);
-            assert_eq!(p.bytes().as_ptr() as usize % PAYLOAD_ALIGN, 0, "round {round}");
+            assert_eq!(
+                p.bytes().as_ptr() as usize % PAYLOAD_ALIGN,
+                0,
+                "round {round}"
+            );
             p.bytes_mut().fill(7);
             pool.give(p);
             // A small one may take a large buffer only if no smaller fits; it needs no
