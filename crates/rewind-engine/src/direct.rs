@@ -91,6 +91,7 @@ impl DirectPrimary {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
