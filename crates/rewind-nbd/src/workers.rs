@@ -50,7 +50,8 @@ use crate::transmission::*;
 const IDLE: Duration = Duration::from_secs(2);
 /// Bytes of requests read from the socket at once.
 const READ_BUFFER: usize = 256 << 10;
-/// Writes up to this size run on the leader (they only copy into the page cache).
+/// Writes up to this size run on the leader (they only copy into the page cache), unless
+/// the export says they wait for the disk ([`Export::write_waits`]).
 const INLINE_WRITE: usize = 4 << 20;
 /// Reads up to this size are tried on the leader, without waiting for the disk.
 const INLINE_READ: usize = 256 << 10;
