@@ -61,6 +61,9 @@ impl Export for LiveExport {
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
         self.volume.write(offset, data, fua).map_err(export_error)
     }
+    fn write_waits(&self, len: usize) -> bool {
+        self.volume.write_waits(len)
+    }
     fn flush(&self) -> Result<(), ExportError> {
         self.volume.flush().map_err(export_error)
     }

@@ -76,6 +76,8 @@ fn io_no_space(e: &std::io::Error) -> bool {
 #[derive(Debug)]
 pub struct LiveVolume {
     primary: Arc<dyn StorageFile>,
+    /// The primary's direct handle, for large aligned writes (see [`crate::direct`]).
+    direct: crate::direct::DirectPrimary,
     path: PathBuf,
     vault: Arc<Vault>,
     block_size: u64,
@@ -279,6 +281,7 @@ impl LiveVolume {
             flushes: Mutex::new(Flushes::default()),
             flushed: std::sync::Condvar::new(),
             primary: file,
+            direct: crate::direct::DirectPrimary::open(vault.storage().as_ref(), primary),
             path: primary.to_path_buf(),
             block_size: u64::from(vault.block_size()),
             size: expected,
@@ -511,6 +514,13 @@ impl LiveVolume {
         Ok(())
     }
 
+    /// Whether a host write of `len` bytes may wait for the disk (it goes to the primary
+    /// with direct I/O when its buffer is aligned to [`crate::direct::ALIGN`]): a server
+    /// runs it where waiting does not hold up reading the next requests.
+    pub fn write_waits(&self, len: usize) -> bool {
+        self.direct.wants(len)
+    }
+
     /// After a host write that failed part way (the primary written in part, or the
     /// primary written and the log not): the vault is given what the primary now holds
     /// there, as fix-up records, so that every later point (a snapshot the host takes
@@ -556,8 +566,8 @@ impl LiveVolume {
         let (first, last) = (offset / bs, end.div_ceil(bs));
         let _g = self.lock(first, last);
         let seq = if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
-            self.primary
-                .write_all_at(data, offset)
+            self.direct
+                .write(&self.primary, offset, data)
                 .map_err(self.io("write"))?;
             self.vault.write(first, data)?
         } else {

@@ -13,6 +13,7 @@
 //! Later: retention, replication.
 
 pub mod check;
+pub mod direct;
 pub mod drl;
 pub mod exports;
 pub mod intercept;

@@ -20,4 +20,4 @@ pub use server::{
     refuse_connection, serve_connection, serve_connection_within, Export, ExportError, Exports,
     ServerStats,
 };
-pub use workers::connection_memory_bound;
+pub use workers::{connection_memory_bound, PAYLOAD_ALIGN, PAYLOAD_ALIGN_MIN};

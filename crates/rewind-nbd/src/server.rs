@@ -82,6 +82,14 @@ pub trait Export: Send + Sync {
         Ok(false)
     }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError>;
+    /// Whether a write of `len` bytes may wait for the disk (say, it is written with
+    /// direct I/O): the server then runs it off the thread that reads requests, so that
+    /// several such writes are under way at once. Payloads of at least
+    /// [`crate::PAYLOAD_ALIGN_MIN`] bytes come in buffers aligned to
+    /// [`crate::PAYLOAD_ALIGN`]. The default never waits (writes into the page cache).
+    fn write_waits(&self, _len: usize) -> bool {
+        false
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), ExportError>;
     fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), ExportError>;

@@ -50,7 +50,8 @@ use crate::transmission::*;
 const IDLE: Duration = Duration::from_secs(2);
 /// Bytes of requests read from the socket at once.
 const READ_BUFFER: usize = 256 << 10;
-/// Writes up to this size run on the leader (they only copy into the page cache).
+/// Writes up to this size run on the leader (they only copy into the page cache), unless
+/// the export says they wait for the disk ([`Export::write_waits`]).
 const INLINE_WRITE: usize = 4 << 20;
 /// Reads up to this size are tried on the leader, without waiting for the disk.
 const INLINE_READ: usize = 256 << 10;
@@ -59,6 +60,12 @@ const INLINE_READ: usize = 256 << 10;
 const POOL_BUFFERS: usize = WORKERS_PER_CONNECTION + 8;
 const POOL_BYTES: usize = 48 << 20;
 const POOL_MAX_BUFFER: usize = 4 << 20;
+/// WRITE payloads of at least this many bytes are read into memory aligned to
+/// [`PAYLOAD_ALIGN`], so that an export may write them with direct I/O, from where they
+/// are (see [`crate::Export::write_waits`]).
+pub const PAYLOAD_ALIGN_MIN: usize = 64 << 10;
+/// See [`PAYLOAD_ALIGN_MIN`].
+pub const PAYLOAD_ALIGN: usize = 4096;
 
 /// What one connection may hold in memory at most, besides its threads' stacks: its
 /// requests' payloads and queued replies (`max_request_memory`), the payload buffers it
@@ -71,7 +78,7 @@ struct Job {
     req: Request,
     cmd: Command,
     /// A WRITE's payload, unless it is still in the request buffer.
-    payload: Vec<u8>,
+    payload: Payload,
     /// The WRITE's payload was whole in the request buffer when its header was read: the
     /// leader runs it from there (no copy) and then consumes it.
     in_buffer: bool,
@@ -87,12 +94,47 @@ impl Job {
     /// runs on the leader too: handing the socket to another thread for it costs more than
     /// that fdatasync (4 KiB random write QD32 with a flush every 32 writes: 129-164 MiB/s
     /// on the leader, 108-132 handed off), and its client is waiting for it.
-    fn runs_inline(&self) -> bool {
+    ///
+    /// A write the export says may wait for the disk ([`Export::write_waits`]) runs off
+    /// the leader too, so that the next ones are read and run beside it.
+    fn runs_inline(&self, export: &dyn Export) -> bool {
         match self.cmd {
-            Command::Write { .. } => self.req.length as usize <= INLINE_WRITE,
+            Command::Write { .. } => {
+                let len = self.req.length as usize;
+                len <= INLINE_WRITE && !export.write_waits(len)
+            }
             Command::Read => false,
             _ => true,
         }
+    }
+}
+
+/// A WRITE's payload: `len` bytes at `at` in a pooled buffer (`at` aligns a large one to
+/// [`PAYLOAD_ALIGN`]).
+#[derive(Default)]
+struct Payload {
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let (at, len) = (self.at, self.len);
+        &mut self.buf[at..at + len]
+    }
+}
+
+/// Bytes a buffer needs to hold a payload of `len` (room to align a large one).
+fn room_for(len: usize) -> usize {
+    if len >= PAYLOAD_ALIGN_MIN {
+        len + PAYLOAD_ALIGN
+    } else {
+        len
     }
 }
 
@@ -118,31 +160,32 @@ impl BufferPool {
         }
     }
 
-    /// A buffer of exactly `len` bytes (contents unspecified).
-    fn take(&self, len: usize) -> Vec<u8> {
+    /// A payload of `len` bytes (contents unspecified), aligned when it is large.
+    fn take(&self, len: usize) -> Payload {
+        let need = room_for(len);
         let reused = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             // The smallest that fits: small writes do not take the large buffers.
             free.iter()
                 .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
+                .filter(|(_, b)| b.capacity() >= need)
                 .min_by_key(|(_, b)| b.capacity())
                 .map(|(i, _)| i)
                 .map(|i| free.swap_remove(i))
         };
-        match reused {
-            Some(mut b) => {
-                // Every pooled buffer is initialized up to its capacity.
-                b.truncate(len);
-                b.resize(len, 0);
-                b
-            }
-            None => vec![0u8; len],
-        }
+        // Every pooled buffer is initialized up to its capacity (its length).
+        let buf = reused.unwrap_or_else(|| vec![0u8; need]);
+        let at = if need > len {
+            (PAYLOAD_ALIGN - buf.as_ptr() as usize % PAYLOAD_ALIGN) % PAYLOAD_ALIGN
+        } else {
+            0
+        };
+        Payload { buf, at, len }
     }
 
-    /// Gives a buffer back for reuse.
-    fn give(&self, mut b: Vec<u8>) {
+    /// Gives a payload's buffer back for reuse.
+    fn give(&self, p: Payload) {
+        let mut b = p.buf;
         if b.capacity() == 0 || b.capacity() > POOL_MAX_BUFFER {
             return;
         }
@@ -343,7 +386,7 @@ impl<'a, 'b, R: Read + Send, W: Write + Send> Crew<'a, 'b, R, W> {
                         r.consume(len);
                         continue;
                     }
-                    if job.runs_inline() {
+                    if job.runs_inline(conn.export) {
                         conn.run_reporting(job);
                         continue;
                     }
@@ -408,7 +451,7 @@ fn next_request<R: Read, W: Write>(
             Err(e) => return Err(e.into()),
         }
         let req = parse_request(&h)?;
-        let mut payload = Vec::new();
+        let mut payload = Payload::default();
         let mut in_buffer = false;
         let mut held = 0;
         if req.kind == CMD_WRITE {
@@ -424,7 +467,7 @@ fn next_request<R: Read, W: Write>(
                 payload = conn.pool.take(len);
                 // A payload at least as large as the request buffer is read past it,
                 // straight from the socket, once the buffered part is copied out.
-                match reader.read_exact(&mut payload) {
+                match reader.read_exact(payload.bytes_mut()) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
@@ -476,7 +519,7 @@ impl<W: Write> Conn<'_, '_, W> {
     }
 
     fn run_reporting(&self, job: Job) {
-        self.run_reporting_with(&job, &job.payload);
+        self.run_reporting_with(&job, job.payload.bytes());
         self.pool.give(job.payload);
     }
 
@@ -619,5 +662,34 @@ impl<W: Write> Conn<'_, '_, W> {
             Command::Disc => Ok(()),
         };
         done.map(|()| None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_payloads_are_aligned_reused_or_new() {
+        let pool = BufferPool::new(POOL_BYTES);
+        for round in 0..3 {
+            let mut p = pool.take(1 << 20);
+            assert_eq!(p.bytes().len(), 1 << 20);
+            assert_eq!(
+                p.bytes().as_ptr() as usize % PAYLOAD_ALIGN,
+                0,
+                "round {round}"
+            );
+            p.bytes_mut().fill(7);
+            pool.give(p);
+            // A small one may take a large buffer only if no smaller fits; it needs no
+            // alignment.
+            let s = pool.take(100);
+            assert_eq!(s.bytes().len(), 100);
+            pool.give(s);
+        }
+        let odd = pool.take(PAYLOAD_ALIGN_MIN + 1);
+        assert_eq!(odd.bytes().as_ptr() as usize % PAYLOAD_ALIGN, 0);
+        assert_eq!(odd.bytes().len(), PAYLOAD_ALIGN_MIN + 1);
     }
 }
