@@ -135,9 +135,21 @@ impl Shared {
                 return Some(idx.epoch());
             }
         }
+        if chain.len() < crate::chain_index::MIN_MAPS {
+            return None;
+        }
         let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
         if !idx.agrees_with(chain) {
             idx.reset();
+        }
+        // What indexing the rest would add, at most: past the budget, probing is cheaper.
+        let adding: usize = (idx.maps()..chain.len())
+            .filter_map(|pos| maps.get(chain.len() - 1 - pos))
+            .map(|m| m.blocks.run_count())
+            .sum();
+        if idx.run_count() + adding > crate::chain_index::MAX_RUNS {
+            idx.give_up();
+            return None;
         }
         for pos in idx.maps()..chain.len() {
             let Some(m) = maps.get(chain.len() - 1 - pos) else {
