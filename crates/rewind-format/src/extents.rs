@@ -607,31 +607,33 @@ impl ExtentOverlay {
         at
     }
 
-    /// `count` blocks from `first` now read from `loc`.
-    pub fn put(&mut self, first: u64, count: u64, loc: NewLoc<'_>) {
-        let loc = match loc {
-            NewLoc::Zero => ExtentLoc::Zero,
-            NewLoc::Record { segment, offset } => ExtentLoc::Record { segment, offset },
+    /// The rule for `count` blocks read from `loc`, its crcs kept for a later
+    /// [`ExtentOverlay::put_loc`], and the blocks it covers: a short crc list (never given
+    /// by the vault) would name crcs that do not exist, so only the blocks it covers.
+    pub fn stage(&mut self, count: u64, loc: NewLoc<'_>) -> (u64, ExtentLoc) {
+        match loc {
+            NewLoc::Zero => (count, ExtentLoc::Zero),
+            NewLoc::Record { segment, offset } => (count, ExtentLoc::Record { segment, offset }),
             NewLoc::Blocks {
                 segment,
                 offset,
                 crcs,
             } => {
-                // A short crc list (never given by the vault) would name crcs that do not
-                // exist: keep the blocks it covers only.
                 let count = count.min(crcs.len() as u64);
                 let crc_at = self.push_crcs(&crcs[..count as usize]);
-                return self.put_loc(
-                    first,
-                    count,
-                    ExtentLoc::Blocks {
-                        segment,
-                        offset,
-                        crc_at,
-                    },
-                );
+                let loc = ExtentLoc::Blocks {
+                    segment,
+                    offset,
+                    crc_at,
+                };
+                (count, loc)
             }
-        };
+        }
+    }
+
+    /// `count` blocks from `first` now read from `loc`.
+    pub fn put(&mut self, first: u64, count: u64, loc: NewLoc<'_>) {
+        let (count, loc) = self.stage(count, loc);
         self.put_loc(first, count, loc);
     }
 

@@ -33,21 +33,7 @@ impl PresentMap {
     /// `count` blocks from `first` now read from `loc` (replacing what earlier records
     /// said).
     pub(crate) fn insert(&mut self, first: u64, count: u64, loc: NewLoc<'_>) {
-        let loc = match loc {
-            NewLoc::Zero => ExtentLoc::Zero,
-            NewLoc::Record { segment, offset } => ExtentLoc::Record { segment, offset },
-            NewLoc::Blocks {
-                segment,
-                offset,
-                crcs,
-            } if crcs.len() as u64 == count => ExtentLoc::Blocks {
-                segment,
-                offset,
-                crc_at: self.overlay.push_crcs(crcs),
-            },
-            // Never given by the log (one crc per block): keep the record as a whole.
-            NewLoc::Blocks { segment, .. } => ExtentLoc::Record { segment, offset: 0 },
-        };
+        let (count, loc) = self.overlay.stage(count, loc);
         self.pending.push((first, count, loc));
         if self.pending.len() >= MIN_SLACK.max(self.overlay.extent_count()) {
             self.order();
