@@ -11,6 +11,12 @@
 //! synced in the background). After a crash of the machine (another `boot_id`) the
 //! records after the checkpoint are copied back into the primary before anything else.
 //!
+//! Version 2 adds the flag "behind": host writes after the checkpoint may have gone to the
+//! write log only, their primary writes deferred (the primary written behind the log).
+//! After an unclean stop with it set, the records after the checkpoint are copied back
+//! into the primary even in the same boot: the page cache never saw those writes. It is
+//! set, and synced, before the first such write after a checkpoint.
+//!
 //! The file holds two copies ("slots") of the bitmap, each in its own 4 KiB-aligned part of
 //! the file; a write goes to the slot with the older generation, so a torn write leaves the
 //! other slot intact. The valid slot with the newer generation is the DRL.
@@ -20,8 +26,10 @@
 //! ```text
 //! offset size field
 //!  0     8    magic          "RWNDDRL1"
-//!  8     2    version        1
+//!  8     2    version        2 (1: no flag "behind")
 //! 10     2    flags          bit 0: clean (written by a clean stop: no bit is set)
+//!                            bit 1: behind (version 2: the primary may lag the write
+//!                            log after the checkpoint)
 //! 12     4    region_size    bytes per region (a power of two, >= the block size)
 //! 16     8    volume_size    bytes
 //! 24     8    generation     incremented on every write of the DRL
@@ -38,10 +46,13 @@ use crate::codec::{
 use crate::DecodeError;
 
 pub const MAGIC: &[u8; 8] = b"RWNDDRL1";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// The version before the flag "behind"; still read.
+const VERSION_1: u16 = 1;
 const WHAT: &str = "dirty region log";
 const HEADER_LEN: usize = 64;
 const FLAG_CLEAN: u16 = 1;
+const FLAG_BEHIND: u16 = 2;
 /// Slots start on this alignment.
 const SLOT_ALIGN: usize = 4096;
 
@@ -57,6 +68,8 @@ pub struct DirtyRegions {
     pub boot_id: [u8; 16],
     /// Written by a clean stop.
     pub clean: bool,
+    /// The primary may lag the write log after the checkpoint (writes deferred).
+    pub behind: bool,
     /// One bit per region.
     pub bitmap: Vec<u8>,
 }
@@ -72,6 +85,7 @@ impl DirtyRegions {
             checkpoint_seq: 0,
             boot_id: [0; 16],
             clean: true,
+            behind: false,
             bitmap: vec![0; n.div_ceil(8) as usize],
         }
     }
@@ -103,7 +117,9 @@ impl DirtyRegions {
         let mut w = Writer(&mut out);
         w.bytes(MAGIC);
         w.u16(VERSION);
-        w.u16(if self.clean { FLAG_CLEAN } else { 0 });
+        let flags =
+            if self.clean { FLAG_CLEAN } else { 0 } | if self.behind { FLAG_BEHIND } else { 0 };
+        w.u16(flags);
         w.u32(self.region_size);
         w.u64(self.volume_size);
         w.u64(self.generation);
@@ -120,9 +136,17 @@ impl DirtyRegions {
         check_magic(buf, MAGIC, WHAT)?;
         let mut r = Reader::new(buf, WHAT);
         r.take(8)?;
-        check_version(r.u16()?, VERSION, WHAT)?;
+        let version = r.u16()?;
+        if version != VERSION_1 {
+            check_version(version, VERSION, WHAT)?;
+        }
         let flags = r.u16()?;
-        if flags & !FLAG_CLEAN != 0 {
+        let known = if version == VERSION_1 {
+            FLAG_CLEAN
+        } else {
+            FLAG_CLEAN | FLAG_BEHIND
+        };
+        if flags & !known != 0 {
             return Err(DecodeError::invalid(10, WHAT, "unknown flags"));
         }
         let region_size = r.u32()?;
@@ -154,7 +178,8 @@ impl DirtyRegions {
         let body = check_trailing_crc(&buf[..end], WHAT)?;
         let bitmap = body[HEADER_LEN..].to_vec();
         let clean = flags & FLAG_CLEAN != 0;
-        if clean && bitmap.iter().any(|b| *b != 0) {
+        let behind = flags & FLAG_BEHIND != 0;
+        if clean && (behind || bitmap.iter().any(|b| *b != 0)) {
             return Err(DecodeError::invalid(
                 10,
                 WHAT,
@@ -168,6 +193,7 @@ impl DirtyRegions {
             checkpoint_seq,
             boot_id,
             clean,
+            behind,
             bitmap,
         })
     }
@@ -281,5 +307,35 @@ mod tests {
             DirtyRegions::decode_slot(&d.encode()),
             Err(DecodeError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn version_2_carries_behind_and_version_1_still_reads() {
+        let mut d = sample();
+        d.behind = true;
+        let buf = d.encode();
+        assert_eq!(DirtyRegions::decode_slot(&buf), Ok(d.clone()));
+        // A version 1 slot (what earlier releases wrote): no flag "behind".
+        d.behind = false;
+        let mut v1 = d.encode();
+        v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let n = v1.len() - 4;
+        let crc = crc32c::crc32c(&v1[..n]);
+        v1[n..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(DirtyRegions::decode_slot(&v1), Ok(d.clone()));
+        // Version 1 with the flag set is refused (no writer of version 1 set it).
+        v1[10..12].copy_from_slice(&FLAG_BEHIND.to_le_bytes());
+        let crc = crc32c::crc32c(&v1[..n]);
+        v1[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            DirtyRegions::decode_slot(&v1),
+            Err(DecodeError::Invalid { offset: 10, .. })
+        ));
+        // Clean and behind at once cannot be.
+        let mut both = sample();
+        both.bitmap.fill(0);
+        both.clean = true;
+        both.behind = true;
+        assert!(DirtyRegions::decode_slot(&both.encode()).is_err());
     }
 }

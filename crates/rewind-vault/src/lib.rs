@@ -40,7 +40,7 @@ pub use rewind_format::manifest::{
 pub use rewind_format::Seq;
 pub use vault::{
     CreateOptions, Damage, HostOp, IntervalInfo, LogPosition, ManifestRepair, MapRepair,
-    SuspectMark, Vault, VaultInfo, WriteRefusal,
+    RecordPlace, SuspectMark, Vault, VaultInfo, WriteRefusal,
 };
 pub use view::{BlockSource, Extent, ExtentKind, Origin, PointView};
 

@@ -5,6 +5,7 @@ mod damage;
 mod fixup;
 mod intents;
 mod listing;
+mod placed;
 mod points;
 mod repair;
 mod scope;
@@ -39,6 +40,7 @@ use crate::write_log::RecordMeta;
 use crate::{fsutil, manifest_store, Progress};
 
 pub use damage::Damage;
+pub use placed::RecordPlace;
 pub use repair::{ManifestRepair, MapRepair};
 use seal::Sealing;
 pub use suspect::SuspectMark;
