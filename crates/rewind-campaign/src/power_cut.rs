@@ -188,8 +188,12 @@ pub(crate) fn check_recovery(
             fs.list(&layout.vault.join("log")).unwrap_or_default()
         );
     }
-    let live = LiveVolume::open(&layout.primary, vault.clone())
-        .map_err(|e| format!("open the live volume: {e}"))?;
+    let live = LiveVolume::open_with(
+        &layout.primary,
+        vault.clone(),
+        crate::workload::live_options(),
+    )
+    .map_err(|e| format!("open the live volume: {e}"))?;
     let report = recovery::recover(&live, &NoProgress, None, &mut |_, _| {})
         .map_err(|e| format!("recover: {e}"))?;
     out.fixup_blocks = report.fixup_blocks;

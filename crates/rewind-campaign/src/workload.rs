@@ -3,13 +3,26 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rewind_engine::intercept::LiveVolume;
+use rewind_engine::intercept::{LiveOptions, LiveVolume};
 use rewind_engine::restore;
 use rewind_engine::verify::{self, Target, VerifyOptions};
 use rewind_storage::{SimStorage, Storage};
 use rewind_vault::{NoProgress, Point, Vault};
 
 use crate::model::Model;
+
+/// Host writes at least this large have their primary write deferred in the campaigns
+/// (the server's default is 256 KiB, which the workload's writes seldom reach), so that
+/// power cuts and faults land among deferred writes too.
+pub const WRITE_BEHIND_MIN: usize = 64 << 10;
+
+/// The live volume's settings in the campaigns.
+pub fn live_options() -> LiveOptions {
+    LiveOptions {
+        write_behind_min: Some(WRITE_BEHIND_MIN),
+        ..LiveOptions::default()
+    }
+}
 
 /// A small deterministic generator (xorshift64*).
 #[derive(Debug, Clone)]
@@ -158,13 +171,16 @@ pub struct Volume {
     pub live: Option<LiveVolume>,
     pub model: Model,
     pub snapshot_no: u32,
+    /// How the live volume is opened (again).
+    pub opts: LiveOptions,
 }
 
 /// Why a step failed (the workload stops; the caller decides whether it was the cut).
 pub type StepError = String;
 
 impl Volume {
-    /// Creates the primary (random data in some blocks, holes elsewhere) and its vault.
+    /// Creates the primary (random data in some blocks, holes elsewhere) and its vault,
+    /// the live volume opened with [`live_options`].
     pub fn create(
         fs: SimStorage,
         layout: Layout,
@@ -172,6 +188,19 @@ impl Volume {
         bs: u32,
         seed: u64,
         seal: rewind_vault::SealPolicy,
+    ) -> Result<Volume, StepError> {
+        Self::create_with(fs, layout, blocks, bs, seed, seal, live_options())
+    }
+
+    /// [`Volume::create`] with the live volume opened with `opts`.
+    pub fn create_with(
+        fs: SimStorage,
+        layout: Layout,
+        blocks: u64,
+        bs: u32,
+        seed: u64,
+        seal: rewind_vault::SealPolicy,
+        live_opts: LiveOptions,
     ) -> Result<Volume, StepError> {
         let mut rng = Rng(seed ^ 0xba5e);
         let mut base = vec![0u8; (blocks * u64::from(bs)) as usize];
@@ -192,13 +221,15 @@ impl Volume {
         };
         let storage: Arc<dyn Storage> = Arc::new(fs.clone());
         let vault = Vault::create_on(storage, &opts, &NoProgress).map_err(|e| e.to_string())?;
-        let live = LiveVolume::open(&layout.primary, Arc::new(vault)).map_err(|e| e.to_string())?;
+        let live = LiveVolume::open_with(&layout.primary, Arc::new(vault), live_opts)
+            .map_err(|e| e.to_string())?;
         let mut v = Volume {
             fs,
             layout,
             live: Some(live),
             model: Model::new(bs as usize, base),
             snapshot_no: 0,
+            opts: live_opts,
         };
         v.note_state();
         Ok(v)
@@ -258,7 +289,13 @@ impl Volume {
                 self.live()?.vault().seal().map_err(|x| e("seal", &x))?;
             }
             Op::Checkpoint => self.live()?.checkpoint().map_err(|x| e("checkpoint", &x))?,
-            Op::Tick => self.live()?.tick().map_err(|x| e("tick", &x))?,
+            Op::Tick => {
+                let live = self.live()?;
+                live.tick().map_err(|x| e("tick", &x))?;
+                // What the server's background applier does when the host is quiet.
+                live.apply_behind(256 << 10, false)
+                    .map_err(|x| e("apply deferred writes", &x))?;
+            }
             Op::Sync => self.sync()?,
             Op::Restore => self.restore(rng)?,
             Op::Reopen => self.reopen()?,
@@ -327,7 +364,7 @@ impl Volume {
         let storage: Arc<dyn Storage> = Arc::new(self.fs.clone());
         let vault = Vault::open_on(storage, &self.layout.vault, "campaign")
             .map_err(|x| format!("open vault: {x}"))?;
-        let live = LiveVolume::open(&self.layout.primary, Arc::new(vault))
+        let live = LiveVolume::open_with(&self.layout.primary, Arc::new(vault), self.opts)
             .map_err(|x| format!("open live volume: {x}"))?;
         self.live = Some(live);
         Ok(())

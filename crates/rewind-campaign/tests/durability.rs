@@ -4,7 +4,9 @@
 //! - a flushed write survives (the write log's fdatasync);
 //! - concurrent writers share syncs and every flushed write survives;
 //! - the dirty region log lists a region on disk before the primary is written there;
-//! - a region the dirty region log's limit cleans had its writes flushed first.
+//! - a region the dirty region log's limit cleans had its writes flushed first;
+//! - a flushed write whose primary write was deferred survives: the primary's checkpoint
+//!   (its fdatasync) never passes it, so the redo after the cut brings it back.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -96,6 +98,42 @@ fn a_power_cut_keeps_every_flushed_write() {
 }
 
 #[test]
+fn a_power_cut_keeps_flushed_deferred_writes_the_checkpoint_stayed_before() {
+    let (fs, layout) = create(256, SealPolicy::default());
+    let opts = LiveOptions {
+        write_behind_min: Some(4 * BS),
+        ..LiveOptions::default()
+    };
+    let v = open(&fs, &layout, opts);
+    let mut want = vec![0u8; 256 * BS];
+    let mut put = |at: usize, data: &[u8]| {
+        v.write(at as u64, data, false).unwrap();
+        want[at..at + data.len()].copy_from_slice(data);
+    };
+    put(0, &[1u8; BS]);
+    // Deferred (8 blocks): in the write log only.
+    put(40 * BS, &[2u8; 8 * BS]);
+    // Written through the primary, after it.
+    put(100 * BS, &[3u8; BS]);
+    v.flush().unwrap();
+    // Syncs the primary: a checkpoint past the deferred write would promise it is there.
+    v.checkpoint().unwrap();
+    put(41 * BS, &[4u8; BS]);
+    put(60 * BS, &[5u8; 8 * BS]);
+    v.flush().unwrap();
+    assert!(v.behind_stats().0 > 0);
+    let cut = fs.power_cut(Cut::DurableOnly);
+    drop(v);
+    let v = recover(&cut, &layout);
+    assert!(
+        read_live(&v) == want,
+        "the primary lost a flushed deferred write"
+    );
+    assert!(newest(&v) == want, "the vault lost a flushed write");
+    v.stop().unwrap();
+}
+
+#[test]
 fn concurrent_writes_and_flushes_share_syncs_and_survive_a_power_cut() {
     const THREADS: u64 = 4;
     const ROUNDS: u64 = 30;
@@ -149,6 +187,7 @@ fn the_dirty_region_log_is_on_disk_before_the_primary_is_written() {
         &layout,
         LiveOptions {
             drl_region_size: 64 << 10,
+            ..LiveOptions::default()
         },
     );
     // Writes to clean regions, never flushed; the primary's writes reach the disk, the
@@ -175,6 +214,7 @@ fn regions_the_limit_cleans_had_their_writes_flushed_first() {
         &layout,
         LiveOptions {
             drl_region_size: region as u32,
+            ..LiveOptions::default()
         },
     );
     v.drl().set_dirty_limit(4);

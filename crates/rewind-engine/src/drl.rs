@@ -74,6 +74,10 @@ pub struct LastStop {
     pub checkpoint_seq: u64,
     /// Regions that may differ between primary and vault.
     pub dirty: Vec<u64>,
+    /// Host writes after the checkpoint may be in the write log only (the primary written
+    /// behind it): after an unclean stop the primary must be brought up to date from the
+    /// log, whatever the boot.
+    pub behind: bool,
     /// The facts came from a file (not a new, missing or torn-at-birth log).
     pub from_file: bool,
 }
@@ -110,6 +114,9 @@ pub struct DirtyRegionLog {
     disk: Mutex<u64>,
     /// Every record up to this seq is durable in the primary.
     checkpoint: AtomicU64,
+    /// The flag "behind" as written (or to be written) in the file: see
+    /// [`DirtyRegionLog::mark_behind`].
+    behind: AtomicBool,
     /// The boot written into the file. After a crash of the machine it stays the old boot
     /// until [`DirtyRegionLog::adopt_boot`]: until the primary is brought up to date, a
     /// restart must still see that the machine crashed.
@@ -203,6 +210,7 @@ impl DirtyRegionLog {
             same_boot: disk.boot_id == boot_id && boot_id != [0; 16],
             checkpoint_seq: disk.checkpoint_seq,
             dirty: disk.dirty().collect(),
+            behind: disk.behind && !disk.clean,
             from_file,
         };
         // A machine crash not yet recovered from keeps its boot in the file (see
@@ -211,6 +219,8 @@ impl DirtyRegionLog {
         let written_boot_id = if pending_redo { disk.boot_id } else { boot_id };
         let drl = DirtyRegionLog {
             checkpoint: AtomicU64::new(disk.checkpoint_seq),
+            // Kept until the primary was brought up to date (`adopt_boot`).
+            behind: AtomicBool::new(last.behind),
             written_boot_id: Mutex::new(written_boot_id),
             boot_id,
             file,
@@ -243,9 +253,11 @@ impl DirtyRegionLog {
     }
 
     /// Records this boot of the machine in the file, with checkpoint `seq`: called once
-    /// the primary was brought up to date after a crash of the machine (and synced).
+    /// the primary was brought up to date after a crash of the machine (and synced). The
+    /// primary then lags the log nowhere: the flag "behind" goes too.
     pub fn adopt_boot(&self, seq: u64) -> Result<()> {
         let mut g = self.lock();
+        self.behind.store(false, Ordering::Release);
         *self
             .written_boot_id
             .lock()
@@ -255,14 +267,45 @@ impl DirtyRegionLog {
     }
 
     /// Records that every record up to `seq` is durable in the primary (the caller synced
-    /// it), on disk.
-    pub fn set_checkpoint(&self, seq: u64) -> Result<()> {
+    /// it), on disk. `caught_up`: no host write waits to be written into the primary any
+    /// more, so the flag "behind" goes (the caller keeps new deferred writes from starting
+    /// meanwhile).
+    pub fn set_checkpoint(&self, seq: u64, caught_up: bool) -> Result<()> {
         let mut g = self.lock();
-        if seq <= self.checkpoint() {
+        let clear = caught_up && self.behind.load(Ordering::Acquire);
+        if seq <= self.checkpoint() && !clear {
             return Ok(());
         }
-        self.checkpoint.store(seq, Ordering::Release);
+        self.checkpoint
+            .store(seq.max(self.checkpoint()), Ordering::Release);
+        if clear {
+            self.behind.store(false, Ordering::Release);
+        }
         self.persist(&mut g, false)
+    }
+
+    /// Makes the flag "behind" durable, if it is not yet: called before a host write goes
+    /// to the write log only (its primary write deferred). Costs one write and fdatasync of
+    /// the file the first time after a checkpoint cleared it, nothing after that.
+    pub fn mark_behind(&self) -> Result<()> {
+        if self.behind.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut g = self.lock();
+        if self.behind.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.behind.store(true, Ordering::Release);
+        let res = self.persist(&mut g, false);
+        if res.is_err() {
+            self.behind.store(false, Ordering::Release);
+        }
+        res
+    }
+
+    /// Whether the flag "behind" is set.
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, u64> {
@@ -555,7 +598,8 @@ impl DirtyRegionLog {
         for r in extra {
             d.bitmap[(*r / 8) as usize] |= 1 << (*r % 8);
         }
-        d.clean = clean && d.bitmap.iter().all(|b| *b == 0);
+        d.behind = self.behind.load(Ordering::Acquire);
+        d.clean = clean && !d.behind && d.bitmap.iter().all(|b| *b == 0);
         d.generation = **g + 1;
         d.checkpoint_seq = self.checkpoint();
         d.boot_id = *self
@@ -742,7 +786,7 @@ mod tests {
             let (drl, _) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();
             let e = drl.enter(50 * MIB, 4096).unwrap();
             drl.leave(e, 1);
-            drl.set_checkpoint(1).unwrap();
+            drl.set_checkpoint(1, false).unwrap();
             // dropped without clear_all: a crash
         }
         let (drl, last) = DirtyRegionLog::open(tmp.path(), 64 * MIB, 4096).unwrap();

@@ -78,6 +78,13 @@ pub struct LiveVolume {
     primary: Arc<dyn StorageFile>,
     /// The primary's direct handle, for large aligned writes (see [`crate::direct`]).
     direct: crate::direct::DirectPrimary,
+    /// Host writes whose primary write is deferred (see [`crate::behind`]).
+    behind: crate::behind::Behind,
+    /// Held shared by a deferred write from its flag check until it is listed, and
+    /// exclusively by a checkpoint while it decides how far it reaches.
+    behind_gate: std::sync::RwLock<()>,
+    /// One background apply pass at a time.
+    applying: Mutex<()>,
     path: PathBuf,
     vault: Arc<Vault>,
     block_size: u64,
@@ -137,6 +144,7 @@ fn open_drl(
                     same_boot: last.same_boot,
                     checkpoint_seq: last.checkpoint_seq,
                     dirty: last.dirty.clone(),
+                    behind: last.behind,
                 }
             } else {
                 DrlFacts::Missing
@@ -163,12 +171,17 @@ fn open_drl(
 pub struct LiveOptions {
     /// Bytes per region of a new dirty region log (an existing log keeps its own).
     pub drl_region_size: u32,
+    /// Host writes at least this large (block-aligned) have their primary write deferred
+    /// (see [`crate::behind`]); `None`: none (the default; `REWIND_WRITE_BEHIND` turns it
+    /// on for [`LiveVolume::open`], see [`crate::behind::from_env`]).
+    pub write_behind_min: Option<usize>,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
         LiveOptions {
             drl_region_size: crate::drl::DEFAULT_REGION_SIZE,
+            write_behind_min: None,
         }
     }
 }
@@ -208,6 +221,8 @@ const DRL_PASS: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often the primary is synced and the checkpoint moved (the records after it are
 /// what a crash of the machine makes rewind copy back into the primary).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bytes of deferred writes the background applier writes into the primary per step.
+const APPLY_BATCH: u64 = 8 << 20;
 /// Blocks copied at once by the redo after a machine crash.
 const REDO_CHUNK_BLOCKS: u64 = 256;
 
@@ -241,7 +256,11 @@ impl ChangeTracker {
 impl LiveVolume {
     /// Opens the primary read-write and checks that it is the volume the vault protects.
     pub fn open(primary: &Path, vault: Arc<Vault>) -> Result<LiveVolume> {
-        Self::open_with(primary, vault, LiveOptions::default())
+        let opts = LiveOptions {
+            write_behind_min: crate::behind::from_env(),
+            ..LiveOptions::default()
+        };
+        Self::open_with(primary, vault, opts)
     }
 
     /// [`LiveVolume::open`] with settings (tests: a small dirty region size).
@@ -282,6 +301,12 @@ impl LiveVolume {
             flushed: std::sync::Condvar::new(),
             primary: file,
             direct: crate::direct::DirectPrimary::open(vault.storage().as_ref(), primary),
+            behind: crate::behind::Behind::new(
+                u64::from(vault.block_size()),
+                opts.write_behind_min,
+            ),
+            behind_gate: std::sync::RwLock::new(()),
+            applying: Mutex::new(()),
             path: primary.to_path_buf(),
             block_size: u64::from(vault.block_size()),
             size: expected,
@@ -472,21 +497,145 @@ impl LiveVolume {
         f()
     }
 
-    /// Reads live data from the primary.
+    /// Reads live data: from the primary, and where a host write's primary write is
+    /// still deferred, from its records.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
+        // The pieces are looked up before the primary is read: a piece applied meanwhile
+        // is in the primary by the time it is no longer listed.
+        let pieces = self.behind_pieces(offset, buf.len() as u64);
         self.primary
             .read_exact_at(buf, offset)
-            .map_err(self.io("read"))
+            .map_err(self.io("read"))?;
+        for p in &pieces {
+            self.read_piece(p, offset, buf)?;
+        }
+        Ok(())
     }
 
     /// Reads live data from the primary only if it is in the page cache: `Ok(false)` (and
-    /// nothing read) when reading would wait for the disk.
+    /// nothing read) when reading would wait for the disk, or read records.
     pub fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
         self.check(offset, buf.len() as u64)?;
+        if !self.behind_pieces(offset, buf.len() as u64).is_empty() {
+            return Ok(false);
+        }
         self.primary
             .read_nowait(buf, offset)
             .map_err(self.io("read"))
+    }
+
+    /// The deferred pieces of bytes offset..offset+len.
+    fn behind_pieces(&self, offset: u64, len: u64) -> Vec<crate::behind::Piece> {
+        if self.behind.is_empty() || len == 0 {
+            return Vec::new();
+        }
+        let bs = self.block_size;
+        self.behind.pieces(offset / bs, (offset + len).div_ceil(bs))
+    }
+
+    /// Copies what deferred piece `p` holds of the bytes at `offset..` into `buf`.
+    fn read_piece(&self, p: &crate::behind::Piece, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = self.block_size;
+        let mut data = vec![0u8; ((p.end - p.first) * bs) as usize];
+        self.vault.read_placed(&p.place, p.first, &mut data)?;
+        let from = (p.first * bs).max(offset);
+        let to = (p.end * bs).min(offset + buf.len() as u64);
+        if from < to {
+            let src = (from - p.first * bs) as usize;
+            let dst = (from - offset) as usize;
+            let n = (to - from) as usize;
+            buf[dst..dst + n].copy_from_slice(&data[src..src + n]);
+        }
+        Ok(())
+    }
+
+    /// Writes the deferred pieces of blocks first..end into the primary and unlists them.
+    /// The caller holds the blocks' region locks.
+    fn apply_behind_locked(&self, first: u64, end: u64) -> Result<()> {
+        for p in self.behind.pieces(first, end) {
+            let bs = self.block_size;
+            let len = ((p.end - p.first) * bs) as usize;
+            let mut raw = vec![0u8; len + crate::direct::ALIGN];
+            let at = raw.as_ptr().align_offset(crate::direct::ALIGN);
+            let data = &mut raw[at..at + len];
+            self.vault.read_placed(&p.place, p.first, data)?;
+            self.direct
+                .write(&self.primary, p.first * bs, data)
+                .map_err(self.io("write"))?;
+            self.behind.remove_if_same(&p);
+        }
+        Ok(())
+    }
+
+    /// Writes up to `max_bytes` of deferred host writes into the primary (the background
+    /// applier). Returns the bytes written.
+    pub fn apply_behind(&self, max_bytes: u64, oldest_first: bool) -> Result<u64> {
+        if self.behind.is_empty() {
+            return Ok(0);
+        }
+        let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let bs = self.block_size;
+        let mut done = 0;
+        for p in self.behind.pick((max_bytes / bs).max(1), oldest_first) {
+            let (offset, len) = (p.first * bs, (p.end - p.first) * bs);
+            // The primary gets data whose record may not be durable yet: its region is
+            // dirty until a flush covers it, as for a host write.
+            self.make_room(offset, len)?;
+            let entered = self.drl.enter(offset, len)?;
+            let res = {
+                let _g = self.lock(p.first, p.end);
+                self.apply_behind_locked(p.first, p.end)
+            };
+            self.drl.leave(
+                entered,
+                res.as_ref().map_or(u64::MAX, |_| self.vault.newest_seq().0),
+            );
+            res?;
+            done += len;
+        }
+        Ok(done)
+    }
+
+    /// The background applier's step: applies a batch when the host has been quiet for a
+    /// moment, when the list nears its bounds, or when the checkpoint waits on old writes;
+    /// returns whether it did anything (the caller sleeps otherwise).
+    pub fn apply_behind_step(&self) -> Result<bool> {
+        if self.behind.is_empty() {
+            return Ok(false);
+        }
+        let quiet = self.behind.quiet_for() >= std::time::Duration::from_millis(20);
+        let stuck = self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            > 2 * CHECKPOINT_EVERY;
+        let pressed = self.behind.pressed();
+        if !(quiet || pressed || stuck) {
+            return Ok(false);
+        }
+        tracing::trace!(
+            quiet,
+            pressed,
+            stuck,
+            bytes = self.behind.bytes(),
+            "applying deferred writes"
+        );
+        Ok(self.apply_behind(APPLY_BATCH, stuck)? > 0)
+    }
+
+    /// Writes every deferred host write into the primary.
+    pub fn apply_all_behind(&self) -> Result<()> {
+        while !self.behind.is_empty() {
+            self.apply_behind(u64::MAX, false)?;
+        }
+        Ok(())
+    }
+
+    /// Deferred host writes: bytes and runs listed.
+    pub fn behind_stats(&self) -> (u64, usize) {
+        (self.behind.bytes(), self.behind.runs())
     }
 
     /// Writes `data` at `offset` to the primary and the write log. With `fua`, the write
@@ -497,6 +646,24 @@ impl LiveVolume {
         }
         self.check(offset, data.len() as u64)?;
         self.vault.check_room()?;
+        self.behind.note_write();
+        if self.behind.wants(offset, data.len()) {
+            // The primary is not touched: no region to dirty, unless the write fails (then
+            // the log may hold part of it, and the next start compares the region).
+            let res = self.write_behind(offset, data);
+            if res.is_err() {
+                // Dirty for good, as a failed write through the primary leaves it.
+                if let Ok(e) = self.drl.enter(offset, data.len() as u64) {
+                    self.drl.leave(e, u64::MAX);
+                }
+                self.resync_after_failure(offset, data.len() as u64);
+            }
+            res?;
+            if fua {
+                self.flush()?;
+            }
+            return Ok(());
+        }
         self.make_room(offset, data.len() as u64)?;
         let entered = self.drl.enter(offset, data.len() as u64)?;
         let res = self.write_locked(offset, data);
@@ -530,6 +697,11 @@ impl LiveVolume {
         let bs = self.block_size;
         let (first, last) = (offset / bs, (offset + len).div_ceil(bs));
         let _g = self.lock(first, last);
+        // The primary is what is read: deferred writes there go into it first.
+        if let Err(e) = self.apply_behind_locked(first, last) {
+            tracing::warn!(error = %e, first_block = first, "could not write deferred writes into the primary after a failed write; the region stays dirty until compared");
+            return;
+        }
         let mut b = first;
         while b < last {
             let n = (last - b).min(REDO_CHUNK_BLOCKS);
@@ -559,6 +731,26 @@ impl LiveVolume {
         Ok(())
     }
 
+    /// Appends the records of a whole-block write and lists them: the primary is written
+    /// later (see [`crate::behind`]). Falls back to [`LiveVolume::write_locked`] while a
+    /// checkpoint keeps new deferred writes out.
+    fn write_behind(&self, offset: u64, data: &[u8]) -> Result<Seq> {
+        let bs = self.block_size;
+        let (first, last) = (offset / bs, (offset + data.len() as u64) / bs);
+        let _gate = self.behind_gate.read().unwrap_or_else(|p| p.into_inner());
+        if !self.behind.wants(offset, data.len()) {
+            drop(_gate);
+            return self.write_locked(offset, data);
+        }
+        // On disk before any record whose primary write is deferred reaches the log.
+        self.drl.mark_behind()?;
+        let _g = self.lock(first, last);
+        let (seq, places) = self.vault.write_placed(first, data)?;
+        self.behind.insert(&places);
+        self.note_change(first, last);
+        Ok(seq)
+    }
+
     /// Writes the primary and appends the record, under the regions' locks.
     fn write_locked(&self, offset: u64, data: &[u8]) -> Result<Seq> {
         let bs = self.block_size;
@@ -569,8 +761,13 @@ impl LiveVolume {
             self.direct
                 .write(&self.primary, offset, data)
                 .map_err(self.io("write"))?;
-            self.vault.write(first, data)?
+            let seq = self.vault.write(first, data)?;
+            // Wholly overwritten, primary and log: no deferred write there any more.
+            self.behind.remove(first, last);
+            seq
         } else {
+            // The edge blocks are read from the primary: it must hold them first.
+            self.apply_behind_locked(first, last)?;
             let mut buf = vec![0u8; ((last - first) * bs) as usize];
             let head = (offset - first * bs) as usize;
             if head != 0 {
@@ -609,6 +806,7 @@ impl LiveVolume {
             return self.write(offset, &vec![0u8; len as usize], fua);
         }
         self.vault.check_room()?;
+        self.behind.note_write();
         self.make_room(offset, len)?;
         let entered = self.drl.enter(offset, len)?;
         let res = self.zero_locked(offset, end, trim, no_hole);
@@ -633,6 +831,13 @@ impl LiveVolume {
         let (first, last) = (offset / bs, end.div_ceil(bs));
         let (inner_first, inner_end) = (offset.div_ceil(bs), end / bs);
         let _g = self.lock(first, last);
+        // Edge blocks are read from the primary: deferred writes there go into it first.
+        if inner_first > first {
+            self.apply_behind_locked(first, inner_first)?;
+        }
+        if last > inner_end {
+            self.apply_behind_locked(inner_end, last)?;
+        }
         let head = if inner_first > first {
             Some(self.zeroed_edge(first, offset - first * bs, bs)?)
         } else {
@@ -674,6 +879,7 @@ impl LiveVolume {
             });
         }
         let seq = self.vault.apply(&ops)?;
+        self.behind.remove(first, last);
         self.note_change(first, last);
         Ok(seq)
     }
@@ -752,9 +958,29 @@ impl LiveVolume {
     /// is flushed first, so that the checkpoint never names a record the log could lose:
     /// after a crash of the machine the log must reach at least the checkpoint.
     pub fn checkpoint(&self) -> Result<()> {
-        // Every write with a record up to here has written the primary already.
-        let covered = self.vault.newest_seq().0;
-        if covered <= self.drl.checkpoint() {
+        // Every write with a record up to here has written the primary already, but those
+        // whose primary write is deferred: the checkpoint stops before the oldest of them.
+        // Decided with no deferred write between its record and its listing; when none is
+        // listed, new ones wait until the flag "behind" is cleared with the checkpoint.
+        let (covered, caught_up) = {
+            let _gate = self.behind_gate.write().unwrap_or_else(|p| p.into_inner());
+            let newest = self.vault.newest_seq().0;
+            match self.behind.oldest_seq() {
+                Some(oldest) => (newest.min(oldest.0.saturating_sub(1)), false),
+                None => {
+                    self.behind.set_paused(true);
+                    (newest, true)
+                }
+            }
+        };
+        let res = self.checkpoint_to(covered, caught_up);
+        self.behind.set_paused(false);
+        res
+    }
+
+    fn checkpoint_to(&self, covered: u64, caught_up: bool) -> Result<()> {
+        let clear_flag = caught_up && self.drl.is_behind();
+        if covered <= self.drl.checkpoint() && !clear_flag {
             return Ok(());
         }
         self.flush()?;
@@ -774,7 +1000,7 @@ impl LiveVolume {
                 return Err(self.io("fdatasync")(e));
             }
         }
-        self.drl.set_checkpoint(covered)?;
+        self.drl.set_checkpoint(covered, caught_up)?;
         self.record_serving()?;
         Ok(())
     }
@@ -878,6 +1104,7 @@ impl LiveVolume {
     /// records a clean stop in the dirty region log. Call it when no write is in flight
     /// any more.
     pub fn stop(&self) -> Result<Option<rewind_vault::IntervalInfo>> {
+        self.apply_all_behind()?;
         self.flush()?;
         self.checkpoint()?;
         let sealed = self.vault.seal()?;
@@ -893,8 +1120,23 @@ impl LiveVolume {
     }
 
     /// Allocation of the primary: runs of (length, is_hole) covering offset..offset+len.
+    /// Blocks of deferred writes are data, whatever the primary holds there yet.
     pub fn allocation(&self, offset: u64, len: u64) -> Vec<(u64, bool)> {
         let end = (offset + len).min(self.size);
+        let pieces = self.behind_pieces(offset, end.saturating_sub(offset));
+        let runs = self.primary_allocation(offset, end);
+        if pieces.is_empty() {
+            return runs;
+        }
+        let bs = self.block_size;
+        let data: Vec<(u64, u64)> = pieces
+            .iter()
+            .map(|p| ((p.first * bs).max(offset), (p.end * bs).min(end)))
+            .collect();
+        overlay_data(offset, &runs, &data)
+    }
+
+    fn primary_allocation(&self, offset: u64, end: u64) -> Vec<(u64, bool)> {
         let mut out = Vec::new();
         let mut at = offset;
         while at < end {
@@ -915,5 +1157,76 @@ impl LiveVolume {
             }
         }
         out
+    }
+}
+
+/// `runs` (length, is_hole) from `offset`, with the byte ranges `data` (sorted, disjoint)
+/// made data; adjacent runs of one kind merged.
+fn overlay_data(offset: u64, runs: &[(u64, bool)], data: &[(u64, u64)]) -> Vec<(u64, bool)> {
+    let mut out: Vec<(u64, bool)> = Vec::new();
+    let mut push = |len: u64, hole: bool| {
+        if len == 0 {
+            return;
+        }
+        match out.last_mut() {
+            Some((l, h)) if *h == hole => *l += len,
+            _ => out.push((len, hole)),
+        }
+    };
+    let mut at = offset;
+    let mut d = data.iter().peekable();
+    for &(len, hole) in runs {
+        let end = at + len;
+        if !hole {
+            push(len, false);
+            at = end;
+            continue;
+        }
+        let mut x = at;
+        while x < end {
+            while d.peek().is_some_and(|r| r.1 <= x) {
+                d.next();
+            }
+            match d.peek() {
+                Some(&&(s, e)) if s < end => {
+                    if s > x {
+                        push(s - x, true);
+                    }
+                    let stop = e.min(end);
+                    push(stop - s.max(x), false);
+                    x = stop;
+                }
+                _ => {
+                    push(end - x, true);
+                    x = end;
+                }
+            }
+        }
+        at = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::overlay_data;
+
+    #[test]
+    fn deferred_data_in_holes_is_data() {
+        // hole 0..100, data 100..150, hole 150..300
+        let runs = [(100, true), (50, false), (150, true)];
+        let got = overlay_data(0, &runs, &[(10, 20), (140, 160), (290, 300)]);
+        assert_eq!(
+            got,
+            vec![
+                (10, true),
+                (10, false),
+                (80, true),
+                (60, false),
+                (130, true),
+                (10, false)
+            ]
+        );
+        assert_eq!(overlay_data(1000, &[(50, true)], &[]), vec![(50, true)]);
     }
 }

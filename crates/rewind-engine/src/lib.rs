@@ -12,6 +12,7 @@
 //!
 //! Later: retention, replication.
 
+pub mod behind;
 pub mod check;
 pub mod direct;
 pub mod drl;

@@ -107,6 +107,8 @@ pub enum DrlFacts {
         same_boot: bool,
         checkpoint_seq: u64,
         dirty: Vec<u64>,
+        /// The primary may lag the write log after the checkpoint (writes deferred).
+        behind: bool,
     },
     /// No log, or one whose first write was torn: a new one was started.
     Missing,
@@ -154,8 +156,11 @@ pub fn decide(f: &Facts) -> Decision {
             same_boot,
             checkpoint_seq,
             dirty,
+            behind,
         } => (
-            !clean && !same_boot,
+            // Deferred primary writes were never in the page cache: the same boot does not
+            // save them.
+            !clean && (!same_boot || *behind),
             Some(*checkpoint_seq),
             dirty.clone(),
             true,
@@ -169,6 +174,15 @@ pub fn decide(f: &Facts) -> Decision {
         .unwrap_or(0)
         .min(f.newest_seq);
     let crashed = drl_crash || manifest_crash;
+    let deferred = matches!(
+        f.drl,
+        DrlFacts::Found {
+            clean: false,
+            same_boot: true,
+            behind: true,
+            ..
+        }
+    ) && !manifest_crash;
     let unclean_without_log = !drl_known && f.serving.is_some();
     let compare = if unclean_without_log {
         (0..f.regions).collect()
@@ -177,12 +191,14 @@ pub fn decide(f: &Facts) -> Decision {
     };
     let why = match (crashed, unclean_without_log, compare.is_empty()) {
         (_, true, _) => "the last stop was not clean and the dirty region log is gone: every region is compared",
+        (true, _, _) if deferred => "the last stop was not clean and host writes were still to be written into the primary: it is brought up to date from the write log",
         (true, _, _) => "the machine stopped without a clean stop: the primary is brought up to date from the write log",
         (false, _, false) => "the last stop was not clean: the dirty regions are compared",
         _ => "clean",
     };
     Decision {
-        redo_from: crashed.then_some(checkpoint),
+        // Without its log nothing says whether writes were deferred: redo in any boot.
+        redo_from: (crashed || unclean_without_log).then_some(checkpoint),
         compare,
         why,
     }
@@ -215,7 +231,19 @@ mod tests {
             same_boot,
             checkpoint_seq: checkpoint,
             dirty: dirty.to_vec(),
+            behind: false,
         }
+    }
+
+    #[test]
+    fn a_killed_process_with_deferred_primary_writes_redoes_from_the_checkpoint() {
+        let mut drl = found(false, true, 90, &[2]);
+        if let DrlFacts::Found { behind, .. } = &mut drl {
+            *behind = true;
+        }
+        let d = decide(&facts(drl, Some((NOW, 80))));
+        assert_eq!((d.redo_from, d.compare), (Some(80), vec![2]));
+        assert!(d.why.contains("still to be written"), "{}", d.why);
     }
 
     #[test]
@@ -247,9 +275,10 @@ mod tests {
             // Another boot: redo from the manifest's checkpoint, and compare everything.
             let d = decide(&facts(drl.clone(), Some((BEFORE, 70))));
             assert_eq!((d.redo_from, d.compare), (Some(70), vec![0, 1, 2, 3]));
-            // The same boot (a killed process): the primary is whole, compare everything.
+            // The same boot (a killed process): the primary may still lack writes that were
+            // deferred (the log that said so is gone): redo too, and compare everything.
             let d = decide(&facts(drl, Some((NOW, 70))));
-            assert_eq!((d.redo_from, d.compare), (None, vec![0, 1, 2, 3]));
+            assert_eq!((d.redo_from, d.compare), (Some(70), vec![0, 1, 2, 3]));
         }
         // A log that says "clean, this boot" is outvoted by a manifest written in another
         // boot (the log was copied or moved back).

@@ -202,8 +202,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         listeners.tcp.as_ref(),
         socket.as_deref(),
     );
+    let applier = spawn_applier(server.volume.clone(), shutdown.clone());
     accept_loop(&server, &listeners, &vault, &shutdown);
+    let _ = applier.join();
     stop(&server, &vault, listeners, socket.as_deref())
+}
+
+/// The thread that writes deferred host writes into the primary (see
+/// `rewind_engine::behind`) while the host is quiet; the clean stop writes the rest.
+fn spawn_applier(
+    volume: Arc<LiveVolume>,
+    shutdown: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut errors = Repeating::new("writing deferred host writes into the primary failed");
+        while !shutdown.load(Ordering::Relaxed) {
+            match volume.apply_behind_step() {
+                Ok(true) => {}
+                Ok(false) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => {
+                    errors.report(Err::<(), _>(e));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    })
 }
 
 /// What `serve` works on, from the command line.

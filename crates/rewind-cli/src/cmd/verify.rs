@@ -142,6 +142,15 @@ pub fn offline_regions(
         eprintln!("warning: {msg}");
     }
     let unclean = drl::unclean_stop(dir).context("cannot read the dirty region log")?;
+    if let Some((d, true)) = &unclean {
+        if d.behind {
+            let msg = "the last `rewind serve` did not stop cleanly while host writes were still to be written into the primary (REWIND_WRITE_BEHIND): the primary lacks writes that only the write log holds. Start `rewind serve` once: it brings the primary up to date and repairs the dirty regions itself.";
+            if writes {
+                bail!("{msg}");
+            }
+            eprintln!("warning: {msg}");
+        }
+    }
     if let Some((_, false)) = &unclean {
         let msg = "the last `rewind serve` did not stop cleanly and the machine has restarted since: the primary may lack writes that only the write log holds. Start `rewind serve` once: it brings the primary up to date and repairs the dirty regions itself.";
         if writes {
