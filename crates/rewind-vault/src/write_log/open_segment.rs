@@ -38,7 +38,7 @@ use crate::error::{corrupted, Corruption, IoContext, Result};
 use crate::fsutil::{self, FileRef};
 
 /// The append buffer is written to the file once it holds this much.
-pub(crate) const WRITE_OUT_BYTES: usize = 1 << 20;
+pub(crate) const WRITE_OUT_BYTES: usize = 4 << 20;
 /// Bytes an append buffer holds: a full buffer, one more largest record, the carried
 /// partial block and the padding.
 pub(crate) const BUFFER_BYTES: usize =

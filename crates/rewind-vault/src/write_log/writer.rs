@@ -30,7 +30,7 @@ use crate::fsutil::FileRef;
 /// stall of the disk of a few milliseconds (the host writing back other files) stopped
 /// the connection's thread: 4 KiB random writes QD32 after a 3 GB write elsewhere went
 /// 18% faster with 16 (medians of 6 alternations); 32 gave no more.
-const BUFFERS: usize = 16;
+const BUFFERS: usize = 8;
 /// How often a write refused for lack of space is tried again.
 const STALL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
