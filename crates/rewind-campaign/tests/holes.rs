@@ -469,3 +469,42 @@ fn a_log_sync_that_fails_for_lack_of_space_is_enospc_to_the_host() {
     clean(&v);
     v.stop().unwrap();
 }
+
+/// A deferred write (the primary written behind the log) whose log write then fails: its
+/// data was kept until durable, so the host still reads it, the primary gets it, and the
+/// restart compares instead of bringing back a log that lost it.
+#[test]
+fn a_deferred_write_stays_readable_when_the_log_fails_under_it() {
+    let (fs, layout) = create();
+    let storage: Arc<dyn Storage> = Arc::new(fs.clone());
+    let vault = Vault::open_on(storage, &layout.vault, "test").unwrap();
+    let opts = rewind_engine::intercept::LiveOptions {
+        write_behind_min: Some(4 * BS),
+        ..rewind_engine::intercept::LiveOptions::default()
+    };
+    let v = LiveVolume::open_with(&layout.primary, Arc::new(vault), opts).unwrap();
+    let mut want = live(&v);
+    v.write(0, &[1u8; BS], false).unwrap();
+    want[..BS].fill(1);
+    v.flush().unwrap();
+    // Deferred, buffered in the log, not flushed.
+    v.write(64 * BS as u64, &[2u8; 8 * BS], false).unwrap();
+    want[64 * BS..72 * BS].fill(2);
+    assert!(v.behind_kept_bytes() > 0);
+    fs.set_faults(FaultPlan::new(vec![Fault::from_then_on(
+        OpKind::Write,
+        1,
+        FaultKind::Eio,
+    )
+    .on_paths("log")]));
+    assert!(v.flush().is_err(), "the log write fails");
+    assert!(live(&v) == want, "the host reads what it wrote");
+    assert_eq!(v.behind_stats(), (0, 0), "written into the primary");
+    fs.set_faults(FaultPlan::default());
+    drop(v);
+    // The same boot: no redo from the log that lost it; the primary keeps it.
+    let v = recover(&fs, &layout);
+    assert!(live(&v) == want, "the restart kept what the host read");
+    assert!(newest(&v) == want, "and the vault has it again");
+    v.stop().unwrap();
+}

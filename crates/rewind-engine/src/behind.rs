@@ -15,16 +15,20 @@
 //! oldest write still listed; after an unclean stop with the flag set, the records after
 //! the checkpoint are copied into the primary in any boot (see [`crate::recovery`]).
 //!
-//! Off by default (`REWIND_WRITE_BEHIND`, [`from_env`]; tests and campaigns turn it on
-//! through `LiveOptions::write_behind_min`): a failed write of the log loses what a
-//! deferred write had only in the log's buffer (a write through the primary stays
-//! readable there), so it waits for the data to be kept until its buffer is written.
+//! A deferred write's data is kept in memory until its records are durable ([`Kept`]):
+//! when the log fails under it, reads still get it and it goes into the primary (see
+//! `LiveVolume::salvage_behind`), as with a write through the primary.
+//!
+//! Off by default (`REWIND_WRITE_BEHIND`, [`from_env`]; tests and the power-cut campaign
+//! turn it on through `LiveOptions::write_behind_min`): the fault campaign with it on
+//! still fails on sync faults around a segment switch (a restart shows a block the host
+//! had not read), not yet understood.
 //!
 //! This module is the list: block runs -> the record that holds them, newest wins.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rewind_vault::{RecordPlace, Seq};
 
@@ -35,23 +39,64 @@ pub const DEFAULT_MIN_BYTES: usize = 256 << 10;
 pub const MAX_BYTES: u64 = 8 << 30;
 /// Most runs listed at once (each about 80 bytes of memory).
 pub const MAX_RUNS: usize = 1 << 18;
+/// Most bytes of deferred writes kept in memory until their records are durable: past it
+/// large writes write the primary as they go again.
+pub const MAX_KEPT: u64 = 256 << 20;
+/// Kept bytes past which the background applier flushes the log (so that they can go).
+pub const FLUSH_KEPT: u64 = 128 << 20;
+
+/// A deferred host write's data, kept until its records are durable in the log: until
+/// then the log may still lose them (a failed write or sync of the log), and this copy,
+/// like the page cache of a primary written through, is what reads and the primary get.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    /// Its last record: kept until the log is durable up to it.
+    seq: Seq,
+    first_block: u64,
+    data: std::sync::RwLock<Option<Box<[u8]>>>,
+}
+
+impl Kept {
+    /// Copies blocks `first..` into `out` if the data is still kept.
+    pub(crate) fn copy(&self, first: u64, block_size: u64, out: &mut [u8]) -> bool {
+        let g = self.data.read().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = g.as_ref() else { return false };
+        let at = ((first - self.first_block) * block_size) as usize;
+        match d.get(at..at + out.len()) {
+            Some(src) => {
+                out.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// One listed run: blocks `first..end` (the map key is `first`) read from `place`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Run {
     end: u64,
     place: RecordPlace,
+    kept: Option<Arc<Kept>>,
     /// When it was listed (seconds since the list was made), to apply old runs first
     /// under load.
     at_s: u32,
 }
 
 /// A piece of a listed run: blocks `first..end` as `place` holds them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Piece {
     pub first: u64,
     pub end: u64,
     pub place: RecordPlace,
+    /// The write's data while its records are not durable yet.
+    pub(crate) kept: Option<Arc<Kept>>,
+}
+
+impl PartialEq for Piece {
+    fn eq(&self, o: &Piece) -> bool {
+        (self.first, self.end, self.place) == (o.first, o.end, o.place)
+    }
 }
 
 #[derive(Debug)]
@@ -69,6 +114,9 @@ pub(crate) struct Behind {
     last_write_ns: AtomicU64,
     /// Deferring is off for now (full list, or a checkpoint clearing the flag).
     paused: AtomicBool,
+    /// Writes whose data is kept, oldest first, and their bytes.
+    kept: Mutex<VecDeque<Arc<Kept>>>,
+    kept_bytes: AtomicU64,
 }
 
 /// The threshold `REWIND_WRITE_BEHIND` asks for: unset, empty or `0`: off; `1` or `on`:
@@ -102,6 +150,8 @@ impl Behind {
             started: std::time::Instant::now(),
             last_write_ns: AtomicU64::new(0),
             paused: AtomicBool::new(false),
+            kept: Mutex::new(VecDeque::new()),
+            kept_bytes: AtomicU64::new(0),
         }
     }
 
@@ -117,6 +167,27 @@ impl Behind {
             && !self.paused.load(Ordering::Relaxed)
             && self.count.load(Ordering::Relaxed) < MAX_RUNS
             && self.blocks.load(Ordering::Relaxed) * self.block_size < MAX_BYTES
+            && self.kept_bytes.load(Ordering::Relaxed) < MAX_KEPT
+    }
+
+    /// Bytes of deferred writes kept in memory.
+    pub(crate) fn kept_bytes(&self) -> u64 {
+        self.kept_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Lets go of the data of writes whose records are durable up to `durable`.
+    pub(crate) fn release(&self, durable: Seq) {
+        if self.kept_bytes() == 0 {
+            return;
+        }
+        let mut q = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        while q.front().is_some_and(|k| k.seq <= durable) {
+            if let Some(k) = q.pop_front() {
+                let d = k.data.write().unwrap_or_else(|p| p.into_inner()).take();
+                let n = d.map_or(0, |d| d.len() as u64);
+                self.kept_bytes.fetch_sub(n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Notes a host write now (any: the background applier waits for quiet).
@@ -156,9 +227,27 @@ impl Behind {
         self.paused.store(paused, Ordering::Release);
     }
 
-    /// Lists the records of one host write (newest wins over what was listed).
-    pub(crate) fn insert(&self, places: &[RecordPlace]) {
+    /// Lists the records of one host write (newest wins over what was listed), its data
+    /// kept until they are durable.
+    pub(crate) fn insert(&self, places: &[RecordPlace], data: &[u8]) {
         let at_s = self.started.elapsed().as_secs() as u32;
+        let kept = match (places.first(), places.last()) {
+            (Some(first), Some(last)) => {
+                let k = Arc::new(Kept {
+                    seq: last.seq,
+                    first_block: first.first_block,
+                    data: std::sync::RwLock::new(Some(data.into())),
+                });
+                self.kept_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.kept
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(k.clone());
+                Some(k)
+            }
+            _ => None,
+        };
         let mut runs = self.lock();
         for p in places {
             let (first, end) = (p.first_block, p.end_block());
@@ -171,6 +260,7 @@ impl Behind {
                 Run {
                     end,
                     place: *p,
+                    kept: kept.clone(),
                     at_s,
                 },
             );
@@ -225,12 +315,13 @@ impl Behind {
             if left == 0 {
                 break;
             }
-            let end = r.end.min(first + left);
+            let end = r.end.min(first.saturating_add(left));
             left -= end - first;
             out.push(Piece {
                 first,
                 end,
                 place: r.place,
+                kept: r.kept.clone(),
             });
         }
         out.sort_by_key(|p| p.first);
@@ -262,6 +353,7 @@ fn overlapping(runs: &BTreeMap<u64, Run>, first: u64, end: u64) -> Vec<Piece> {
             first: (*f).max(first),
             end: r.end.min(end),
             place: r.place,
+            kept: r.kept.clone(),
         })
         .collect()
 }
@@ -285,7 +377,13 @@ fn cut(runs: &mut BTreeMap<u64, Run>, first: u64, end: u64) -> u64 {
         let Some(r) = runs.remove(&f) else { continue };
         gone += r.end.min(end) - f.max(first);
         if f < first {
-            runs.insert(f, Run { end: first, ..r });
+            runs.insert(
+                f,
+                Run {
+                    end: first,
+                    ..r.clone()
+                },
+            );
         }
         if r.end > end {
             runs.insert(end, Run { end: r.end, ..r });
@@ -324,7 +422,7 @@ mod tests {
                 let seq = i as u64 + 1;
                 let end = first + u64::from(n);
                 if ins {
-                    b.insert(&[place(seq, first, n)]);
+                    b.insert(&[place(seq, first, n)], &vec![0u8; n as usize * 4096]);
                     for k in first..end {
                         model.insert(k, seq);
                     }
@@ -350,13 +448,13 @@ mod tests {
     #[test]
     fn a_piece_replaced_meanwhile_stays_listed() {
         let b = Behind::new(4096, Some(1));
-        b.insert(&[place(1, 0, 8)]);
-        let old = b.pieces(0, 8)[0];
-        b.insert(&[place(2, 4, 2)]);
+        b.insert(&[place(1, 0, 8)], &[0u8; 8 * 4096]);
+        let old = b.pieces(0, 8)[0].clone();
+        b.insert(&[place(2, 4, 2)], &[0u8; 2 * 4096]);
         b.remove_if_same(&Piece {
             first: 0,
             end: 8,
-            ..old
+            ..old.clone()
         });
         assert_eq!(b.pieces(0, 8).len(), 3, "replaced in part: kept");
         b.remove_if_same(&Piece {

@@ -538,7 +538,7 @@ impl LiveVolume {
     fn read_piece(&self, p: &crate::behind::Piece, offset: u64, buf: &mut [u8]) -> Result<()> {
         let bs = self.block_size;
         let mut data = vec![0u8; ((p.end - p.first) * bs) as usize];
-        self.vault.read_placed(&p.place, p.first, &mut data)?;
+        self.piece_data(p, &mut data)?;
         let from = (p.first * bs).max(offset);
         let to = (p.end * bs).min(offset + buf.len() as u64);
         if from < to {
@@ -550,6 +550,52 @@ impl LiveVolume {
         Ok(())
     }
 
+    /// The data of deferred piece `p`: kept in memory until its records are durable, then
+    /// read from them.
+    fn piece_data(&self, p: &crate::behind::Piece, out: &mut [u8]) -> Result<()> {
+        if p.kept
+            .as_ref()
+            .is_some_and(|k| k.copy(p.first, self.block_size, out))
+        {
+            return Ok(());
+        }
+        Ok(self.vault.read_placed(&p.place, p.first, out)?)
+    }
+
+    /// After the write log failed (a write or a sync): every deferred write goes into the
+    /// primary (from the data kept for it where its records are not durable), its region
+    /// dirty for good, so that the primary holds what the host wrote, as a write through
+    /// it would, and the next start compares those regions instead of bringing the primary
+    /// back from a log that lost them. Best effort: what cannot be written stays listed
+    /// (and the next start brings it back from the log).
+    fn salvage_behind(&self) {
+        if self.behind.is_empty() {
+            return;
+        }
+        let bs = self.block_size;
+        for p in self.behind.pick(u64::MAX, false) {
+            let (offset, len) = (p.first * bs, (p.end - p.first) * bs);
+            let Ok(entered) = self.drl.enter(offset, len) else {
+                continue;
+            };
+            let res = {
+                let _g = self.lock(p.first, p.end);
+                self.apply_behind_locked(p.first, p.end)
+            };
+            self.drl.leave(entered, u64::MAX);
+            if let Err(e) = res {
+                tracing::warn!(error = %e, first_block = p.first, "could not write a deferred write into the primary after the write log failed; the next start brings it back from the log");
+            }
+        }
+        let _gate = self.behind_gate.write().unwrap_or_else(|p| p.into_inner());
+        if self.behind.is_empty() {
+            // Nothing lags behind the log: no redo over the primary at the next start.
+            if let Err(e) = self.drl.set_checkpoint(self.drl.checkpoint(), true) {
+                tracing::warn!(error = %e, "could not clear the dirty region log's flag \"behind\"");
+            }
+        }
+    }
+
     /// Writes the deferred pieces of blocks first..end into the primary and unlists them.
     /// The caller holds the blocks' region locks.
     fn apply_behind_locked(&self, first: u64, end: u64) -> Result<()> {
@@ -559,7 +605,7 @@ impl LiveVolume {
             let mut raw = vec![0u8; len + crate::direct::ALIGN];
             let at = raw.as_ptr().align_offset(crate::direct::ALIGN);
             let data = &mut raw[at..at + len];
-            self.vault.read_placed(&p.place, p.first, data)?;
+            self.piece_data(&p, data)?;
             self.direct
                 .write(&self.primary, p.first * bs, data)
                 .map_err(self.io("write"))?;
@@ -601,6 +647,11 @@ impl LiveVolume {
     /// moment, when the list nears its bounds, or when the checkpoint waits on old writes;
     /// returns whether it did anything (the caller sleeps otherwise).
     pub fn apply_behind_step(&self) -> Result<bool> {
+        if self.behind.kept_bytes() >= crate::behind::FLUSH_KEPT {
+            // The kept data goes once its records are durable.
+            self.flush()?;
+            return Ok(true);
+        }
         if self.behind.is_empty() {
             return Ok(false);
         }
@@ -638,6 +689,11 @@ impl LiveVolume {
         (self.behind.bytes(), self.behind.runs())
     }
 
+    /// Bytes of deferred host writes kept in memory until their records are durable.
+    pub fn behind_kept_bytes(&self) -> u64 {
+        self.behind.kept_bytes()
+    }
+
     /// Writes `data` at `offset` to the primary and the write log. With `fua`, the write
     /// is durable in both before this returns.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
@@ -652,6 +708,7 @@ impl LiveVolume {
             // the log may hold part of it, and the next start compares the region).
             let res = self.write_behind(offset, data);
             if res.is_err() {
+                self.salvage_behind();
                 // Dirty for good, as a failed write through the primary leaves it.
                 if let Ok(e) = self.drl.enter(offset, data.len() as u64) {
                     self.drl.leave(e, u64::MAX);
@@ -668,6 +725,7 @@ impl LiveVolume {
         let entered = self.drl.enter(offset, data.len() as u64)?;
         let res = self.write_locked(offset, data);
         if res.is_err() {
+            self.salvage_behind();
             self.resync_after_failure(offset, data.len() as u64);
         }
         self.note_primary_result(&res);
@@ -746,7 +804,7 @@ impl LiveVolume {
         self.drl.mark_behind()?;
         let _g = self.lock(first, last);
         let (seq, places) = self.vault.write_placed(first, data)?;
-        self.behind.insert(&places);
+        self.behind.insert(&places, data);
         self.note_change(first, last);
         Ok(seq)
     }
@@ -811,6 +869,7 @@ impl LiveVolume {
         let entered = self.drl.enter(offset, len)?;
         let res = self.zero_locked(offset, end, trim, no_hole);
         if res.is_err() {
+            self.salvage_behind();
             self.resync_after_failure(offset, len);
         }
         self.note_primary_result(&res);
@@ -949,8 +1008,15 @@ impl LiveVolume {
     /// write is in the log, and after a crash of the machine the records after the last
     /// checkpoint are copied back into the primary (see [`LiveVolume::checkpoint`]).
     fn flush_now(&self) -> Result<()> {
-        let durable = self.vault.flush()?;
+        let durable = match self.vault.flush() {
+            Ok(d) => d,
+            Err(e) => {
+                self.salvage_behind();
+                return Err(e.into());
+            }
+        };
         self.flushed_seq.fetch_max(durable.0, Ordering::AcqRel);
+        self.behind.release(durable);
         Ok(())
     }
 
