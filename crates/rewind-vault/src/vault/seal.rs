@@ -66,17 +66,21 @@ pub(super) struct Sealing {
 /// segment's length. Without it, a flush whose sync failed (and poisoned the vault) could
 /// be followed by the job's successful sync and commit.
 #[derive(Debug, Default)]
-pub(super) struct SyncGate(std::sync::Mutex<bool>);
+pub(super) struct SyncGate(std::sync::Mutex<Option<bool>>);
 
 impl SyncGate {
-    /// Runs `sync` unless one failed before; a failure is remembered.
+    /// Runs `sync` unless one failed before; a failure is remembered, and whether it was
+    /// for lack of space (a host's flush that meets it later is ENOSPC to the host too,
+    /// whichever of the sealer and the flush synced first).
     pub(super) fn sync(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
         let mut failed = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if *failed {
-            return Err(VaultError::Poisoned { no_space: false });
+        if let Some(no_space) = *failed {
+            return Err(VaultError::Poisoned { no_space });
         }
         let r = sync();
-        *failed = r.is_err();
+        if let Err(e) = &r {
+            *failed = Some(e.is_no_space());
+        }
         r
     }
 }
@@ -581,5 +585,31 @@ impl Vault {
             return Err(inner.poisoned_error());
         }
         Ok(inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_gate_remembers_that_its_failure_was_for_lack_of_space() {
+        let full = || {
+            Err(VaultError::Io {
+                op: "fdatasync",
+                path: PathBuf::from("seg"),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            })
+        };
+        let g = SyncGate::default();
+        assert!(g.sync(full).is_err());
+        // Whoever comes next (a host's flush after the sealer's sync) hears ENOSPC too.
+        let again = g.sync(|| Ok(()));
+        assert!(
+            matches!(again, Err(VaultError::Poisoned { no_space: true })),
+            "{again:?}"
+        );
+        let g = SyncGate::default();
+        assert!(g.sync(|| Ok(())).is_ok());
     }
 }
