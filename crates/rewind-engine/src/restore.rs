@@ -534,6 +534,39 @@ mod tests {
         );
     }
 
+    /// A restore over a chain long enough for the chain index (16+ maps) probes the maps
+    /// instead of indexing them: the index costs O(runs) over the whole chain, the restore
+    /// only looks up the blocks it copies.
+    #[test]
+    fn in_place_restore_over_many_intervals_builds_no_chain_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = std::sync::Arc::new(vault(tmp.path()));
+        let volume = LiveVolume::open(&tmp.path().join("primary.img"), v.clone()).unwrap();
+        for i in 0..24u64 {
+            // Scattered blocks: several runs a map.
+            for b in [i % 7, 10 + (i * 5) % 23, 40 + (i * 3) % 17] {
+                volume.write(b * 512, &[i as u8 + 1; 512], false).unwrap();
+            }
+            v.seal().unwrap();
+        }
+        v.snapshot("s1", false).unwrap();
+        let at_s1 = std::fs::read(tmp.path().join("primary.img")).unwrap();
+        for b in [3u64, 17, 50] {
+            volume.write(b * 512, &[0xee; 512], false).unwrap();
+        }
+        let (p, view) = plan_in_place(&volume, &"s1".parse().unwrap()).unwrap();
+        assert!(view.maps_consulted() >= 24, "{}", view.maps_consulted());
+        execute_in_place(&p, &view, &volume, &NoProgress, None).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("primary.img")).unwrap(),
+            at_s1
+        );
+        assert_eq!(v.cache_stats().index_runs, 0, "the chain index was built");
+        // A view of the same point that is not told otherwise does build it.
+        v.view(&"s1".parse().unwrap()).unwrap().read(0, 1).unwrap();
+        assert!(v.cache_stats().index_runs > 0);
+    }
+
     #[test]
     fn failed_restore_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();

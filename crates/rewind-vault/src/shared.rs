@@ -129,11 +129,8 @@ impl Shared {
     /// first, as a view holds them), and returns the epoch whose hints hold for a view of
     /// it; `None`: the index cannot serve it (full).
     pub(crate) fn index_chain(&self, chain: &[MapEntry], maps: &[Arc<DeltaMap>]) -> Option<u64> {
-        {
-            let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
-            if idx.maps() >= chain.len() && idx.agrees_with(chain) {
-                return Some(idx.epoch());
-            }
+        if let Some(epoch) = self.index_if_built(chain) {
+            return Some(epoch);
         }
         if chain.len() < crate::chain_index::MIN_MAPS {
             return None;
@@ -158,6 +155,13 @@ impl Shared {
             idx.push(&chain[pos], &m.blocks);
         }
         (idx.agrees_with(chain) && idx.maps() >= chain.len()).then(|| idx.epoch())
+    }
+
+    /// The epoch of the chain index if it already covers `chain` (oldest first), without
+    /// building anything; `None`: it does not.
+    pub(crate) fn index_if_built(&self, chain: &[MapEntry]) -> Option<u64> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        (idx.maps() >= chain.len() && idx.agrees_with(chain)).then(|| idx.epoch())
     }
 
     /// The chain index's hint for `block` in a view of the chain's first `len` maps, if

@@ -57,6 +57,13 @@ pub struct PointView {
     chain: Arc<[MapEntry]>,
     chain_len: usize,
     maps: Arc<Mutex<Option<Loaded>>>,
+    /// The newest maps of the chain only, loaded by [`PointView::prefetch`] when they
+    /// answer every block it was asked for, and those blocks: reads of them use these maps
+    /// without loading the rest of the chain.
+    prefix: Arc<Mutex<Option<(LoadedChain, ExtentSet)>>>,
+    /// Whether loading the chain brings the vault's chain index up to it (see
+    /// [`PointView::without_chain_index`]).
+    index: bool,
     shared: Arc<Shared>,
 }
 
@@ -94,8 +101,23 @@ impl PointView {
             chain_len: chain_len.min(chain.len()),
             chain,
             maps: Arc::new(Mutex::new(None)),
+            prefix: Arc::new(Mutex::new(None)),
+            index: true,
             shared,
         }
+    }
+
+    /// The same view, for a reader that knows the blocks it will read and reads each once
+    /// (an in-place restore, after [`PointView::prefetch`]): its reads ask the chain's maps
+    /// newest first instead of building the vault's chain index. The index costs
+    /// O(runs log runs) over every map of the chain (a fifth of a second for a chain with
+    /// a dozen maps of scattered 4 KiB writes, ~800 k runs), which pays off over the many
+    /// reads of an export but not for the few thousand lookups of a restore (milliseconds
+    /// of probing). An index the vault already holds is still used. Call it before the
+    /// first read.
+    pub fn without_chain_index(mut self) -> PointView {
+        self.index = false;
+        self
     }
 
     /// The point this view shows.
@@ -139,39 +161,55 @@ impl PointView {
             return Ok(m.clone());
         }
         let started = std::time::Instant::now();
-        let maps: LoadedChain = self.load_chain()?.into();
-        let index = self
-            .shared
-            .index_chain(&self.chain[..self.chain_len], &maps);
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |p| p.get())
+            .clamp(2, MAX_LOAD_THREADS);
+        let maps: LoadedChain = self.load_range(0, self.chain_len, threads)?.into();
         tracing::debug!(
             maps = maps.len(),
-            indexed = index.is_some(),
+            head_bytes = maps.iter().map(|m| m.entries_range().0).sum::<u64>(),
             micros = started.elapsed().as_micros() as u64,
             "point view: delta map chain loaded"
         );
-        let loaded = Loaded { maps, index };
+        let loaded = self.with_index(maps);
         *cached = Some(loaded.clone());
         Ok(loaded)
     }
 
-    /// Loads the chain's delta maps, several at once when there are many: loading is
-    /// reading and checking whole files, so a cold chain of dozens of maps costs disk
-    /// round trips and CPU that overlap well.
-    fn load_chain(&self) -> Result<Vec<Arc<DeltaMap>>> {
-        let n = self.chain_len;
-        let threads = std::thread::available_parallelism()
-            .map_or(2, |p| p.get())
-            .clamp(2, MAX_LOAD_THREADS)
-            .min(n);
+    /// The whole chain's maps (newest first) as the view keeps them: with the chain index
+    /// brought up to them, if the view uses it (see [`PointView::without_chain_index`]).
+    fn with_index(&self, maps: LoadedChain) -> Loaded {
+        let started = std::time::Instant::now();
+        let chain = &self.chain[..self.chain_len];
+        let index = if self.index {
+            self.shared.index_chain(chain, &maps)
+        } else {
+            self.shared.index_if_built(chain)
+        };
+        tracing::debug!(
+            maps = maps.len(),
+            indexed = index.is_some(),
+            micros = started.elapsed().as_micros() as u64,
+            "point view: chain index"
+        );
+        Loaded { maps, index }
+    }
+
+    /// The maps the view consults `from`-th to `to`-th (0: the newest), loaded on up to
+    /// `threads` threads: loading is reading and checking files, so a cold chain of dozens
+    /// of maps costs disk round trips and CPU that overlap well.
+    fn load_range(&self, from: usize, to: usize, threads: usize) -> Result<Vec<Arc<DeltaMap>>> {
+        let n = to.saturating_sub(from);
+        let threads = threads.min(n);
         if threads <= 1 || n < PARALLEL_LOAD_FROM {
-            return (0..n)
+            return (from..to)
                 .map(|i| self.shared.map(self.chain_entry(i)))
                 .collect();
         }
         let slots: Vec<Mutex<Option<Result<Arc<DeltaMap>>>>> =
             (0..n).map(|_| Mutex::new(None)).collect();
         on_threads(n, threads, |i| {
-            let m = self.shared.map(self.chain_entry(i));
+            let m = self.shared.map(self.chain_entry(from + i));
             *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
             true
         });
@@ -182,33 +220,84 @@ impl PointView {
                 match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
                     Some(m) => m,
                     // Not reached (every index is taken once), but never guess.
-                    None => self.shared.map(self.chain_entry(i)),
+                    None => self.shared.map(self.chain_entry(from + i)),
                 }
             })
             .collect()
+    }
+
+    /// The maps a read of `count` blocks from `first` needs: the newest ones
+    /// [`PointView::prefetch`] loaded if it was asked for all of these blocks (those maps
+    /// answer them, as the whole chain would), otherwise the whole chain.
+    fn loaded_for(&self, first: u64, count: u64) -> Result<Loaded> {
+        if let Some((maps, asked)) = self
+            .prefix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if asked.clip(first, first + count).len() == count {
+                return Ok(Loaded {
+                    maps: maps.clone(),
+                    index: None,
+                });
+            }
+        }
+        self.loaded()
     }
 
     /// Loads, several at once, the entries of every delta map that reads of the blocks in
     /// `runs` (first block, count) will need: the newest map before the point that holds
     /// each block. Reads work without it (entries load when first needed, one map at a
     /// time); a bulk reader of scattered blocks (an in-place restore) calls it first so
-    /// that its workers do not queue behind those loads.
+    /// that its workers do not queue behind those loads. Only the heads of the newest maps
+    /// that answer the blocks are read (with a whole-volume write not long before the
+    /// point, a few of a chain of a hundred); reads of other blocks load the rest.
     pub fn prefetch(&self, runs: &[(u64, u64)]) -> Result<()> {
-        let maps = self.maps()?;
-        // Each map, newest first, is wanted for the still-unanswered blocks it holds.
         for &(first, count) in runs {
             self.check_range(first, count)?;
         }
         let asked = ExtentSet::from_ranges(runs.iter().map(|&(f, n)| (f, f + n)).collect());
         let mut unclaimed = asked.difference(&self.partial.set());
-        let mut wanted = vec![false; maps.len()];
-        for (m, w) in maps.iter().zip(wanted.iter_mut()) {
-            if unclaimed.is_empty() {
-                break;
+        let full = self
+            .maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|l| l.maps.clone());
+        // Each map, newest first, is wanted for the still-unanswered blocks it holds. The
+        // heads are loaded newest first, a few at once, only until every block is answered:
+        // the older maps' heads (megabytes for maps of scattered writes) are not read.
+        let mut maps: Vec<Arc<DeltaMap>> = Vec::new();
+        let mut wanted: Vec<bool> = Vec::new();
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |p| p.get())
+            .clamp(2, MAX_LOAD_THREADS);
+        while !unclaimed.is_empty() && maps.len() < self.chain_len {
+            let from = maps.len();
+            let batch: Vec<Arc<DeltaMap>> = match &full {
+                Some(all) => all[from..].to_vec(),
+                None => self.load_range(from, (from + threads).min(self.chain_len), threads)?,
+            };
+            for m in batch {
+                let hit = !unclaimed.is_empty() && !unclaimed.intersection(&m.blocks).is_empty();
+                if hit {
+                    unclaimed = unclaimed.difference(&m.blocks);
+                }
+                wanted.push(hit);
+                maps.push(m);
             }
-            if !unclaimed.intersection(&m.blocks).is_empty() {
-                *w = true;
-                unclaimed = unclaimed.difference(&m.blocks);
+        }
+        if full.is_none() {
+            if maps.len() == self.chain_len {
+                // The whole chain after all: keep it as the view's.
+                let mut cached = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+                if cached.is_none() {
+                    *cached = Some(self.with_index(maps.clone().into()));
+                }
+            } else {
+                *self.prefix.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((maps.clone().into(), asked));
             }
         }
         let todo: Vec<&Arc<DeltaMap>> = maps
@@ -218,7 +307,8 @@ impl PointView {
             .map(|(m, _)| m)
             .collect();
         tracing::debug!(
-            maps = maps.len(),
+            maps = self.chain_len,
+            heads_loaded = maps.len(),
             wanted = wanted.iter().filter(|w| **w).count(),
             to_load = todo.len(),
             "point view: prefetching delta map entries"
@@ -330,7 +420,7 @@ impl PointView {
 
     /// Where each of `count` blocks from `first_block` lives (`None`: the base image).
     fn locations(&self, first_block: u64, count: u64) -> Result<Vec<Option<Location>>> {
-        let loaded = self.loaded()?;
+        let loaded = self.loaded_for(first_block, count)?;
         if count <= LOOKUP_PER_BLOCK_UPTO {
             return (first_block..first_block + count)
                 .map(|b| self.locate(&loaded, b))

@@ -216,3 +216,31 @@ fn opening_a_view_of_the_open_interval_does_not_stall_writes() {
         "writes done while each view was built: {during:?}"
     );
 }
+
+/// A view asked to prefetch blocks that the newest maps of its chain answer loads only
+/// those maps' heads (a few at once), not the whole chain's: the heads of maps of
+/// scattered writes are megabytes each. Reads of the prefetched blocks use them; a read of
+/// another block still sees the whole chain.
+#[test]
+fn prefetch_loads_only_the_heads_of_the_maps_that_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = create(tmp.path(), 64);
+    many_intervals(&vault, 40);
+    vault.close().unwrap();
+    let vault = Vault::open(&tmp.path().join("vault")).unwrap();
+    let view = vault.view(&Point::Latest).unwrap();
+    assert_eq!(view.maps_consulted(), 40);
+    let before = vault.cache_stats().maps;
+    view.prefetch(&[(38, 2)]).unwrap();
+    let loaded = vault.cache_stats().maps - before;
+    assert!((2..=8).contains(&loaded), "{loaded} map heads loaded");
+    assert_eq!(view.read(38, 2).unwrap(), [data(78), data(80)].concat());
+    assert_eq!(
+        vault.cache_stats().maps - before,
+        loaded,
+        "the reads loaded more maps"
+    );
+    assert_eq!(view.read(0, 1).unwrap(), data(2));
+    assert_eq!(view.read(39, 2).unwrap(), [data(80), vec![0; BS]].concat());
+    assert_eq!(vault.cache_stats().maps - before, 40);
+}

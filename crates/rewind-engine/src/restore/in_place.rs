@@ -66,14 +66,29 @@ impl InPlacePlan {
 /// point changed are copied.
 pub fn plan_in_place(volume: &LiveVolume, point: &Point) -> Result<(InPlacePlan, PointView)> {
     let vault = volume.vault();
-    let view = vault.view(point)?;
+    let t = Instant::now();
+    // Its reads are the changed blocks, each once: probing the maps costs less than
+    // indexing the chain.
+    let view = vault.view(point)?.without_chain_index();
+    let view_us = t.elapsed().as_micros() as u64;
+    let t = Instant::now();
     let runs = vault.changed_since(view.point().seq)?;
+    let changed_us = t.elapsed().as_micros() as u64;
     let interrupted = vault.restore_intent();
     let undo_snapshot = match &interrupted {
         Some(r) => r.undo_snapshot.clone(),
         // Named after the state it keeps: the same name means nothing changed since.
         None => format!("undo-restore-at-seq-{}", vault.info().newest_seq),
     };
+    let t = Instant::now();
+    let suspect = vault.suspect_reads(&view)?;
+    tracing::debug!(
+        view_us,
+        changed_us,
+        suspect_us = t.elapsed().as_micros() as u64,
+        runs = runs.len(),
+        "in-place restore: plan phases"
+    );
     let plan = InPlacePlan {
         point: view.point(),
         asked: point.to_string(),
@@ -83,7 +98,7 @@ pub fn plan_in_place(volume: &LiveVolume, point: &Point) -> Result<(InPlacePlan,
         block_size: view.block_size(),
         undo_snapshot,
         interrupted,
-        suspect: vault.suspect_reads(&view)?,
+        suspect,
     };
     Ok((plan, view))
 }
@@ -135,6 +150,7 @@ pub fn execute_in_place(
             unreadable: Vec::new(),
         });
     }
+    let mut phase = Phases::new();
     vault.begin_restore(RestoreInPlace {
         target_seq: plan.point.seq,
         target_time_ns: plan.point.time_ns,
@@ -145,6 +161,7 @@ pub fn execute_in_place(
         undo_snapshot: plan.undo_snapshot.clone(),
         point: plan.asked.clone(),
     })?;
+    phase.done("begin_restore");
     if !vault
         .snapshots()
         .iter()
@@ -153,12 +170,17 @@ pub fn execute_in_place(
         // Nothing was copied yet (the snapshot comes before the copy): the state now is
         // the one before the restore.
         volume.flush()?;
+        phase.done("flush before the undo snapshot");
         vault.snapshot(&plan.undo_snapshot, false)?;
+        phase.done("undo snapshot");
     }
-    let written = copy_back(plan, view, volume, progress, cancel)?;
+    let written = copy_back(plan, view, volume, progress, cancel, &mut phase)?;
     volume.flush()?;
+    phase.done("flush");
     volume.checkpoint()?;
+    phase.done("checkpoint");
     vault.end_restore()?;
+    phase.done("end_restore");
     progress.finish();
     tracing::debug!(
         ms = start.elapsed().as_millis() as u64,
@@ -182,6 +204,7 @@ fn copy_back(
     volume: &LiveVolume,
     progress: &dyn Progress,
     cancel: Option<&AtomicBool>,
+    phase: &mut Phases,
 ) -> Result<u64> {
     let bs = u64::from(plan.block_size);
     let ranges: Vec<(u64, u64)> = plan.runs.iter().map(|&(b, n)| (b * bs, n * bs)).collect();
@@ -189,7 +212,9 @@ fn copy_back(
         .drl()
         .premark(&ranges)
         .map_err(InterceptError::from)?;
+    phase.done("drl premark");
     view.prefetch(&plan.runs)?;
+    phase.done("prefetch");
     progress.start("restoring in place", plan.blocks * bs);
     // Pieces of at most CHUNK_BLOCKS, copied by several workers at once: the changed
     // blocks are scattered through the write log, so reading them one after another
@@ -245,6 +270,7 @@ fn copy_back(
     for r in results {
         r?;
     }
+    phase.done("copy");
     if stopped() {
         // What was copied is journaled; the intent says what is left.
         volume.flush()?;
@@ -256,4 +282,28 @@ fn copy_back(
         });
     }
     Ok(written.into_inner())
+}
+
+/// Times the phases of an in-place restore, each logged (debug) as it ends.
+struct Phases {
+    last: Instant,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+        }
+    }
+
+    /// Logs how long the phase that just ended took.
+    fn done(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        tracing::debug!(
+            phase,
+            micros = now.duration_since(self.last).as_micros() as u64,
+            "in-place restore: phase done"
+        );
+        self.last = now;
+    }
 }
