@@ -82,17 +82,13 @@ fn seal_policy(rng: &mut Rng) -> rewind_vault::SealPolicy {
 fn volume(cfg: &Config, fs: &SimStorage) -> Result<(Volume, Rng), String> {
     let mut rng = Rng(cfg.seed);
     let seal = seal_policy(&mut rng);
-    // Deferred primary writes are off here, as in the server by default: a failed log
-    // write loses what a deferred write had only in the log's buffer (see
-    // `rewind_engine::behind`).
-    let vol = Volume::create_with(
+    let vol = Volume::create(
         fs.clone(),
         Layout::default(),
         cfg.blocks,
         cfg.block_size,
         cfg.seed,
         seal,
-        rewind_engine::intercept::LiveOptions::default(),
     )?;
     Ok((vol, rng))
 }

@@ -172,8 +172,8 @@ pub struct LiveOptions {
     /// Bytes per region of a new dirty region log (an existing log keeps its own).
     pub drl_region_size: u32,
     /// Host writes at least this large (block-aligned) have their primary write deferred
-    /// (see [`crate::behind`]); `None`: none (the default; `REWIND_WRITE_BEHIND` turns it
-    /// on for [`LiveVolume::open`], see [`crate::behind::from_env`]).
+    /// (see [`crate::behind`]); `None`: none. [`LiveVolume::open`] takes it from
+    /// `REWIND_WRITE_BEHIND` ([`crate::behind::from_env`]: 256 KiB unless told).
     pub write_behind_min: Option<usize>,
 }
 
@@ -181,7 +181,7 @@ impl Default for LiveOptions {
     fn default() -> Self {
         LiveOptions {
             drl_region_size: crate::drl::DEFAULT_REGION_SIZE,
-            write_behind_min: None,
+            write_behind_min: Some(crate::behind::DEFAULT_MIN_BYTES),
         }
     }
 }
@@ -587,13 +587,20 @@ impl LiveVolume {
                 tracing::warn!(error = %e, first_block = p.first, "could not write a deferred write into the primary after the write log failed; the next start brings it back from the log");
             }
         }
-        let _gate = self.behind_gate.write().unwrap_or_else(|p| p.into_inner());
-        if self.behind.is_empty() {
-            // Nothing lags behind the log: no redo over the primary at the next start.
-            if let Err(e) = self.drl.set_checkpoint(self.drl.checkpoint(), true) {
-                tracing::warn!(error = %e, "could not clear the dirty region log's flag \"behind\"");
-            }
+        if let Err(e) = self.clear_behind_flag() {
+            tracing::warn!(error = %e, "could not clear the dirty region log's flag \"behind\"");
         }
+    }
+
+    /// Clears the DRL's flag "behind" if no deferred write is listed: nothing lags behind
+    /// the log, so the next start does not bring the primary back from it (which, after a
+    /// failed log, would undo what the host read).
+    fn clear_behind_flag(&self) -> Result<()> {
+        let _gate = self.behind_gate.write().unwrap_or_else(|p| p.into_inner());
+        if self.behind.is_empty() && self.drl.is_behind() {
+            self.drl.set_checkpoint(self.drl.checkpoint(), true)?;
+        }
+        Ok(())
     }
 
     /// Writes the deferred pieces of blocks first..end into the primary and unlists them.
@@ -701,7 +708,11 @@ impl LiveVolume {
             return Ok(());
         }
         self.check(offset, data.len() as u64)?;
-        self.vault.check_room()?;
+        if let Err(e) = self.vault.check_room() {
+            // A vault that refuses writes may also have lost deferred ones.
+            self.salvage_behind();
+            return Err(e.into());
+        }
         self.behind.note_write();
         if self.behind.wants(offset, data.len()) {
             // The primary is not touched: no region to dirty, unless the write fails (then
@@ -863,7 +874,11 @@ impl LiveVolume {
             // No whole block inside: it is a plain write of zeroes.
             return self.write(offset, &vec![0u8; len as usize], fua);
         }
-        self.vault.check_room()?;
+        if let Err(e) = self.vault.check_room() {
+            // A vault that refuses writes may also have lost deferred ones.
+            self.salvage_behind();
+            return Err(e.into());
+        }
         self.behind.note_write();
         self.make_room(offset, len)?;
         let entered = self.drl.enter(offset, len)?;
@@ -1171,6 +1186,9 @@ impl LiveVolume {
     /// any more.
     pub fn stop(&self) -> Result<Option<rewind_vault::IntervalInfo>> {
         self.apply_all_behind()?;
+        // Before the flush, which fails on a vault that refuses writes: the primary has
+        // everything now.
+        self.clear_behind_flag()?;
         self.flush()?;
         self.checkpoint()?;
         let sealed = self.vault.seal()?;
