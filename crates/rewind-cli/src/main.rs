@@ -105,6 +105,8 @@ enum Command {
     Restore(cmd::restore::Args),
     /// Show what a running server is doing (writes, bytes, open interval, clients).
     Status(cmd::status::Args),
+    /// Bring the primary file up to date and durable while serving (before a storage snapshot).
+    Checkpoint(cmd::checkpoint::Args),
     /// Compare the primary with the vault and list the regions where they differ.
     Verify(cmd::verify::Args),
     /// Repair the vault from the primary (fix-up records) and mark suspect past intervals.
@@ -125,6 +127,7 @@ impl Command {
             Command::List(a) => a.json,
             Command::Restore(a) => a.json,
             Command::Status(a) => a.json,
+            Command::Checkpoint(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Sync(a) => a.json,
             Command::Check(a) => a.json,
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::run(a),
         Command::Restore(a) => cmd::restore::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Checkpoint(a) => cmd::checkpoint::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Sync(a) => cmd::sync::run(a),
         Command::Check(a) => cmd::check::run(a),

@@ -560,6 +560,7 @@ fn fio_random_and_sequential_writes_verify() {
         m["per_connection_limit_bytes"].as_u64().unwrap() >= 64 * MIB,
         "{m}"
     );
+    assert!(m["write_behind"]["kept_bytes"].as_u64().is_some(), "{m}");
     let human = rewind_ok(&["status", "--vault", vol.v()]);
     assert!(
         human.contains("memory ") && human.contains("resident"),

@@ -644,6 +644,8 @@ impl LiveVolume {
                 entered,
                 res.as_ref().map_or(u64::MAX, |_| self.vault.newest_seq().0),
             );
+            // A primary whose file system is full refuses host writes too (they say why).
+            self.note_primary_result(&res);
             res?;
             done += len;
         }
@@ -691,6 +693,18 @@ impl LiveVolume {
         Ok(())
     }
 
+    /// Whether the primary has bytes offset..offset+len allocated (as far as its file system
+    /// says): only such writes are deferred, so that writing them into the primary later
+    /// needs no new space, and a full file system under a sparse primary is ENOSPC to the
+    /// host's write itself, not to the background. Data when in doubt.
+    fn primary_allocated(&self, offset: u64, len: usize) -> bool {
+        match self.primary.next_data(offset, self.size) {
+            Ok(Some((data, end))) => data <= offset && end >= offset + len as u64,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Deferred host writes: bytes and runs listed.
     pub fn behind_stats(&self) -> (u64, usize) {
         (self.behind.bytes(), self.behind.runs())
@@ -714,7 +728,7 @@ impl LiveVolume {
             return Err(e.into());
         }
         self.behind.note_write();
-        if self.behind.wants(offset, data.len()) {
+        if self.behind.wants(offset, data.len()) && self.primary_allocated(offset, data.len()) {
             // The primary is not touched: no region to dirty, unless the write fails (then
             // the log may hold part of it, and the next start compares the region).
             let res = self.write_behind(offset, data);

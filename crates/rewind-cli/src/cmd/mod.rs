@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod checkpoint;
 pub mod init;
 pub mod list;
 pub mod repair;

@@ -179,4 +179,13 @@ fn print_memory(m: &Value) {
         b(&m["per_connection_limit_bytes"]),
         m["max_connections"],
     );
+    let w = &m["write_behind"];
+    if w.is_object() {
+        println!(
+            "          writes behind the log: {} in {} runs still to go into the primary, {} kept until durable",
+            b(&w["bytes"]),
+            w["runs"],
+            b(&w["kept_bytes"]),
+        );
+    }
 }

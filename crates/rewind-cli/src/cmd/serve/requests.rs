@@ -54,9 +54,16 @@ pub(super) fn handle_control(server: &Server, req: &Value) -> anyhow::Result<Val
                 json!({"ok": true, "name": s.name, "seq": s.seq.0, "time": format_time(s.time_ns), "app_consistent": s.app_consistent}),
             )
         }
+        "checkpoint" => {
+            // Writes behind the log go into the primary, then it is synced.
+            let before = server.volume.behind_stats().0;
+            server.volume.apply_all_behind()?;
+            server.volume.checkpoint()?;
+            Ok(json!({"ok": true, "seq": server.volume.drl().checkpoint(), "bytes_written": before}))
+        }
         "status" => Ok(status(server)),
         "list" => Ok(json!({"ok": true, "list": crate::cmd::list::to_json(vault)})),
-        other => bail!("unknown control request {other:?} (snapshot, status, list, verify, sync, check, restore_in_place)"),
+        other => bail!("unknown control request {other:?} (snapshot, checkpoint, status, list, verify, sync, check, restore_in_place)"),
     }
 }
 
@@ -307,6 +314,7 @@ pub(super) fn status(server: &Server) -> Value {
 /// and what bounds them (see the README, "Memory").
 fn memory(server: &Server) -> Value {
     let m = server.volume.vault().memory();
+    let behind = server.volume.behind_stats();
     let bounds = server.capacity.bounds();
     let proc_kib = |key: &str| -> Option<u64> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -332,6 +340,11 @@ fn memory(server: &Server) -> Value {
             "segment_files": m.caches.segment_files,
             "segment_files_limit": m.limits.segment_files,
             "chain_index_runs": m.caches.index_runs,
+        },
+        "write_behind": {
+            "bytes": behind.0,
+            "runs": behind.1,
+            "kept_bytes": server.volume.behind_kept_bytes(),
         },
         "per_connection_limit_bytes": rewind_nbd::connection_memory_bound(bounds),
         "max_connections": bounds.max_connections,
