@@ -718,6 +718,16 @@ impl LiveVolume {
     /// Writes `data` at `offset` to the primary and the write log. With `fua`, the write
     /// is durable in both before this returns.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        self.write_with(offset, data, fua, true)
+    }
+
+    /// [`LiveVolume::write`] that writes the primary at once, never behind the log: an
+    /// in-place restore, whose point is the primary itself.
+    pub fn write_through(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        self.write_with(offset, data, fua, false)
+    }
+
+    fn write_with(&self, offset: u64, data: &[u8], fua: bool, may_defer: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -728,7 +738,10 @@ impl LiveVolume {
             return Err(e.into());
         }
         self.behind.note_write();
-        if self.behind.wants(offset, data.len()) && self.primary_allocated(offset, data.len()) {
+        if may_defer
+            && self.behind.wants(offset, data.len())
+            && self.primary_allocated(offset, data.len())
+        {
             // The primary is not touched: no region to dirty, unless the write fails (then
             // the log may hold part of it, and the next start compares the region).
             let res = self.write_behind(offset, data);

@@ -255,7 +255,8 @@ fn copy_back(
                         }
                         let chunk = &mut buf[..(n * bs) as usize];
                         view.read_into(b, chunk)?;
-                        volume.write(b * bs, chunk, false)?;
+                        // The primary itself is what is restored: never behind the log.
+                        volume.write_through(b * bs, chunk, false)?;
                         written.fetch_add(n * bs, Ordering::Relaxed);
                         progress.advance(n * bs);
                     }
