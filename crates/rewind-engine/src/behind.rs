@@ -23,6 +23,9 @@
 //! campaigns defer writes of 64 KiB and more, so that power cuts and faults land among
 //! them).
 //!
+//! Retention (when segments are deleted) must treat every listed write as a lease on the
+//! segment its records are in, until it is written into the primary.
+//!
 //! This module is the list: block runs -> the record that holds them, newest wins.
 
 use std::collections::{BTreeMap, VecDeque};
